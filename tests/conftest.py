@@ -1,0 +1,60 @@
+"""Shared fixtures: the local control plane (one per test session) and a namespace per test."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from kubernetes import client
+
+from scapguard.devcluster.cluster import DevCluster
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[DevCluster]:
+    """The real control plane: etcd, kube-apiserver, controller-manager, scheduler,
+    the image API server and the node agent, started once per session."""
+    # Not under pytest's 0700 tmp: non-root pod processes must reach their pod dirs.
+    workdir = Path(tempfile.mkdtemp(prefix="scapguard-dev-"))
+    workdir.chmod(0o755)
+    dev = DevCluster(workdir)
+    dev.start()
+    try:
+        yield dev
+    finally:
+        dev.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _configuration(cluster: DevCluster) -> client.Configuration:
+    cfg = client.Configuration(host=cluster.server)
+    cfg.ssl_ca_cert = str(cluster.ca.cert_path)
+    cfg.cert_file = str(cluster.pki_dir / "admin.crt")
+    cfg.key_file = str(cluster.pki_dir / "admin.key")
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def admin_api(cluster: DevCluster) -> Iterator[client.ApiClient]:
+    api = client.ApiClient(configuration=_configuration(cluster))
+    try:
+        yield api
+    finally:
+        cast(Any, api).close()  # ApiClient.close() is not annotated upstream
+
+
+@pytest.fixture
+def namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(admin_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
