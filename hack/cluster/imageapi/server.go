@@ -4,7 +4,7 @@ import (
 	"fmt"
 
 	imagev1 "github.com/openshift/api/image/v1"
-	generatedopenapi "github.com/openshift/api/openapi/generated_openapi"
+	openshiftopenapi "github.com/openshift/api/openapi/generated_openapi"
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -15,6 +15,8 @@ import (
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 	"k8s.io/apiserver/pkg/util/compatibility"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/kube-openapi/pkg/common"
+	kubeopenapi "k8s.io/kubernetes/pkg/generated/openapi"
 )
 
 const etcdPathPrefix = "/registry/image.openshift.io"
@@ -43,13 +45,23 @@ func NewCommand() *cobra.Command {
 	return cmd
 }
 
+// openAPIDefinitions: OpenShift's generated definitions plus Kubernetes' own
+// for the shared types the generic server documents (version.Info, ...).
+func openAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenAPIDefinition {
+	defs := kubeopenapi.GetOpenAPIDefinitions(ref)
+	for name, def := range openshiftopenapi.GetOpenAPIDefinitions(ref) {
+		defs[name] = def
+	}
+	return defs
+}
+
 func run(c *cobra.Command, o *genericoptions.RecommendedOptions) error {
 	config := genericapiserver.NewRecommendedConfig(Codecs)
 	namer := openapi.NewDefinitionNamer(openAPIScheme)
-	config.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(generatedopenapi.GetOpenAPIDefinitions, namer)
+	config.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(openAPIDefinitions, namer)
 	config.OpenAPIConfig.Info.Title = "OpenShift image API (scapguard dev)"
 	config.OpenAPIConfig.Info.Version = "v1"
-	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
+	config.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(openAPIDefinitions, namer)
 	config.OpenAPIV3Config.Info.Title = config.OpenAPIConfig.Info.Title
 	config.OpenAPIV3Config.Info.Version = "v1"
 	config.FeatureGate = utilfeature.DefaultFeatureGate

@@ -258,9 +258,9 @@ class DevCluster:
         ctx.load_cert_chain(str(admin.with_suffix(".crt")), str(admin.with_suffix(".key")))
         return ctx
 
-    def api_request(
+    def raw_request(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0
-    ) -> dict[str, Any]:
+    ) -> bytes:
         """One request to kube-apiserver as the cluster admin; raises ClusterError."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(  # noqa: S310 - https to our own apiserver only
@@ -271,19 +271,29 @@ class DevCluster:
         )
         try:
             with urllib.request.urlopen(req, context=self._ssl_context(), timeout=timeout) as r:  # noqa: S310
-                raw = r.read()
+                raw: bytes = r.read()
         except urllib.error.HTTPError as e:
             raise ClusterError(f"{method} {path}: {e.code} {e.read()[:500]!r}") from e
         except OSError as e:
             raise ClusterError(f"{method} {path}: {e}") from e
-        result: dict[str, Any] = json.loads(raw) if raw.strip() else {}
-        if result and not raw.lstrip().startswith(b"{"):
+        return raw
+
+    def api_request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Like raw_request, for JSON objects."""
+        raw = self.raw_request(method, path, body, timeout)
+        try:
+            result = json.loads(raw)
+        except ValueError as e:
+            raise ClusterError(f"{method} {path}: not JSON: {raw[:200]!r}") from e
+        if not isinstance(result, dict):
             raise ClusterError(f"{method} {path}: not a JSON object")
         return result
 
     def _http_ok(self, path: str) -> bool:
         try:
-            self.api_request("GET", path, timeout=2.0)
+            self.raw_request("GET", path, timeout=2.0)
         except ClusterError:
             return False
         return True
