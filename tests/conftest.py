@@ -12,6 +12,9 @@ import pytest
 from kubernetes import client
 
 from scapguard.devcluster.cluster import DevCluster
+from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.registry import Registry
+from scapguard.devcluster.scannerenv import ensure_scanner_venv
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +24,8 @@ def cluster() -> Iterator[DevCluster]:
     # Not under pytest's 0700 tmp: non-root pod processes must reach their pod dirs.
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-dev-"))
     workdir.chmod(0o755)
-    dev = DevCluster(workdir)
+    # Pods find scapguard-scan on their PATH, as in the scanner image.
+    dev = DevCluster(workdir, node_path_prepend=(ensure_scanner_venv(),))
     dev.start()
     try:
         yield dev
@@ -57,3 +61,19 @@ def namespace(admin_api: client.ApiClient) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1 (plain HTTP), storage in a session temp dir."""
+    with Registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def fixture_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> FixtureImages:
+    """Fixture images built on first use and pushed once per session to ``registry``.
+
+    The debootstrap layer is cached across sessions under ~/.cache/scapguard.
+    """
+    return FixtureImages(registry.host, tmp_path_factory.mktemp("fixture-images"))
