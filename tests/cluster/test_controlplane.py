@@ -46,6 +46,7 @@ def test_starts_and_stops_cleanly() -> None:
             "image-apiserver",
         }
         version = dev.api_request("GET", "/version")
+        assert version["gitVersion"].startswith("v1.")
         assert version["major"] == "1"
         assert int(version["minor"].rstrip("+")) >= 33
         assert dev.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"

@@ -49,6 +49,27 @@ def is_stale(binary: Path, module: Path) -> bool:
     return any(src.stat().st_mtime > built for src in _sources(module))
 
 
+def _version_ldflags(module: Path) -> str:
+    """Stamp the Kubernetes version (from go.mod) into the binary, as upstream builds do."""
+    version = ""
+    for line in (module / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "k8s.io/kubernetes":
+            version = parts[1]
+    if not version.startswith("v1."):
+        raise BuildError(f"{module / 'go.mod'}: no k8s.io/kubernetes v1.x requirement")
+    major, minor = version[1:].split(".")[:2]
+    flags = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
 def cluster_binary() -> Path:
     """Path to an up-to-date scapguard-cluster binary, building it if needed."""
     override = os.environ.get(BINARY_ENV)
@@ -59,7 +80,7 @@ def cluster_binary() -> Path:
         return path
     module = repo_root() / "hack" / "cluster"
     binary = module / "bin" / "scapguard-cluster"
-    if not is_stale(binary, module):
+    if not is_stale(binary, module) and not _stamp_changed(binary, module):
         return binary
     go = shutil.which("go")
     if go is None:
@@ -68,7 +89,7 @@ def cluster_binary() -> Path:
     binary.parent.mkdir(exist_ok=True)
     tmp = binary.with_suffix(".tmp")
     proc = subprocess.run(
-        [go, "build", "-trimpath", "-o", str(tmp), "."],
+        [go, "build", "-trimpath", "-ldflags", _version_ldflags(module), "-o", str(tmp), "."],
         cwd=module,
         capture_output=True,
         text=True,
@@ -78,7 +99,13 @@ def cluster_binary() -> Path:
     if proc.returncode != 0:
         raise BuildError(f"go build in {module} failed:\n{proc.stderr[-4000:]}")
     tmp.replace(binary)
+    binary.with_suffix(".ldflags").write_text(_version_ldflags(module))
     return binary
+
+
+def _stamp_changed(binary: Path, module: Path) -> bool:
+    stamp = binary.with_suffix(".ldflags")
+    return not stamp.is_file() or stamp.read_text() != _version_ldflags(module)
 
 
 def main() -> None:

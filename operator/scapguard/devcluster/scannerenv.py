@@ -12,6 +12,7 @@ Rebuilt only when the package's sources or pyproject.toml change.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -53,8 +54,18 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def ensure_scanner_venv(venv: Path | None = None) -> Path:
-    """A world-readable virtualenv with this checkout's scapguard installed; returns its bin/."""
+    """A world-readable virtualenv with this checkout's scapguard installed; returns its bin/.
+
+    Safe when several test sessions call it at once: a lock file serialises them.
+    """
     venv = venv or Path(os.environ.get(VENV_ENV, DEFAULT_VENV))
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with (venv.parent / f".{venv.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_locked(venv)
+
+
+def _ensure_locked(venv: Path) -> Path:
     root = repo_root()
     wanted = _source_hash(root)
     stamp = venv / ".scapguard-source"
@@ -69,7 +80,6 @@ def ensure_scanner_venv(venv: Path | None = None) -> Path:
     log.info("building the scanner runtime in %s", venv)
     if venv.exists():
         shutil.rmtree(venv)
-    venv.parent.mkdir(parents=True, exist_ok=True)
     _run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)], "creating the scanner virtualenv")
     _run(
         [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", str(root)],
