@@ -1,0 +1,112 @@
+"""Standard conditions: types, CamelCase reasons and one helper that sets them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+# Condition types.
+SCANNED: Final = "Scanned"
+COMPLIANT: Final = "Compliant"
+ENFORCED: Final = "Enforced"
+READY: Final = "Ready"
+
+TRUE: Final = "True"
+FALSE: Final = "False"
+UNKNOWN: Final = "Unknown"
+
+
+class Reason:
+    """CamelCase reasons for conditions and Events."""
+
+    # Scanning.
+    QUEUED: Final = "Queued"
+    RUNNING: Final = "Running"
+    RETRYING: Final = "Retrying"
+    SCAN_COMPLETED: Final = "ScanCompleted"
+    SCAN_FAILED: Final = "ScanFailed"
+    TIMEOUT: Final = "Timeout"
+    SCANNER_FAILED: Final = "ScannerFailed"
+    JOB_LOST: Final = "JobLost"
+    POLICY_NOT_FOUND: Final = "PolicyNotFound"
+    INVALID_POLICY: Final = "InvalidPolicy"
+    INVALID_SPEC: Final = "InvalidSpec"
+    # Evaluation.
+    NO_FAILING_FINDINGS: Final = "NoFailingFindings"
+    VULNERABILITIES_FOUND: Final = "VulnerabilitiesFound"
+    RULES_FAILED: Final = "RulesFailed"
+    VULNERABILITIES_AND_RULES: Final = "VulnerabilitiesAndRulesFailed"
+    NOT_EVALUATED: Final = "NotEvaluated"
+    REEVALUATED: Final = "Reevaluated"
+    # Enforcement.
+    DENIED: Final = "Denied"
+    DENY_LIFTED: Final = "DenyLifted"
+    NOT_DENIED: Final = "NotDenied"
+    REPORT_ONLY: Final = "ReportOnly"
+    DENIED_BY_PERSON: Final = "DeniedByPerson"
+    IMAGE_NOT_FOUND: Final = "ImageNotFound"
+    # Policies.
+    RECONCILED: Final = "Reconciled"
+    RESCAN_REQUESTED: Final = "RescanRequested"
+    SCAN_CREATED: Final = "ScanCreated"
+    SCAN_DELETED: Final = "ScanDeleted"
+    RESULT_REJECTED: Final = "ResultRejected"
+
+
+def find_condition(
+    conditions: Sequence[Mapping[str, Any]] | None, type_: str
+) -> Mapping[str, Any] | None:
+    for cond in conditions or ():
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    *,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    now: str,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Return the conditions with ``type_`` set, and whether anything changed.
+
+    lastTransitionTime moves only when the status changes (cert-manager's rule), so
+    repeating the same judgement is not a change and needs no patch.
+    """
+    out: list[dict[str, Any]] = []
+    changed = True
+    found = False
+    for cond in conditions or ():
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        same_status = cond.get("status") == status
+        new = {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": observed_generation,
+            "lastTransitionTime": cond.get("lastTransitionTime") if same_status else now,
+        }
+        if not new["lastTransitionTime"]:
+            new["lastTransitionTime"] = now
+        changed = new != dict(cond)
+        out.append(new)
+    if not found:
+        out.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": observed_generation,
+                "lastTransitionTime": now,
+            }
+        )
+    return out, changed

@@ -1,0 +1,48 @@
+"""Kubernetes Events (core/v1) about our objects, with CamelCase reasons."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any, Final
+
+COMPONENT: Final = "scapguard"
+MAX_MESSAGE: Final = 1024
+
+
+def build_event(
+    *,
+    regarding: dict[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    default_namespace: str,
+) -> dict[str, Any]:
+    """An Event about ``regarding``; cluster-scoped objects get theirs in ``default_namespace``."""
+    meta = regarding.get("metadata") or {}
+    namespace = meta.get("namespace") or default_namespace
+    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    name = str(meta.get("name", "object"))[:200]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": regarding.get("apiVersion"),
+            "kind": regarding.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": COMPONENT,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

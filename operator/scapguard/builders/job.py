@@ -1,0 +1,214 @@
+"""The scanner Job and its per-scan Secret: pure functions from typed input to manifests.
+
+Jobs live in the operator's namespace while ImageScans live in their policy's namespace, so a
+Job cannot have the ImageScan as owner (cross-namespace owner references are invalid). The Job
+carries the scan's uid as a label and its namespace/name as annotations; the operator deletes it
+once the attempt is recorded, ``ttlSecondsAfterFinished`` is a backstop, and a sweep deletes Jobs
+whose ImageScan is gone. The Secret is owned by the Job (same namespace) and goes with it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from scapguard.api import constants as c
+from scapguard.api.policy import ScanPolicySpec
+
+SCANNER_COMMAND: Final = "scapguard-scan"
+CONTAINER_NAME: Final = "scanner"
+CREDENTIALS_DIR: Final = "/var/run/scapguard"
+CA_DIR: Final = "/var/run/scapguard-ca"
+CA_KEY: Final = "ca.crt"
+SCRATCH_DIR: Final = "/scratch"
+READ_ONLY_FILE_MODE: Final = 0o444
+DEFAULT_RESOURCES: Final[Mapping[str, Any]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "2Gi"},
+}
+SCRATCH_SIZE_LIMIT: Final = "10Gi"
+
+
+@dataclass(frozen=True)
+class ScanJobInput:
+    job_name: str
+    namespace: str
+    scan_namespace: str
+    scan_name: str
+    scan_uid: str
+    policy_uid: str
+    request: int
+    attempt: int
+    image: str
+    policy: ScanPolicySpec
+    scanner_image: str
+    results_url: str
+    ttl_seconds: int
+    ca_config_map: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None
+    registry_auth: bool = False
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def job_labels(inp: ScanJobInput) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "scapguard",
+        c.COMPONENT_LABEL: c.SCANNER_COMPONENT,
+        c.MANAGED_BY_LABEL: c.MANAGED_BY,
+        c.SCAN_UID_LABEL: inp.scan_uid,
+        c.POLICY_UID_LABEL: inp.policy_uid,
+        **inp.extra_labels,
+    }
+
+
+def job_annotations(inp: ScanJobInput) -> dict[str, str]:
+    return {
+        c.SCAN_NAMESPACE_ANNOTATION: inp.scan_namespace,
+        c.SCAN_NAME_ANNOTATION: inp.scan_name,
+        c.REQUEST_ANNOTATION: str(inp.request),
+        c.ATTEMPT_ANNOTATION: str(inp.attempt),
+    }
+
+
+def results_url(base_url: str, job_name: str) -> str:
+    return f"{base_url.rstrip('/')}/v1/results/{job_name}"
+
+
+def scanner_selector() -> str:
+    """Label selector for every scanner Job and Secret scapguard created."""
+    return f"{c.COMPONENT_LABEL}={c.SCANNER_COMPONENT},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"
+
+
+def build_scan_secret(
+    inp: ScanJobInput, *, token: str, policy_json: str, registry_auth_json: str | None
+) -> dict[str, Any]:
+    """The per-scan Secret: bearer token, the policy for the scanner, registry credentials.
+
+    Created before the Job (so the pod never waits for it) and then given the Job as owner.
+    """
+    data = {c.TOKEN_KEY: token, c.POLICY_KEY: policy_json}
+    if registry_auth_json is not None:
+        data[c.AUTH_KEY] = registry_auth_json
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": inp.job_name,
+            "namespace": inp.namespace,
+            "labels": job_labels(inp),
+            "annotations": job_annotations(inp),
+        },
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def owner_reference(kind: str, api_version: str, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(inp: ScanJobInput) -> list[dict[str, str]]:
+    env = [
+        {"name": "SCAPGUARD_RESULTS_URL", "value": results_url(inp.results_url, inp.job_name)},
+        {"name": "SCAPGUARD_RESULTS_TOKEN_FILE", "value": f"{CREDENTIALS_DIR}/{c.TOKEN_KEY}"},
+        {"name": "SCAPGUARD_SCAN", "value": f"{inp.scan_namespace}/{inp.scan_name}"},
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+    ]
+    if inp.ca_config_map:
+        env.append({"name": "SCAPGUARD_RESULTS_CA_FILE", "value": f"{CA_DIR}/{CA_KEY}"})
+    if inp.registry_auth:
+        env.append({"name": "REGISTRY_AUTH_FILE", "value": f"{CREDENTIALS_DIR}/{c.AUTH_KEY}"})
+    return env
+
+
+def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
+    scanner = inp.policy.scanner
+    volumes: list[dict[str, Any]] = [
+        {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH_SIZE_LIMIT}},
+        {
+            "name": "credentials",
+            "secret": {"secretName": inp.job_name, "defaultMode": READ_ONLY_FILE_MODE},
+        },
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+        {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
+    ]
+    if inp.ca_config_map:
+        volumes.append(
+            {
+                "name": "results-ca",
+                "configMap": {"name": inp.ca_config_map, "defaultMode": READ_ONLY_FILE_MODE},
+            }
+        )
+        mounts.append({"name": "results-ca", "mountPath": CA_DIR, "readOnly": True})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": scanner.image or inp.scanner_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": [SCANNER_COMMAND],
+                "args": [inp.image, "--policy-file", f"{CREDENTIALS_DIR}/{c.POLICY_KEY}"],
+                "env": _env(inp),
+                "resources": dict(scanner.resources) or dict(DEFAULT_RESOURCES),
+                "securityContext": _container_security(),
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if inp.service_account:
+        pod_spec["serviceAccountName"] = inp.service_account
+    if inp.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in inp.image_pull_secrets]
+    if scanner.node_selector:
+        pod_spec["nodeSelector"] = dict(scanner.node_selector)
+    if scanner.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in scanner.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": inp.job_name,
+            "namespace": inp.namespace,
+            "labels": job_labels(inp),
+            "annotations": job_annotations(inp),
+        },
+        "spec": {
+            # Retries belong to the operator (with backoff, each attempt counted), not the Job.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": scanner.timeout_seconds,
+            "ttlSecondsAfterFinished": inp.ttl_seconds,
+            "template": {
+                "metadata": {"labels": job_labels(inp), "annotations": job_annotations(inp)},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,187 @@
+"""Operator settings: one frozen object built from the environment at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+DEFAULT_SCANNER_IMAGE: Final = "quay.io/scapguard/scanner:0.1.0"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; ``variable`` names the environment variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str
+    watch_namespaces: frozenset[str]
+    max_concurrent_scans: int
+    max_concurrent_scans_per_policy: int
+    results_bind: str
+    results_port: int
+    results_url: str
+    results_tls_cert_file: str | None
+    results_tls_key_file: str | None
+    results_ca_config_map: str | None
+    results_max_bytes: int
+    metrics_bind: str
+    metrics_port: int
+    scanner_image: str
+    scanner_image_pull_secrets: tuple[str, ...]
+    scanner_service_account: str | None
+    cleanup_grace_seconds: int
+    job_ttl_seconds: int
+    retry_backoff_seconds: int
+    retry_backoff_max_seconds: int
+    per_cve_metrics: bool
+    peering_name: str
+    max_workers: int
+    reference_url: str
+    admission_enabled: bool
+    admission_tls_cert_file: str | None
+    admission_tls_key_file: str | None
+    admission_bind: str
+    admission_port: int
+    admission_failure_policy: str
+
+    def watches(self, namespace: str | None) -> bool:
+        """Whether objects in ``namespace`` are ours (the operator's own is always watched)."""
+        if not self.watch_namespaces or namespace is None:
+            return True
+        return namespace in self.watch_namespaces or namespace == self.namespace
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        namespace = reader.name("SCAPGUARD_NAMESPACE", required=True)
+        results_port = reader.integer("SCAPGUARD_RESULTS_PORT", 8443, 1, 65535)
+        cert = reader.text("SCAPGUARD_RESULTS_TLS_CERT_FILE", "") or None
+        key = reader.text("SCAPGUARD_RESULTS_TLS_KEY_FILE", "") or None
+        if (cert is None) != (key is None):
+            missing = "SCAPGUARD_RESULTS_TLS_KEY_FILE" if key is None else (
+                "SCAPGUARD_RESULTS_TLS_CERT_FILE"
+            )
+            raise SettingsError(missing, "set both the TLS certificate and key files, or neither")
+        scheme = "https" if cert else "http"
+        default_url = f"{scheme}://scapguard-results.{namespace}.svc:{results_port}"
+        backoff = reader.integer("SCAPGUARD_RETRY_BACKOFF_SECONDS", 30, 0, 86400)
+        webhook_cert = reader.text("SCAPGUARD_ADMISSION_TLS_CERT_FILE", "") or None
+        webhook_key = reader.text("SCAPGUARD_ADMISSION_TLS_KEY_FILE", "") or None
+        # The webhook needs its serving certificate: on by default when one is configured.
+        admission = reader.boolean("SCAPGUARD_ADMISSION_ENABLED", webhook_cert is not None)
+        if admission and (webhook_cert is None or webhook_key is None):
+            missing = ("SCAPGUARD_ADMISSION_TLS_CERT_FILE" if webhook_cert is None
+                       else "SCAPGUARD_ADMISSION_TLS_KEY_FILE")
+            raise SettingsError(missing, "the admission webhook needs a certificate and key")
+        failure_policy = reader.text("SCAPGUARD_ADMISSION_FAILURE_POLICY", "Fail")
+        if failure_policy not in ("Fail", "Ignore"):
+            raise SettingsError("SCAPGUARD_ADMISSION_FAILURE_POLICY", "must be Fail or Ignore")
+        return cls(
+            namespace=namespace,
+            watch_namespaces=frozenset(reader.names("SCAPGUARD_WATCH_NAMESPACES")),
+            max_concurrent_scans=reader.integer("SCAPGUARD_MAX_CONCURRENT_SCANS", 4, 1, 1000),
+            max_concurrent_scans_per_policy=reader.integer(
+                "SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY", 2, 1, 1000
+            ),
+            results_bind=reader.text("SCAPGUARD_RESULTS_BIND", "0.0.0.0"),  # noqa: S104 -- in-pod
+            results_port=results_port,
+            results_url=reader.url("SCAPGUARD_RESULTS_URL", default_url),
+            results_tls_cert_file=cert,
+            results_tls_key_file=key,
+            results_ca_config_map=reader.text("SCAPGUARD_RESULTS_CA_CONFIGMAP", "") or None,
+            results_max_bytes=reader.integer(
+                "SCAPGUARD_RESULTS_MAX_BYTES", 16 * 1024 * 1024, 1024, 256 * 1024 * 1024
+            ),
+            metrics_bind=reader.text("SCAPGUARD_METRICS_BIND", "0.0.0.0"),  # noqa: S104 -- in-pod
+            metrics_port=reader.integer("SCAPGUARD_METRICS_PORT", 9090, 0, 65535),
+            scanner_image=reader.text("SCAPGUARD_SCANNER_IMAGE", DEFAULT_SCANNER_IMAGE),
+            scanner_image_pull_secrets=reader.names("SCAPGUARD_SCANNER_IMAGE_PULL_SECRETS"),
+            scanner_service_account=reader.name("SCAPGUARD_SCANNER_SERVICE_ACCOUNT") or None,
+            cleanup_grace_seconds=reader.integer(
+                "SCAPGUARD_CLEANUP_GRACE_SECONDS", 86400, 0, 365 * 86400
+            ),
+            job_ttl_seconds=reader.integer("SCAPGUARD_JOB_TTL_SECONDS", 3600, 60, 30 * 86400),
+            retry_backoff_seconds=backoff,
+            retry_backoff_max_seconds=reader.integer(
+                "SCAPGUARD_RETRY_BACKOFF_MAX_SECONDS", max(600, backoff), backoff, 7 * 86400
+            ),
+            per_cve_metrics=reader.boolean("SCAPGUARD_PER_CVE_METRICS", False),
+            peering_name=reader.name("SCAPGUARD_PEERING", default="scapguard"),
+            max_workers=reader.integer("SCAPGUARD_MAX_WORKERS", 8, 1, 256),
+            reference_url=reader.text("SCAPGUARD_REFERENCE_URL", "").rstrip("/"),
+            admission_enabled=admission,
+            admission_tls_cert_file=webhook_cert,
+            admission_tls_key_file=webhook_key,
+            admission_bind=reader.text("SCAPGUARD_ADMISSION_BIND", "0.0.0.0"),  # noqa: S104
+            admission_port=reader.integer("SCAPGUARD_ADMISSION_PORT", 9443, 1, 65535),
+            admission_failure_policy=failure_policy,
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, var: str, default: str) -> str:
+        return self._env.get(var, default).strip()
+
+    def _parsed(self, var: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._env.get(var, "").strip()
+        return default if raw == "" else parse(raw)
+
+    def name(self, var: str, *, required: bool = False, default: str = "") -> str:
+        value = self.text(var, default)
+        if required and not value:
+            raise SettingsError(var, "is required")
+        if value and (len(value) > 63 or not _NAME.fullmatch(value)):
+            raise SettingsError(var, f"{value!r} is not a DNS label")
+        return value
+
+    def names(self, var: str) -> tuple[str, ...]:
+        values = [v.strip() for v in self.text(var, "").split(",") if v.strip()]
+        for value in values:
+            if len(value) > 63 or not _NAME.fullmatch(value):
+                raise SettingsError(var, f"{value!r} is not a DNS label")
+        return tuple(values)
+
+    def integer(self, var: str, default: int, minimum: int, maximum: int) -> int:
+        def parse(raw: str) -> int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(var, f"{raw!r} is not an integer") from None
+            if not minimum <= value <= maximum:
+                raise SettingsError(var, f"{value} is not between {minimum} and {maximum}")
+            return value
+
+        return self._parsed(var, default, parse)
+
+    def boolean(self, var: str, default: bool) -> bool:
+        def parse(raw: str) -> bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(var, f"{raw!r} is not a boolean (true/false)")
+
+        return self._parsed(var, default, parse)
+
+    def url(self, var: str, default: str) -> str:
+        value = self.text(var, default).rstrip("/")
+        if not _URL.fullmatch(value):
+            raise SettingsError(var, f"{value!r} is not an http(s) URL")
+        return value

@@ -1,0 +1,39 @@
+"""Reaching the operator context from kopf's kwargs, and mapping outcomes to kopf terms."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import kopf
+
+from scapguard.k8s.api import Conflict
+from scapguard.reconcile.context import OperatorContext, Outcome
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+MEMO_KEY: Final = "scapguard"
+CONFLICT_RETRY_SECONDS: Final = 1.0
+
+
+def context(memo: Any) -> OperatorContext:
+    ctx = memo.get(MEMO_KEY)
+    if not isinstance(ctx, OperatorContext):
+        raise kopf.TemporaryError("the operator has not finished starting", delay=5)
+    return ctx
+
+
+def in_scope(namespace: str | None, memo: Any, **_: Any) -> bool:
+    """Filter for every resource handler: only the watched namespaces."""
+    ctx = memo.get(MEMO_KEY)
+    return isinstance(ctx, OperatorContext) and ctx.settings.watches(namespace)
+
+
+def finish(outcome: Outcome) -> None:
+    if outcome.permanent is not None:
+        raise kopf.PermanentError(outcome.permanent)
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.message or "not done yet", delay=outcome.retry_after)
+
+
+def conflict_retry(exc: Conflict) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"changed concurrently: {exc}", delay=CONFLICT_RETRY_SECONDS)

@@ -1,0 +1,53 @@
+"""ImageScan handlers: reconcile on change, watch progress and repair on timers, clean up."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import kopf
+
+from scapguard.api.constants import GROUP, IMAGESCAN_PLURAL, VERSION
+from scapguard.handlers.context import Logger, conflict_retry, context, finish, in_scope
+from scapguard.k8s.api import Conflict
+from scapguard.reconcile.cleanup import scan_deleted
+from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
+
+PROGRESS_INTERVAL: Final = 30.0  # scans under way: notice Jobs that ended without a post
+REPAIR_INTERVAL: Final = 600.0  # finished scans: bring the Image back in line if it drifted
+
+
+@kopf.on.resume(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
+@kopf.on.create(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
+@kopf.on.update(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
+def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
+    try:
+        finish(reconcile_imagescan(context(memo), dict(body)))
+    except Conflict as exc:
+        raise conflict_retry(exc) from exc
+
+
+@kopf.timer(GROUP, VERSION, IMAGESCAN_PLURAL, interval=PROGRESS_INTERVAL,
+            initial_delay=PROGRESS_INTERVAL, when=in_scope)
+def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
+    if not in_progress(dict(body)):
+        return  # finished scans cost no API call here
+    try:
+        reconcile_imagescan(context(memo), dict(body), pump=False)
+    except Conflict as exc:
+        raise conflict_retry(exc) from exc
+
+
+@kopf.timer(GROUP, VERSION, IMAGESCAN_PLURAL, interval=REPAIR_INTERVAL,
+            initial_delay=REPAIR_INTERVAL, when=in_scope)
+def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
+    try:
+        reconcile_imagescan(context(memo), dict(body), repair=True)
+    except Conflict as exc:
+        raise conflict_retry(exc) from exc
+
+
+@kopf.on.event(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope)
+def deleted(type: str, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    if type == "DELETED":
+        scan_deleted(context(memo), dict(body))
+        logger.info("ImageScan deleted: its Jobs removed, the Image's deny re-judged")

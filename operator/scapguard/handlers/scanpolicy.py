@@ -1,0 +1,32 @@
+"""ScanPolicy handlers: reconcile on change and on a timer (schedule, GC, drift)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import kopf
+
+from scapguard.api.constants import GROUP, SCANPOLICY_PLURAL, VERSION
+from scapguard.handlers.context import conflict_retry, context, finish, in_scope
+from scapguard.k8s.api import Conflict
+from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
+
+TIMER_INTERVAL: Final = 30.0
+
+
+@kopf.on.resume(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
+@kopf.on.create(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
+@kopf.on.update(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
+def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
+    try:
+        finish(reconcile_scanpolicy(context(memo), dict(body)))
+    except Conflict as exc:
+        raise conflict_retry(exc) from exc
+
+
+@kopf.timer(GROUP, VERSION, SCANPOLICY_PLURAL, interval=TIMER_INTERVAL, when=in_scope)
+def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
+    try:
+        reconcile_scanpolicy(context(memo), dict(body))
+    except Conflict as exc:
+        raise conflict_retry(exc) from exc

@@ -1,0 +1,85 @@
+"""Operator start-up and clean-up: settings, kopf configuration, servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import start_http_server
+
+from scapguard.api.constants import PREFIX
+from scapguard.config import Settings, SettingsError
+from scapguard.handlers.admission import AdmissionOptions, configure_admission
+from scapguard.handlers.context import MEMO_KEY, Logger
+from scapguard.k8s.client import load_client
+from scapguard.metrics import Metrics
+from scapguard.reconcile.context import OperatorContext
+from scapguard.results_server import start_results_server
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
+    await start_operator(settings, memo, logger)
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, logger: Logger, **_: Any) -> None:
+    await stop_operator(memo, logger)
+
+
+async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Logger) -> None:
+    """Settings from the environment (bad ones stop the operator), kopf settings, servers."""
+    try:
+        config = Settings.from_env()
+    except SettingsError as exc:
+        raise kopf.PermanentError(f"invalid setting {exc}") from exc
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = config.max_workers
+    if config.peering_name:
+        settings.peering.name = config.peering_name
+        settings.peering.mandatory = True
+        # Equal priorities pause every replica (kopf's rule): a random one elects a single one.
+        settings.peering.priority = secrets.randbelow(2**30) + 1
+    else:
+        settings.peering.standalone = True
+    kube = await asyncio.to_thread(load_client)
+    metrics = Metrics(per_cve=config.per_cve_metrics)
+    ctx = OperatorContext(kube=kube, settings=config, metrics=metrics)
+    memo[MEMO_KEY] = ctx
+    if config.metrics_port:
+        server, _thread = start_http_server(
+            config.metrics_port, config.metrics_bind, registry=metrics.registry
+        )
+        memo["scapguard_metrics_server"] = server
+    memo["scapguard_results_runner"] = await start_results_server(ctx)
+    await asyncio.to_thread(configure_admission, settings, memo, AdmissionOptions(
+        certfile=config.admission_tls_cert_file or "",
+        pkeyfile=config.admission_tls_key_file or "",
+        bind=config.admission_bind,
+        port=config.admission_port,
+        failure_policy=config.admission_failure_policy,
+        enabled=config.admission_enabled,
+    ))
+    logger.info("scapguard started: namespace=%s watching=%s limits=%s/%s",
+                config.namespace, sorted(config.watch_namespaces) or "all",
+                config.max_concurrent_scans, config.max_concurrent_scans_per_policy)
+
+
+async def stop_operator(memo: Any, logger: Logger) -> None:
+    runner = memo.get("scapguard_results_runner")
+    if isinstance(runner, web.AppRunner):
+        await runner.cleanup()
+    server = memo.get("scapguard_metrics_server")
+    if server is not None:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+    logger.info("scapguard stopped")

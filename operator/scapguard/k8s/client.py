@@ -1,0 +1,142 @@
+"""The Kube Protocol over the ``kubernetes`` package (the only module that imports it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from scapguard.k8s.api import Kind, KubeError, Obj, error_for
+
+logger = logging.getLogger(__name__)
+
+_MERGE_PATCH = "application/merge-patch+json"
+
+
+def load_client() -> KubeClient:
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    configuration = k8s_client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    else:
+        k8s_config.load_kube_config(client_configuration=configuration)
+    return KubeClient(k8s_client.ApiClient(configuration))
+
+
+def _path(kind: Kind, namespace: str | None, name: str | None = None, sub: str = "") -> str:
+    base = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+    if kind.namespaced and namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{kind.plural}"
+    if name is not None:
+        base += f"/{name}"
+    if sub:
+        base += f"/{sub}"
+    return base
+
+
+def _status_error(status: int, reason: str, body: object) -> KubeError:
+    """A typed error from an HTTP status and the API server's Status body, if it sent one."""
+    message = str(body or reason)
+    if isinstance(body, str | bytes) and body:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            logger.debug("non-JSON error body from the API server: %s", body)
+        else:
+            if isinstance(doc, dict):
+                reason = str(doc.get("reason") or reason)
+                message = str(doc.get("message") or message)
+    return error_for(status, reason, message)
+
+
+def _error(exc: ApiException) -> KubeError:
+    return _status_error(int(exc.status or 0), str(exc.reason or ""), exc.body)
+
+
+class KubeClient:
+    def __init__(self, api_client: Any, *, timeout: float = 30.0) -> None:
+        self._api = api_client
+        self._timeout = timeout
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        try:
+            method, url, headers, payload, post = self._api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or None,
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(
+                method, url, header_params=headers, body=payload, post_params=post,
+                _request_timeout=self._timeout,
+            )
+            data = response.read()
+        except ApiException as exc:
+            raise _error(exc) from exc
+        if not 200 <= int(response.status) <= 299:
+            raise _status_error(int(response.status), str(response.reason or ""), data)
+        result = json.loads(data) if data else {}
+        return result if isinstance(result, dict) else {}
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        return self._call("GET", _path(kind, namespace, name))
+
+    def list(
+        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[Obj]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            page = [*query, ("limit", "500")] + ([("continue", token)] if token else [])
+            result = self._call("GET", _path(kind, namespace), query=page)
+            for item in result.get("items") or []:
+                if isinstance(item, dict):
+                    item.setdefault("apiVersion", kind.api_version)
+                    item.setdefault("kind", kind.kind)
+                    items.append(item)
+            token = (result.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    def create(self, kind: Kind, body: Obj) -> Obj:
+        namespace = (body.get("metadata") or {}).get("namespace")
+        return self._call("POST", _path(kind, namespace), body=body)
+
+    def patch(self, kind: Kind, name: str, namespace: str | None, patch: Obj) -> Obj:
+        return self._call(
+            "PATCH", _path(kind, namespace, name), body=patch, content_type=_MERGE_PATCH
+        )
+
+    def patch_status(self, kind: Kind, name: str, namespace: str | None, patch: Obj) -> Obj:
+        return self._call(
+            "PATCH", _path(kind, namespace, name, "status"), body=patch, content_type=_MERGE_PATCH
+        )
+
+    def delete(
+        self, kind: Kind, name: str, namespace: str | None, *, uid: str | None = None
+    ) -> None:
+        options: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+        }
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        self._call("DELETE", _path(kind, namespace, name), body=options)

@@ -1,0 +1,193 @@
+"""An in-memory Kube for tests: merge patches, status subresources, resourceVersion
+preconditions, label selectors, generation, owner-reference cascade on delete."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import itertools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from scapguard.k8s.api import (
+    AlreadyExists,
+    Conflict,
+    Kind,
+    NotFound,
+    Obj,
+)
+
+Key = tuple[str, str, str]  # (plural.group, namespace, name)
+STATUS_SUBRESOURCE = frozenset({"scanpolicies", "imagescans", "jobs"})
+
+
+def merge_patch(target: object, patch: object) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result: dict[str, Any] = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def selector_matches(selector: str | None, labels: dict[str, str]) -> bool:
+    for term in (selector or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key.rstrip("=")) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class FakeKube:
+    def __init__(self, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.objects: dict[Key, Obj] = {}
+        self.kinds: dict[str, Kind] = {}
+        self.actions: list[tuple[str, str, str, str]] = []  # (verb, plural, namespace, name)
+        self.clock = clock or (lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        self._versions = itertools.count(1)
+        # Called before each write; may raise to simulate API failures or crashes.
+        self.before_write: Callable[[str, Kind, Obj], None] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _kid(kind: Kind) -> str:
+        return f"{kind.plural}.{kind.group}"
+
+    def _key(self, kind: Kind, namespace: str | None, name: str) -> Key:
+        return (self._kid(kind), (namespace or "") if kind.namespaced else "", name)
+
+    def _bump(self, obj: Obj) -> None:
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+
+    def _check_version(self, current: Obj, patch: Obj) -> None:
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+            raise Conflict(409, "Conflict", "the object has been modified")
+
+    def _hook(self, verb: str, kind: Kind, obj: Obj) -> None:
+        if self.before_write is not None:
+            self.before_write(verb, kind, obj)
+
+    def created(self, plural: str) -> list[str]:
+        return [a[3] for a in self.actions if a[0] == "create" and a[1] == plural]
+
+    def all(self, kind: Kind) -> list[Obj]:
+        return self.list(kind)
+
+    # ------------------------------------------------------------------ Kube
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        obj = self.objects.get(self._key(kind, namespace, name))
+        if obj is None:
+            raise NotFound(404, "NotFound", f"{kind.plural} {namespace}/{name} not found")
+        return copy.deepcopy(obj)
+
+    def list(
+        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[Obj]:
+        kid = self._kid(kind)
+        out = []
+        for (k, ns, _), obj in sorted(self.objects.items()):
+            if k != kid or (namespace and kind.namespaced and ns != namespace):
+                continue
+            if selector_matches(label_selector, obj["metadata"].get("labels") or {}):
+                out.append(copy.deepcopy(obj))
+        return out
+
+    def create(self, kind: Kind, body: Obj) -> Obj:
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+        key = self._key(kind, meta.get("namespace"), meta["name"])
+        self._hook("create", kind, obj)
+        if key in self.objects:
+            raise AlreadyExists(409, "AlreadyExists", f"{kind.plural} {meta['name']} exists")
+        meta["uid"] = str(uuid.uuid4())
+        meta["generation"] = 1
+        meta["creationTimestamp"] = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj.setdefault("apiVersion", kind.api_version)
+        obj.setdefault("kind", kind.kind)
+        if kind.plural in STATUS_SUBRESOURCE:
+            obj.pop("status", None)
+        self._bump(obj)
+        self.objects[key] = obj
+        self.kinds[key[0]] = kind
+        self.actions.append(("create", kind.plural, key[1], key[2]))
+        return copy.deepcopy(obj)
+
+    def patch(self, kind: Kind, name: str, namespace: str | None, patch: Obj) -> Obj:
+        key = self._key(kind, namespace, name)
+        current = self.objects.get(key)
+        if current is None:
+            raise NotFound(404, "NotFound", f"{kind.plural} {namespace}/{name} not found")
+        self._check_version(current, patch)
+        self._hook("patch", kind, patch)
+        body = copy.deepcopy(patch)
+        if kind.plural in STATUS_SUBRESOURCE:
+            body.pop("status", None)
+        (body.get("metadata") or {}).pop("resourceVersion", None)
+        updated = merge_patch(current, body)
+        if updated.get("spec") != current.get("spec"):
+            updated["metadata"]["generation"] = current["metadata"]["generation"] + 1
+        if updated != current:
+            self._bump(updated)
+            self.objects[key] = updated
+        self.actions.append(("patch", kind.plural, key[1], name))
+        return copy.deepcopy(updated)
+
+    def patch_status(self, kind: Kind, name: str, namespace: str | None, patch: Obj) -> Obj:
+        key = self._key(kind, namespace, name)
+        current = self.objects.get(key)
+        if current is None:
+            raise NotFound(404, "NotFound", f"{kind.plural} {namespace}/{name} not found")
+        self._check_version(current, patch)
+        self._hook("patch_status", kind, patch)
+        updated = copy.deepcopy(current)
+        if "status" in patch:
+            updated["status"] = merge_patch(current.get("status"), patch["status"])
+            if not updated["status"]:
+                updated.pop("status")
+        if updated != current:
+            self._bump(updated)
+            self.objects[key] = updated
+        self.actions.append(("patch_status", kind.plural, key[1], name))
+        return copy.deepcopy(updated)
+
+    def delete(
+        self, kind: Kind, name: str, namespace: str | None, *, uid: str | None = None
+    ) -> None:
+        key = self._key(kind, namespace, name)
+        current = self.objects.get(key)
+        if current is None:
+            raise NotFound(404, "NotFound", f"{kind.plural} {namespace}/{name} not found")
+        if uid is not None and current["metadata"]["uid"] != uid:
+            raise Conflict(409, "Conflict", "uid precondition failed")
+        self._hook("delete", kind, current)
+        del self.objects[key]
+        self.actions.append(("delete", kind.plural, key[1], name))
+        self._cascade(current["metadata"]["uid"])
+
+    def _cascade(self, owner_uid: str) -> None:
+        for key, obj in list(self.objects.items()):
+            owners = obj["metadata"].get("ownerReferences") or []
+            if key in self.objects and any(o.get("uid") == owner_uid for o in owners):
+                del self.objects[key]
+                self._cascade(obj["metadata"]["uid"])

@@ -1,0 +1,87 @@
+"""What every reconcile needs: the API, the settings, the metrics, a clock and the locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scapguard.builders.events import build_event
+from scapguard.config import Settings
+from scapguard.k8s.api import EVENT, Kube, KubeError
+from scapguard.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Throttle:
+    """Let an action run at most once per ``interval`` seconds (per process)."""
+
+    def __init__(self, interval: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._monotonic = monotonic
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> bool:
+        with self._lock:
+            now = self._monotonic()
+            if self._last is not None and now - self._last < self._interval:
+                return False
+            self._last = now
+            return True
+
+
+@dataclass
+class OperatorContext:
+    kube: Kube
+    settings: Settings
+    metrics: Metrics
+    clock: Callable[[], dt.datetime] = utcnow
+    token_factory: Callable[[], str] = new_token
+    # Serialises queue admission so the concurrency limits hold (one active replica: peering).
+    admission_lock: threading.Lock = field(default_factory=threading.Lock)
+    sweep_throttle: Throttle = field(default_factory=lambda: Throttle(60.0))
+
+    def now(self) -> dt.datetime:
+        return self.clock()
+
+    def event(self, regarding: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event; a failure to post is logged, never fatal to the reconcile."""
+        body = build_event(
+            regarding=regarding, type_=type_, reason=reason, message=message, now=self.now(),
+            default_namespace=self.settings.namespace,
+        )
+        try:
+            self.kube.create(EVENT, body)
+        except KubeError as exc:
+            logger.warning("could not post Event %s about %s: %s", reason,
+                           (regarding.get("metadata") or {}).get("name"), exc)
+
+    def scan_namespaces(self) -> list[str | None]:
+        """Namespaces to list ImageScans in: [None] (all) or the watched ones."""
+        if not self.settings.watch_namespaces:
+            return [None]
+        return [*sorted(self.settings.watch_namespaces | {self.settings.namespace})]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a reconcile ended, for the handler to map to kopf terms."""
+
+    retry_after: float | None = None  # not done yet: try again after this many seconds
+    permanent: str | None = None  # input no retry can fix (already reported as a condition)
+    message: str = ""

@@ -1,0 +1,139 @@
+"""Deny execution of an image on the OpenShift Image object, per digest across all policies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scapguard.api import constants as c
+from scapguard.api.annotations import (
+    QualityInput,
+    deny_set_by_person,
+    enforcement_patch,
+    quality_annotation,
+)
+from scapguard.api.naming import digest_label
+from scapguard.k8s.api import IMAGE, IMAGESCAN, NotFound, Obj, annotations_of, name_of, namespace_of
+from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.scans import parsed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    image_found: bool
+    denied: bool  # the Image carries deny-execution (set by scapguard or by a person)
+    by_person: bool
+    newly_denied: bool = False
+    lifted: bool = False
+    denied_by: tuple[str, ...] = ()
+
+
+def scans_for_digest(ctx: OperatorContext, digest: str) -> list[Obj]:
+    selector = f"{c.DIGEST_LABEL}={digest_label(digest)}"
+    found: list[Obj] = []
+    for namespace in ctx.scan_namespaces():
+        for scan in ctx.kube.list(IMAGESCAN, namespace, label_selector=selector):
+            spec = parsed(scan)
+            if spec is not None and spec.digest == digest:
+                found.append(scan)
+    return found
+
+
+def reference_for(ctx: OperatorContext, scan: Obj) -> str:
+    path = (
+        f"/apis/{c.API_VERSION}/namespaces/{namespace_of(scan)}/{c.IMAGESCAN_PLURAL}/"
+        f"{name_of(scan)}"
+    )
+    return f"{ctx.settings.reference_url}{path}"
+
+
+def _quality(ctx: OperatorContext, scan: Obj) -> str | None:
+    status = scan.get("status") or {}
+    if status.get("result") not in ("Pass", "Fail", "Error") or not status.get("evaluatedAt"):
+        return None
+    vulns = status.get("vulnerabilities")
+    comp = status.get("compliance")
+    spec = parsed(scan)
+    return quality_annotation(
+        QualityInput(
+            timestamp=str(status["evaluatedAt"]),
+            reference=reference_for(ctx, scan),
+            scanner_version=(status.get("scanner") or {}).get("version"),
+            compliant=None if status["result"] == "Error" else status["result"] == "Pass",
+            vulnerabilities=vulns if isinstance(vulns, Mapping) else None,
+            failed_rules=int(status.get("failedRulesCount") or 0) if comp else None,
+            description=(
+                f"{status['result']} under ScanPolicy {namespace_of(scan)}/"
+                f"{spec.policy if spec else '?'}: {status.get('message', '')}"
+            )[:512],
+        )
+    )
+
+
+def enforce_digest(
+    ctx: OperatorContext, digest: str, overrides: Mapping[str, Obj] | None = None
+) -> Enforcement:
+    """Bring the Image named ``digest`` to what its scans want: denied if any scan denies.
+
+    ``overrides`` maps a scan uid to a fresher copy of that scan (its status about to be written).
+    """
+    scans = scans_for_digest(ctx, digest)
+    fresh = dict(overrides or {})
+    scans = [fresh.pop(str(s["metadata"].get("uid")), s) for s in scans] + list(fresh.values())
+    denying = [s for s in scans if (s.get("status") or {}).get("denied") is True]
+    denied_by = tuple(
+        sorted({f"{namespace_of(s)}/{spec.policy}" for s in denying if (spec := parsed(s))})
+    )
+    evaluated = [s for s in scans if (s.get("status") or {}).get("evaluatedAt")]
+    evaluated.sort(key=lambda s: str(s["status"]["evaluatedAt"]), reverse=True)
+    representative = denying[0] if denying else (evaluated[0] if evaluated else None)
+    quality = _quality(ctx, representative) if representative is not None else None
+    try:
+        image = ctx.kube.get(IMAGE, digest)
+    except NotFound:
+        return Enforcement(image_found=False, denied=False, by_person=False, denied_by=denied_by)
+    current = annotations_of(image)
+    patch = enforcement_patch(current, deny=bool(denying), denied_by=denied_by, quality=quality)
+    if patch:
+        ctx.kube.patch(IMAGE, digest, None, {"metadata": {"annotations": patch}})
+        logger.info("annotated Image %s: %s", digest, sorted(patch))
+    after = {**current, **{k: v for k, v in patch.items() if v is not None}}
+    for key, value in patch.items():
+        if value is None:
+            after.pop(key, None)
+    newly = patch.get(c.OPENSHIFT_DENY_ANNOTATION) == "true"
+    result = Enforcement(
+        image_found=True,
+        denied=after.get(c.OPENSHIFT_DENY_ANNOTATION) == "true",
+        by_person=deny_set_by_person(after),
+        newly_denied=newly,
+        lifted=c.OPENSHIFT_DENY_ANNOTATION in patch and patch[c.OPENSHIFT_DENY_ANNOTATION] is None,
+        denied_by=denied_by,
+    )
+    if newly:
+        _announce_denial(ctx, image, denying, denied_by)
+    return result
+
+
+def _announce_denial(
+    ctx: OperatorContext, image: Obj, denying: list[Obj], denied_by: tuple[str, ...]
+) -> None:
+    message = f"image {name_of(image)} denied execution by ScanPolicy {', '.join(denied_by)}"
+    streams: set[tuple[str, str]] = set()
+    for scan in denying:
+        spec = parsed(scan)
+        if spec is None:
+            continue
+        ctx.metrics.denials.labels(f"{namespace_of(scan)}/{spec.policy}").inc()
+        streams |= {(t.namespace, t.image_stream) for t in spec.tags}
+    ctx.event(image, "Warning", "Denied", message)
+    for namespace, stream in sorted(streams):
+        regarding: Obj = {
+            "apiVersion": f"{c.IMAGE_GROUP}/{c.IMAGE_VERSION}",
+            "kind": "ImageStream",
+            "metadata": {"name": stream, "namespace": namespace},
+        }
+        ctx.event(regarding, "Warning", "Denied", message)

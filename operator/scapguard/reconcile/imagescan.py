@@ -1,0 +1,311 @@
+"""Reconcile one ImageScan: request -> queue -> Job -> outcome -> verdict -> enforcement.
+
+Level-based: every run reads the scan's status and the Job of its current attempt and does
+whatever is missing. Status writes are guarded by resourceVersion, so a concurrent writer
+(the queue, the results endpoint) makes this run fail with Conflict and run again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from scapguard.api import conditions as cond
+from scapguard.api import constants as c
+from scapguard.api.conditions import Reason
+from scapguard.api.errors import SpecError
+from scapguard.api.evaluation import ERROR, Verdict, evaluate
+from scapguard.api.imagescan import (
+    COMPLETED,
+    QUEUED,
+    RETRYING,
+    AttemptOutcome,
+    ImageScanSpec,
+    ScanProgress,
+    ScanRequest,
+    format_time,
+    parse_imagescan_spec,
+    parse_time,
+    read_progress,
+    trigger_of,
+)
+from scapguard.api.naming import digest_label, job_name, result_config_map_name
+from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    SCANPOLICY,
+    NotFound,
+    Obj,
+    annotations_of,
+    labels_of,
+    name_of,
+    namespace_of,
+    uid_of,
+)
+from scapguard.reconcile.context import OperatorContext, Outcome
+from scapguard.reconcile.enforcement import enforce_digest
+from scapguard.reconcile.jobs import delete_job, observe_job
+from scapguard.reconcile.queue import pump_queue, queued_fields
+from scapguard.reconcile.status import differs, with_conditions, write_status
+from scapguard.reconcile.verdicts import (
+    apply_verdict,
+    completed_fields,
+    conditions_for,
+    load_result,
+    reevaluate,
+)
+
+logger = logging.getLogger(__name__)
+
+POLICY_RETRY_SECONDS = 60.0
+
+
+def backoff(ctx: OperatorContext, attempt: int) -> float:
+    base = ctx.settings.retry_backoff_seconds
+    return float(min(base * 2 ** max(0, attempt - 1), ctx.settings.retry_backoff_max_seconds))
+
+
+def reconcile_imagescan(
+    ctx: OperatorContext, scan: Obj, *, repair: bool = False, pump: bool = True
+) -> Outcome:
+    """``pump=False`` (the progress timer) leaves queue admission to the policies' timers."""
+    try:
+        spec = parse_imagescan_spec(scan.get("spec"))
+    except SpecError as exc:
+        _not_ready(ctx, scan, Reason.INVALID_SPEC, str(exc))
+        return Outcome(permanent=str(exc))
+    _ensure_labels(ctx, scan, spec)
+    try:
+        policy_obj = ctx.kube.get(SCANPOLICY, spec.policy, namespace_of(scan))
+        policy = parse_policy_spec(policy_obj.get("spec"))
+    except NotFound:
+        _not_ready(ctx, scan, Reason.POLICY_NOT_FOUND,
+                   f"ScanPolicy {namespace_of(scan)}/{spec.policy} not found")
+        return Outcome(retry_after=POLICY_RETRY_SECONDS)
+    except SpecError as exc:
+        _not_ready(ctx, scan, Reason.INVALID_POLICY, f"ScanPolicy {spec.policy}: {exc}")
+        return Outcome(retry_after=POLICY_RETRY_SECONDS)
+
+    progress = read_progress(scan.get("status"))
+    now = ctx.now()
+    rescan = annotations_of(scan).get(c.RESCAN_ANNOTATION)
+    request = progress.request
+    if request is None or (progress.finished and rescan is not None and rescan != request.rescan):
+        _new_request(ctx, scan, spec, policy, progress, rescan, now)
+        pump_queue(ctx)
+        return Outcome()
+    if progress.finished:
+        return _settled(ctx, scan, spec, policy, progress, repair=repair)
+    return _advance(ctx, scan, spec, policy, progress, request, pump=pump)
+
+
+def in_progress(scan: Obj) -> bool:
+    """Whether the scan has work under way or asked for (no API call: status and annotations)."""
+    progress = read_progress(scan.get("status"))
+    if progress.request is None or not progress.finished:
+        return True
+    rescan = annotations_of(scan).get(c.RESCAN_ANNOTATION)
+    return rescan is not None and rescan != progress.request.rescan
+
+
+def _ensure_labels(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec) -> None:
+    """Hand-made scans get the digest and policy labels the operator selects by."""
+    wanted = {c.DIGEST_LABEL: digest_label(spec.digest), c.POLICY_LABEL: spec.policy}
+    labels = labels_of(scan)
+    missing = {k: v for k, v in wanted.items() if labels.get(k) != v}
+    if missing:
+        scan.update(ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan),
+                                   {"metadata": {"labels": missing}}))
+
+
+def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> None:
+    patch = with_conditions(ctx, scan, {}, [(cond.READY, cond.FALSE, reason, message)])
+    if differs(scan, patch):
+        write_status(ctx, scan, patch)
+        ctx.event(scan, "Warning", reason, message)
+
+
+def _new_request(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
+    progress: ScanProgress, rescan: str | None, now: dt.datetime,
+) -> None:
+    previous = progress.request
+    request = ScanRequest(
+        number=1 if previous is None else previous.number + 1,
+        trigger=spec.trigger if previous is None else trigger_of(rescan or ""),
+        rescan=rescan,
+        content_hash=policy.content_hash(),
+        requested_at=format_time(now),
+    )
+    patch: dict[str, Any] = {
+        "request": request.to_dict(), "trigger": request.trigger, "attempts": 0, "job": None,
+        "nextAttemptAt": None, "displayImage": spec.display_image(), **queued_fields(now),
+    }
+    has_result = progress.result is not None
+    message = f"{request.trigger} scan queued"
+    patch = with_conditions(ctx, scan, patch, [
+        (cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.QUEUED, message),
+        *([] if has_result else [(cond.READY, cond.FALSE, Reason.QUEUED, message)]),
+    ])
+    write_status(ctx, scan, patch)
+    if previous is not None:
+        ctx.event(scan, "Normal", Reason.RESCAN_REQUESTED, f"rescan requested ({request.trigger})")
+
+
+def _settled(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
+    progress: ScanProgress, *, repair: bool,
+) -> Outcome:
+    """The current request has its result: re-judge if the rules changed, keep Image in line."""
+    if progress.job:
+        delete_job(ctx, progress.job)
+        write_status(ctx, scan, {"job": None})
+    if progress.evaluation_hash != policy.evaluation_hash(ctx.now()):
+        reevaluate(ctx, scan, spec, policy)
+    elif repair:
+        _repair_enforcement(ctx, scan, spec, policy)
+    return Outcome()
+
+
+def _repair_enforcement(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec
+) -> None:
+    status = scan.get("status") or {}
+    verdict = Verdict(result=str(status.get("result")), reason=str(status.get("reason") or ""),
+                      message=str(status.get("message") or ""))
+    enforcement = enforce_digest(ctx, spec.digest)
+    patch = with_conditions(ctx, scan, {}, conditions_for(
+        verdict, policy, enforcement, status.get("denied") is True))
+    if differs(scan, patch):
+        write_status(ctx, scan, patch)
+
+
+def _advance(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
+    progress: ScanProgress, request: ScanRequest, *, pump: bool,
+) -> Outcome:
+    attempt = progress.attempts
+    outcome = progress.current_outcome()
+    if attempt > 0 and outcome is None:
+        state = observe_job(ctx, job_name(uid_of(scan), request.number, attempt))
+        if state.active:
+            return Outcome()
+        outcome = AttemptOutcome(request.number, attempt, "Error", state.reason, state.message,
+                                 format_time(ctx.now()))
+        write_status(ctx, scan, {"lastAttempt": _outcome_dict(outcome)})
+    if attempt > 0 and outcome is not None:
+        if outcome.outcome == "Completed":
+            return _complete(ctx, scan, spec, policy, request, outcome)
+        if attempt > policy.scanner.retries:
+            return _give_up(ctx, scan, spec, policy, request, outcome)
+        due = progress.next_attempt_at
+        if progress.state != RETRYING or due is None:
+            # The scanner's clock may run ahead of ours: never wait longer than the backoff.
+            finished = min(parse_time(outcome.finished_at) or ctx.now(), ctx.now())
+            due = finished + dt.timedelta(seconds=backoff(ctx, attempt))
+            _schedule_retry(ctx, scan, progress, outcome, due)
+        wait = (due - ctx.now()).total_seconds()
+        if wait > 0:
+            return Outcome(retry_after=wait)
+    elif progress.state not in (QUEUED, RETRYING):
+        write_status(ctx, scan, queued_fields(ctx.now()))
+    if pump:
+        pump_queue(ctx)
+    return Outcome()
+
+
+def _outcome_dict(outcome: AttemptOutcome) -> dict[str, Any]:
+    return {"request": outcome.request, "attempt": outcome.attempt, "outcome": outcome.outcome,
+            "reason": outcome.reason, "message": outcome.message,
+            "finishedAt": outcome.finished_at}
+
+
+def _schedule_retry(
+    ctx: OperatorContext, scan: Obj, progress: ScanProgress, outcome: AttemptOutcome,
+    due: dt.datetime,
+) -> None:
+    reason = outcome.reason or Reason.SCAN_FAILED
+    ctx.metrics.errors.labels(reason).inc()
+    if progress.job:
+        delete_job(ctx, progress.job)
+    message = f"attempt {outcome.attempt} failed ({reason}: {outcome.message}); retrying"
+    patch = with_conditions(ctx, scan, {
+        "state": RETRYING, "nextAttemptAt": format_time(due), "job": None,
+        "queuedAt": format_time(ctx.now()),
+    }, [(cond.SCANNED, cond.TRUE if progress.result else cond.FALSE, Reason.RETRYING, message)])
+    write_status(ctx, scan, patch)
+    ctx.event(scan, "Warning", Reason.RETRYING, message)
+
+
+def _complete(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
+    request: ScanRequest, outcome: AttemptOutcome,
+) -> Outcome:
+    doc = load_result(ctx, scan)
+    if doc is None:
+        missing = AttemptOutcome(outcome.request, outcome.attempt, "Error", "ResultMissing",
+                                 f"ConfigMap {result_config_map_name(name_of(scan))} is missing",
+                                 format_time(ctx.now()))
+        write_status(ctx, scan, {"lastAttempt": _outcome_dict(missing)})
+        return Outcome(retry_after=1.0)
+    verdict = evaluate(doc, policy, ctx.now())
+    extra = {
+        **completed_fields(doc), "state": COMPLETED, "resultRequest": request.number,
+        "job": None, "nextAttemptAt": None, "error": None,
+    }
+    _finish(ctx, scan, spec, policy, request, verdict, extra, doc)
+    return Outcome()
+
+
+def _give_up(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
+    request: ScanRequest, outcome: AttemptOutcome,
+) -> Outcome:
+    reason = outcome.reason or Reason.SCAN_FAILED
+    ctx.metrics.errors.labels(reason).inc()
+    message = f"{outcome.message or 'scan failed'} (after {outcome.attempt} attempts)"
+    verdict = Verdict(result=ERROR, reason=reason, message=message, error_reason=reason)
+    extra = {"state": COMPLETED, "resultRequest": request.number, "job": None,
+             "nextAttemptAt": None, "error": {"reason": reason, "message": message}}
+    _finish(ctx, scan, spec, policy, request, verdict, extra, None)
+    return Outcome()
+
+
+def _finish(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
+    request: ScanRequest, verdict: Verdict, extra: dict[str, Any], doc: dict[str, Any] | None,
+) -> None:
+    job = (scan.get("status") or {}).get("job")
+    apply_verdict(ctx, scan, spec, policy, verdict, extra)
+    if isinstance(job, str) and job:
+        delete_job(ctx, job)
+    ctx.metrics.scans.labels(verdict.result, request.trigger).inc()
+    status = scan.get("status") or {}
+    started = parse_time(status.get("startedAt"))
+    finished = parse_time(status.get("finishedAt"))
+    if started and finished:
+        ctx.metrics.scan_duration.labels(verdict.result).observe(
+            max(0.0, (finished - started).total_seconds()))
+    if doc is not None:
+        _content_metrics(ctx, doc)
+        counts = status.get("vulnerabilities")
+        if isinstance(counts, dict):
+            ctx.metrics.set_image_vulnerabilities(namespace_of(scan) or "", name_of(scan),
+                                                  {k: int(v) for k, v in counts.items()})
+    kind = "Normal" if verdict.result == "Pass" else "Warning"
+    ctx.event(scan, kind, verdict.reason if verdict.result != ERROR else Reason.SCAN_FAILED,
+              f"{verdict.result}: {verdict.message}")
+    pump_queue(ctx)
+
+
+def _content_metrics(ctx: OperatorContext, doc: dict[str, Any]) -> None:
+    for kind in ("vulnerabilities", "compliance"):
+        section = doc.get(kind)
+        content = section.get("content") if isinstance(section, dict) else None
+        if not isinstance(content, dict):
+            continue
+        produced = parse_time(content.get("version"))
+        if produced is not None:
+            ctx.metrics.content_age.labels(kind, str(content.get("name", ""))).set(
+                max(0.0, (ctx.now() - produced).total_seconds()))

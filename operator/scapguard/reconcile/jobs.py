@@ -1,0 +1,147 @@
+"""Scanner Jobs: what state one is in, deleting them, and sweeping orphans."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from scapguard.api import constants as c
+from scapguard.api.conditions import Reason
+from scapguard.api.imagescan import parse_time, read_progress
+from scapguard.builders.job import scanner_selector
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    JOB,
+    SECRET,
+    NotFound,
+    Obj,
+    annotations_of,
+    labels_of,
+    meta,
+    name_of,
+    uid_of,
+)
+from scapguard.reconcile.context import OperatorContext
+
+logger = logging.getLogger(__name__)
+
+ORPHAN_SECRET_AGE: Final = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class JobState:
+    active: bool
+    reason: str = ""
+    message: str = ""
+
+
+def _condition(job: Obj, type_: str) -> dict[str, str] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return {k: str(v) for k, v in cond.items()}
+    return None
+
+
+def job_finished(job: Obj) -> bool:
+    return any(
+        _condition(job, t) for t in ("Complete", "Failed", "FailureTarget", "SuccessCriteriaMet")
+    )
+
+
+def job_state(job: Obj | None) -> JobState:
+    if job is None:
+        return JobState(False, Reason.JOB_LOST, "the scanner Job disappeared before a result")
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if failed is not None:
+        if failed.get("reason") == "DeadlineExceeded":
+            return JobState(False, Reason.TIMEOUT, "the scan exceeded the policy's timeoutSeconds")
+        return JobState(
+            False, Reason.SCANNER_FAILED,
+            failed.get("message") or "the scanner pod failed without posting a result",
+        )
+    if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
+        return JobState(False, Reason.SCANNER_FAILED, "the scanner exited without a result")
+    return JobState(True)
+
+
+def observe_job(ctx: OperatorContext, name: str) -> JobState:
+    try:
+        return job_state(ctx.kube.get(JOB, name, ctx.settings.namespace))
+    except NotFound:
+        return job_state(None)
+
+
+def delete_job(ctx: OperatorContext, name: str) -> None:
+    """Delete a scanner Job; its Secret (owned by it) and pod go with it."""
+    try:
+        ctx.kube.delete(JOB, name, ctx.settings.namespace)
+    except NotFound:
+        return
+    try:
+        ctx.kube.delete(SECRET, name, ctx.settings.namespace)
+    except NotFound:
+        return
+
+
+def running_jobs(ctx: OperatorContext) -> list[Obj]:
+    jobs = ctx.kube.list(JOB, ctx.settings.namespace, label_selector=scanner_selector())
+    return [j for j in jobs if not job_finished(j) and not meta(j).get("deletionTimestamp")]
+
+
+def _stale(ctx: OperatorContext, job: Obj) -> str | None:
+    """Why a scanner Job is no longer wanted, or None if it still serves its scan."""
+    notes = annotations_of(job)
+    namespace = notes.get(c.SCAN_NAMESPACE_ANNOTATION)
+    name = notes.get(c.SCAN_NAME_ANNOTATION)
+    if not namespace or not name:
+        return "it names no ImageScan"
+    try:
+        scan = ctx.kube.get(IMAGESCAN, name, namespace)
+    except NotFound:
+        return f"ImageScan {namespace}/{name} is gone"
+    if uid_of(scan) != labels_of(job).get(c.SCAN_UID_LABEL):
+        return f"ImageScan {namespace}/{name} was replaced"
+    progress = read_progress(scan.get("status"))
+    request = progress.request
+    if request is None or notes.get(c.REQUEST_ANNOTATION) != str(request.number):
+        return "it belongs to an earlier request"
+    if notes.get(c.ATTEMPT_ANNOTATION) != str(progress.attempts):
+        return "a later attempt superseded it"
+    if progress.finished:
+        return "its scan has a result"
+    return None  # the current attempt: the scan's reconcile records how it ended
+
+
+def sweep(ctx: OperatorContext) -> int:
+    """Delete scanner Jobs whose scan is gone or moved on, and Secrets no Job ever owned.
+
+    Holds the admission lock: a Job created by the queue is recorded on its scan before a
+    sweep can see it.
+    """
+    with ctx.admission_lock:
+        return _sweep(ctx)
+
+
+def _sweep(ctx: OperatorContext) -> int:
+    deleted = 0
+    for job in ctx.kube.list(JOB, ctx.settings.namespace, label_selector=scanner_selector()):
+        reason = _stale(ctx, job)
+        if reason is not None:
+            logger.info("deleting scanner Job %s: %s", name_of(job), reason)
+            delete_job(ctx, name_of(job))
+            deleted += 1
+    now = ctx.now()
+    for secret in ctx.kube.list(SECRET, ctx.settings.namespace, label_selector=scanner_selector()):
+        created = parse_time(meta(secret).get("creationTimestamp"))
+        if meta(secret).get("ownerReferences") or created is None:
+            continue
+        if now - created > ORPHAN_SECRET_AGE:
+            logger.info("deleting scanner Secret %s that no Job owns", name_of(secret))
+            try:
+                ctx.kube.delete(SECRET, name_of(secret), ctx.settings.namespace)
+            except NotFound:
+                continue
+            deleted += 1
+    return deleted

@@ -1,0 +1,268 @@
+"""The scan queue: fair admission under global and per-policy limits, starting attempts.
+
+All state is in the API: a scan waits while its status says Queued/Retrying and no Job of
+its current attempt exists; running = scanner Jobs not finished. Admission runs under one
+lock (one active operator: kopf peering), so the limits hold. Fairness: scans are taken
+round-robin across policies, oldest first within a policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scapguard.api import conditions as cond
+from scapguard.api import constants as c
+from scapguard.api.conditions import Reason
+from scapguard.api.errors import SpecError
+from scapguard.api.imagescan import (
+    QUEUED,
+    RETRYING,
+    RUNNING,
+    format_time,
+    parse_time,
+    read_progress,
+)
+from scapguard.api.naming import job_name
+from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
+from scapguard.builders.job import (
+    ScanJobInput,
+    build_scan_job,
+    build_scan_secret,
+    owner_reference,
+)
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    JOB,
+    SCANPOLICY,
+    SECRET,
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Obj,
+    annotations_of,
+    name_of,
+    namespace_of,
+    uid_of,
+)
+from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.jobs import running_jobs
+from scapguard.reconcile.scans import parsed
+from scapguard.reconcile.status import with_conditions, write_status
+
+logger = logging.getLogger(__name__)
+
+POLICY_ANNOTATION = f"{c.PREFIX}/policy"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    namespace: str
+    name: str
+    policy_key: str  # "<namespace>/<policy name>"
+    queued_at: str
+
+
+def waiting(scan: Obj, now: dt.datetime) -> bool:
+    progress = read_progress(scan.get("status"))
+    if progress.request is None or progress.finished:
+        return False
+    if progress.state not in (QUEUED, RETRYING):
+        return False
+    return progress.next_attempt_at is None or progress.next_attempt_at <= now
+
+
+def fair_order(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Round-robin across policies; oldest first within each policy."""
+    groups: dict[str, list[Candidate]] = defaultdict(list)
+    for cand in candidates:
+        groups[cand.policy_key].append(cand)
+    ranked: list[tuple[int, str, str, Candidate]] = []
+    for key, group in groups.items():
+        group.sort(key=lambda x: (x.queued_at, x.namespace, x.name))
+        ranked.extend((rank, cand.queued_at, key, cand) for rank, cand in enumerate(group))
+    ranked.sort(key=lambda item: item[:3])
+    return [item[3] for item in ranked]
+
+
+def admit(
+    ordered: Iterable[Candidate],
+    running_by_policy: Mapping[str, int],
+    global_limit: int,
+    per_policy_limit: int,
+) -> list[Candidate]:
+    """Which candidates start now without exceeding either limit."""
+    running = Counter(running_by_policy)
+    total = sum(running.values())
+    admitted: list[Candidate] = []
+    for cand in ordered:
+        if total >= global_limit:
+            break
+        if running[cand.policy_key] >= per_policy_limit:
+            continue
+        admitted.append(cand)
+        running[cand.policy_key] += 1
+        total += 1
+    return admitted
+
+
+def _queued_scans(ctx: OperatorContext, now: dt.datetime) -> dict[tuple[str, str], Obj]:
+    found: dict[tuple[str, str], Obj] = {}
+    for namespace in ctx.scan_namespaces():
+        for scan in ctx.kube.list(IMAGESCAN, namespace):
+            if waiting(scan, now):
+                found[(namespace_of(scan) or "", name_of(scan))] = scan
+    return found
+
+
+def pump_queue(ctx: OperatorContext) -> int:
+    """Start as many waiting scans as the limits allow; returns how many started."""
+    with ctx.admission_lock:
+        now = ctx.now()
+        scans = _queued_scans(ctx, now)
+        candidates: list[Candidate] = []
+        for (namespace, name), scan in scans.items():
+            spec = parsed(scan)
+            if spec is None:
+                continue
+            status = scan.get("status") or {}
+            candidates.append(
+                Candidate(namespace, name, f"{namespace}/{spec.policy}",
+                          str(status.get("queuedAt") or ""))
+            )
+        running = Counter(
+            annotations_of(j).get(POLICY_ANNOTATION, "") for j in running_jobs(ctx)
+        )
+        _export_queue_metrics(ctx, candidates, running, now)
+        admitted = admit(
+            fair_order(candidates), running, ctx.settings.max_concurrent_scans,
+            ctx.settings.max_concurrent_scans_per_policy,
+        )
+        started = 0
+        policies: dict[str, tuple[Obj, ScanPolicySpec] | None] = {}
+        for cand in admitted:
+            if cand.policy_key not in policies:
+                policies[cand.policy_key] = _policy(ctx, cand.policy_key)
+            policy = policies[cand.policy_key]
+            if policy is None:
+                continue
+            if start_attempt(ctx, scans[(cand.namespace, cand.name)], *policy):
+                started += 1
+        return started
+
+
+def _export_queue_metrics(
+    ctx: OperatorContext, candidates: list[Candidate], running: Counter[str], now: dt.datetime
+) -> None:
+    depth = Counter(cand.policy_key for cand in candidates)
+    for key in set(depth) | set(running):
+        ctx.metrics.queue_depth.labels(key).set(depth.get(key, 0))
+        ctx.metrics.running.labels(key).set(running.get(key, 0))
+    oldest = min((parse_time(cand.queued_at) or now for cand in candidates), default=now)
+    ctx.metrics.oldest_queued.set((now - oldest).total_seconds())
+
+
+def _policy(ctx: OperatorContext, key: str) -> tuple[Obj, ScanPolicySpec] | None:
+    namespace, name = key.split("/", 1)
+    try:
+        obj = ctx.kube.get(SCANPOLICY, name, namespace)
+        return obj, parse_policy_spec(obj.get("spec"))
+    except NotFound:
+        logger.info("ScanPolicy %s is gone; its queued scans wait", key)
+    except SpecError as exc:
+        logger.info("ScanPolicy %s is invalid (%s); its queued scans wait", key, exc)
+    return None
+
+
+def registry_auth(ctx: OperatorContext, namespace: str, policy: ScanPolicySpec) -> str | None:
+    """The policy's pull secrets merged into one containers-auth.json document."""
+    auths: dict[str, Any] = {}
+    for name in policy.scanner.image_pull_secrets:
+        try:
+            secret = ctx.kube.get(SECRET, name, namespace)
+        except NotFound:
+            logger.warning("pull secret %s/%s not found; pulling without it", namespace, name)
+            continue
+        data = secret.get("data") or {}
+        if ".dockerconfigjson" in data:
+            doc = json.loads(base64.b64decode(data[".dockerconfigjson"]))
+            auths.update(doc.get("auths") or {})
+        elif ".dockercfg" in data:
+            auths.update(json.loads(base64.b64decode(data[".dockercfg"])))
+    return json.dumps({"auths": auths}, sort_keys=True) if auths else None
+
+
+def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: ScanPolicySpec) -> bool:
+    """Create the next attempt's Secret and Job, then record the attempt on the scan.
+
+    Names are deterministic, so after a crash the same Job is found (409) and adopted: a scan
+    attempt is never started twice.
+    """
+    progress = read_progress(scan.get("status"))
+    spec = parsed(scan)
+    if progress.request is None or spec is None:
+        return False
+    attempt = progress.attempts + 1
+    name = job_name(uid_of(scan), progress.request.number, attempt)
+    namespace = namespace_of(scan) or ""
+    settings = ctx.settings
+    auth = registry_auth(ctx, namespace, policy)
+    inp = ScanJobInput(
+        job_name=name, namespace=settings.namespace, scan_namespace=namespace,
+        scan_name=name_of(scan), scan_uid=uid_of(scan), policy_uid=uid_of(policy_obj),
+        request=progress.request.number, attempt=attempt, image=spec.image, policy=policy,
+        scanner_image=settings.scanner_image, results_url=settings.results_url,
+        ttl_seconds=settings.job_ttl_seconds, ca_config_map=settings.results_ca_config_map,
+        image_pull_secrets=settings.scanner_image_pull_secrets,
+        service_account=settings.scanner_service_account, registry_auth=auth is not None,
+    )
+    secret = build_scan_secret(
+        inp, token=ctx.token_factory(), policy_json=json.dumps(dict(policy.raw), sort_keys=True),
+        registry_auth_json=auth,
+    )
+    job_body = build_scan_job(inp)
+    key = f"{namespace}/{spec.policy}"
+    for body in (secret, job_body):
+        body["metadata"]["annotations"][POLICY_ANNOTATION] = key
+    try:
+        ctx.kube.create(SECRET, secret)
+    except AlreadyExists:
+        logger.info("scanner Secret %s exists already (adopting)", name)
+    try:
+        job = ctx.kube.create(JOB, job_body)
+        ctx.metrics.scan_attempts.labels(key).inc()
+    except AlreadyExists:
+        job = ctx.kube.get(JOB, name, settings.namespace)
+        logger.info("scanner Job %s exists already (adopting)", name)
+    ctx.kube.patch(SECRET, name, settings.namespace, {"metadata": {"ownerReferences": [
+        owner_reference("Job", "batch/v1", name, uid_of(job))]}})
+    now = ctx.now()
+    patch: dict[str, Any] = {"attempts": attempt, "job": name, "state": RUNNING,
+                             "nextAttemptAt": None}
+    has_result = (scan.get("status") or {}).get("result") is not None
+    patch = with_conditions(ctx, scan, patch, [(
+        cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.RUNNING,
+        f"attempt {attempt} running in Job {settings.namespace}/{name}",
+    )])
+    try:
+        write_status(ctx, scan, patch)
+    except Conflict:
+        logger.info("ImageScan %s/%s changed while starting Job %s; its reconcile adopts it",
+                    namespace, name_of(scan), name)
+        return True
+    requested = parse_time(progress.request.requested_at)
+    if attempt == 1 and requested is not None:
+        ctx.metrics.queue_wait.observe(max(0.0, (now - requested).total_seconds()))
+    logger.info("started scanner Job %s for ImageScan %s/%s (attempt %s)",
+                name, namespace, name_of(scan), attempt)
+    return True
+
+
+def queued_fields(now: dt.datetime) -> dict[str, Any]:
+    return {"state": QUEUED, "queuedAt": format_time(now)}

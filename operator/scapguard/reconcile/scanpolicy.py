@@ -1,0 +1,194 @@
+"""Reconcile one ScanPolicy: selection -> ImageScans, rescans, re-evaluation, GC, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from typing import Any
+
+from scapguard.api import conditions as cond
+from scapguard.api import constants as c
+from scapguard.api.conditions import Reason
+from scapguard.api.errors import SpecError
+from scapguard.api.imagescan import (
+    QUEUED,
+    RETRYING,
+    RUNNING,
+    format_time,
+    parse_time,
+    read_progress,
+)
+from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    SCANPOLICY,
+    Conflict,
+    NotFound,
+    Obj,
+    annotations_of,
+    generation_of,
+    name_of,
+    namespace_of,
+)
+from scapguard.reconcile.context import OperatorContext, Outcome
+from scapguard.reconcile.jobs import sweep
+from scapguard.reconcile.queue import pump_queue
+from scapguard.reconcile.retention import collect
+from scapguard.reconcile.scans import ensure_scans, parsed, policy_scans
+from scapguard.reconcile.scheduling import due_rescan, window
+from scapguard.reconcile.selection import Selection, select
+from scapguard.reconcile.verdicts import reevaluate
+
+logger = logging.getLogger(__name__)
+
+
+def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
+    namespace = namespace_of(policy) or ""
+    try:
+        spec = parse_policy_spec(policy.get("spec"))
+    except SpecError as exc:
+        _write_status(ctx, policy, {}, (cond.FALSE, Reason.INVALID_SPEC, str(exc)))
+        ctx.event(policy, "Warning", Reason.INVALID_SPEC, str(exc))
+        return Outcome(permanent=str(exc))
+    selection = select(ctx, namespace, spec)
+    scans = policy_scans(ctx, namespace, name_of(policy))
+    ensure_scans(ctx, policy, selection.current, scans, in_scope=lambda _tag: True)
+    scans = policy_scans(ctx, namespace, name_of(policy))
+    collect(ctx, policy, selection, scans)
+    fields = _rescans(ctx, policy, spec, scans)
+    _reevaluate(ctx, spec, scans)
+    fields.update(_aggregates(ctx, policy, selection, scans))
+    note = ""
+    if spec.namespace_selector is not None and namespace != ctx.settings.namespace:
+        note = f"; namespaceSelector is ignored outside {ctx.settings.namespace}"
+    _write_status(ctx, policy, fields, (
+        cond.TRUE, Reason.RECONCILED,
+        f"{fields['imagesSelected']} images selected, {fields['imagesFailing']} failing, "
+        f"{fields['imagesDenied']} denied{note}",
+    ))
+    pump_queue(ctx)
+    if ctx.sweep_throttle.ready():
+        sweep(ctx)
+    return Outcome()
+
+
+def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
+    if annotations_of(scan).get(c.RESCAN_ANNOTATION) == value:
+        return
+    try:
+        scan.update(ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan),
+                                   {"metadata": {"annotations": {c.RESCAN_ANNOTATION: value}}}))
+    except NotFound:
+        logger.info("ImageScan %s/%s is gone", namespace_of(scan), name_of(scan))
+
+
+def _rescans(
+    ctx: OperatorContext, policy: Obj, spec: ScanPolicySpec, scans: list[Obj]
+) -> dict[str, Any]:
+    """Ask scans for rescans (by annotation): policy rescan, content change, schedule."""
+    now = ctx.now()
+    fields: dict[str, Any] = {}
+    wanted = annotations_of(policy).get(c.RESCAN_ANNOTATION)
+    observed = (policy.get("status") or {}).get("observedRescan")
+    content = spec.content_hash()
+    for scan in scans:
+        progress = read_progress(scan.get("status"))
+        if wanted and wanted != observed:
+            _annotate_rescan(ctx, scan, f"OnDemand:policy/{wanted}")
+            continue
+        if progress.request is None or not progress.finished:
+            continue
+        if progress.request.content_hash != content:
+            _annotate_rescan(ctx, scan, f"PolicyChange:{content}")
+            continue
+        if spec.schedule:
+            due = due_rescan(name_of(scan), spec.schedule,
+                             parse_time(progress.request.requested_at), now)
+            if due is not None:
+                _annotate_rescan(ctx, scan, due)
+    if wanted and wanted != observed:
+        fields["observedRescan"] = wanted
+        ctx.event(policy, "Normal", Reason.RESCAN_REQUESTED,
+                  f"rescan of {len(scans)} images requested")
+    if spec.schedule:
+        win = window(spec.schedule, now)
+        fields["lastScheduledRescan"] = format_time(win.start)
+        fields["nextScheduledRescan"] = format_time(win.end)
+    else:
+        fields["lastScheduledRescan"] = None
+        fields["nextScheduledRescan"] = None
+    return fields
+
+
+def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) -> None:
+    """Failure rule, exceptions, action or onError changed: re-judge without rescanning."""
+    wanted = spec.evaluation_hash(ctx.now())
+    for scan in scans:
+        progress = read_progress(scan.get("status"))
+        scan_spec = parsed(scan)
+        if scan_spec is None or not progress.finished or progress.evaluation_hash == wanted:
+            continue
+        try:
+            reevaluate(ctx, scan, scan_spec, spec)
+        except Conflict:
+            logger.info("ImageScan %s/%s changed meanwhile; its own reconcile re-evaluates",
+                        namespace_of(scan), name_of(scan))
+
+
+def _aggregates(
+    ctx: OperatorContext, policy: Obj, selection: Selection, scans: list[Obj]
+) -> dict[str, Any]:
+    current = [s for s in scans if (sp := parsed(s)) and sp.digest in selection.current]
+    counts: Counter[str] = Counter()
+    critical: Counter[str] = Counter()
+    for scan in current:
+        status = scan.get("status") or {}
+        progress = read_progress(status)
+        counts["scanned"] += progress.result is not None
+        counts["failing"] += progress.result == "Fail"
+        counts["errored"] += progress.result == "Error"
+        counts["denied"] += progress.denied
+        if not progress.finished:
+            counts["queued"] += progress.state in (QUEUED, RETRYING)
+            counts["running"] += progress.state == RUNNING
+        if int((status.get("vulnerabilities") or {}).get("critical") or 0) > 0:
+            critical["true" if progress.denied else "false"] += 1
+    key = f"{namespace_of(policy)}/{name_of(policy)}"
+    ctx.metrics.images_failing.labels(key).set(counts["failing"])
+    ctx.metrics.images_denied.labels(key).set(counts["denied"])
+    for denied in ("true", "false"):
+        ctx.metrics.images_critical.labels(key, denied).set(critical[denied])
+    return {
+        "imagesSelected": len(selection.current),
+        "imagesScanned": counts["scanned"],
+        "imagesFailing": counts["failing"],
+        "imagesErrored": counts["errored"],
+        "imagesDenied": counts["denied"],
+        "scansQueued": counts["queued"],
+        "scansRunning": counts["running"],
+    }
+
+
+def _write_status(
+    ctx: OperatorContext, policy: Obj, fields: dict[str, Any], ready: tuple[str, str, str]
+) -> None:
+    status = policy.get("status") or {}
+    conditions, changed = cond.set_condition(
+        status.get("conditions"), type_=cond.READY, status=ready[0], reason=ready[1],
+        message=ready[2], observed_generation=generation_of(policy),
+        now=format_time(ctx.now()),
+    )
+    patch = {**fields, "observedGeneration": generation_of(policy)}
+    if changed:
+        patch["conditions"] = conditions
+    if all(status.get(k) == v for k, v in patch.items()):
+        return
+    policy.update(ctx.kube.patch_status(SCANPOLICY, name_of(policy), namespace_of(policy),
+                                        {"status": patch}))
+
+
+def next_wakeup(spec: ScanPolicySpec, now: dt.datetime) -> float | None:
+    if not spec.schedule:
+        return None
+    return max(1.0, (window(spec.schedule, now).end - now).total_seconds())

@@ -1,0 +1,138 @@
+"""Ensure one ImageScan per (current digest, policy), with the tags that point at it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from scapguard.api import constants as c
+from scapguard.api.errors import SpecError
+from scapguard.api.imagescan import ImageScanSpec, TagRef, parse_imagescan_spec
+from scapguard.api.naming import scan_name
+from scapguard.builders.imagescan import build_imagescan, sorted_tags
+from scapguard.builders.job import owner_reference
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Obj,
+    annotations_of,
+    labels_of,
+    meta,
+    name_of,
+    namespace_of,
+    uid_of,
+)
+from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.selection import CurrentImage
+
+logger = logging.getLogger(__name__)
+
+MAX_TAG_RETRIES = 5
+
+
+def policy_scans(ctx: OperatorContext, namespace: str, policy: str) -> list[Obj]:
+    return ctx.kube.list(IMAGESCAN, namespace, label_selector=f"{c.POLICY_LABEL}={policy}")
+
+
+def parsed(scan: Obj) -> ImageScanSpec | None:
+    try:
+        return parse_imagescan_spec(scan.get("spec"))
+    except SpecError as exc:
+        logger.warning("ImageScan %s/%s has an invalid spec: %s",
+                       namespace_of(scan), name_of(scan), exc)
+        return None
+
+
+def from_imagestream(scan: Obj) -> bool:
+    return labels_of(scan).get(c.ORIGIN_LABEL) == c.ORIGIN_IMAGESTREAM
+
+
+def ensure_scans(
+    ctx: OperatorContext,
+    policy: Obj,
+    current: Mapping[str, CurrentImage],
+    scans: list[Obj],
+    in_scope: Callable[[TagRef], bool],
+) -> dict[str, Obj]:
+    """Create missing scans and set spec.tags for the tags ``in_scope``; returns by digest."""
+    namespace = namespace_of(policy) or ""
+    policy_name = name_of(policy)
+    by_digest: dict[str, Obj] = {}
+    for scan in scans:
+        spec = parsed(scan)
+        if spec is None or not from_imagestream(scan):
+            continue
+        if name_of(scan) != scan_name(spec.digest, namespace, policy_name):
+            continue
+        by_digest[spec.digest] = scan
+        image = current.get(spec.digest)
+        fresh = {t for t in (image.tags if image else set()) if in_scope(t)}
+        _sync_tags(ctx, scan, functools.partial(_replace_in_scope, in_scope=in_scope, fresh=fresh))
+    for digest, image in current.items():
+        if digest in by_digest:
+            continue
+        body = build_imagescan(
+            name=scan_name(digest, namespace, policy_name), namespace=namespace,
+            image=image.image, digest=digest, policy=policy_name, trigger="NewImage",
+            tags=sorted(image.tags, key=lambda t: (t.namespace, t.image_stream, t.tag)),
+        )
+        body["metadata"]["ownerReferences"] = [
+            owner_reference(c.SCANPOLICY_KIND, c.API_VERSION, policy_name, uid_of(policy))
+        ]
+        try:
+            by_digest[digest] = ctx.kube.create(IMAGESCAN, body)
+            logger.info("created ImageScan %s/%s for %s", namespace, name_of(body), image.image)
+        except AlreadyExists:
+            existing = ctx.kube.get(IMAGESCAN, name_of(body), namespace)
+            _sync_tags(ctx, existing, functools.partial(_add, new=frozenset(image.tags)))
+            by_digest[digest] = existing
+    return by_digest
+
+
+def _replace_in_scope(
+    tags: set[TagRef], *, in_scope: Callable[[TagRef], bool], fresh: set[TagRef]
+) -> set[TagRef]:
+    return {t for t in tags if not in_scope(t)} | fresh
+
+
+def _add(tags: set[TagRef], *, new: frozenset[TagRef]) -> set[TagRef]:
+    return tags | new
+
+
+def _sync_tags(
+    ctx: OperatorContext, scan: Obj, wanted: Callable[[set[TagRef]], set[TagRef]]
+) -> None:
+    """Set spec.tags to ``wanted(current tags)``: a guarded read-modify-write, because events
+    of several ImageStreams pointing at one digest are handled concurrently."""
+    for _ in range(MAX_TAG_RETRIES):
+        spec = parsed(scan)
+        if spec is None:
+            return
+        tags = wanted(set(spec.tags))
+        patch: dict[str, Any] = {}
+        if set(spec.tags) != tags:
+            patch["spec"] = {"tags": sorted_tags(list(tags))}
+        if tags and c.UNTAGGED_SINCE_ANNOTATION in annotations_of(scan):
+            patch["metadata"] = {"annotations": {c.UNTAGGED_SINCE_ANNOTATION: None}}
+        if not patch:
+            return
+        patch.setdefault("metadata", {})["resourceVersion"] = meta(scan).get("resourceVersion")
+        try:
+            updated = ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan), patch)
+        except NotFound:
+            logger.info("ImageScan %s/%s went away while its tags were updated",
+                        namespace_of(scan), name_of(scan))
+            return
+        except Conflict:
+            updated = ctx.kube.get(IMAGESCAN, name_of(scan), namespace_of(scan))
+            scan.clear()
+            scan.update(updated)
+            continue
+        scan.clear()
+        scan.update(updated)
+        return
+    raise Conflict(409, "Conflict", f"ImageScan {name_of(scan)} kept changing; retrying later")

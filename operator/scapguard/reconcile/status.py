@@ -1,0 +1,55 @@
+"""Writing ImageScan status: optimistic (resourceVersion-guarded) merge patches, conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from scapguard.api import conditions as cond
+from scapguard.api.imagescan import format_time
+from scapguard.k8s.api import IMAGESCAN, Obj, generation_of, meta, name_of, namespace_of
+from scapguard.reconcile.context import OperatorContext
+
+
+def write_status(ctx: OperatorContext, scan: Obj, patch: Mapping[str, Any]) -> Obj:
+    """Merge-patch the status, refusing (Conflict) if the scan changed since it was read.
+
+    Updates ``scan`` in place with the server's answer so later steps see the new version.
+    """
+    body: dict[str, Any] = {"status": dict(patch)}
+    version = meta(scan).get("resourceVersion")
+    if version:
+        body["metadata"] = {"resourceVersion": version}
+    updated = ctx.kube.patch_status(IMAGESCAN, name_of(scan), namespace_of(scan), body)
+    scan.clear()
+    scan.update(updated)
+    return scan
+
+
+def with_conditions(
+    ctx: OperatorContext,
+    scan: Obj,
+    patch: dict[str, Any],
+    updates: list[tuple[str, str, str, str]],
+) -> dict[str, Any]:
+    """Add ``conditions`` to ``patch`` from (type, status, reason, message) tuples."""
+    status = scan.get("status") or {}
+    conditions = status.get("conditions") or []
+    changed = False
+    now = format_time(ctx.now())
+    for type_, state, reason, message in updates:
+        conditions, did = cond.set_condition(
+            conditions, type_=type_, status=state, reason=reason, message=message,
+            observed_generation=generation_of(scan), now=now,
+        )
+        changed = changed or did
+    if changed:
+        patch["conditions"] = conditions
+    patch.setdefault("observedGeneration", generation_of(scan))
+    return patch
+
+
+def differs(scan: Obj, patch: Mapping[str, Any]) -> bool:
+    """Whether applying ``patch`` would change the status (no patch when nothing changed)."""
+    status = scan.get("status") or {}
+    return any(status.get(key) != value for key, value in patch.items())

@@ -1,0 +1,168 @@
+"""Judge a scan's stored findings under its policy, write the verdict, enforce it."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from scapguard.api import conditions as cond
+from scapguard.api.conditions import Reason
+from scapguard.api.constants import RESULT_KEY
+from scapguard.api.evaluation import ERROR, FAIL, PASS, ResultLike, Verdict, evaluate
+from scapguard.api.imagescan import ImageScanSpec, format_time
+from scapguard.api.naming import result_config_map_name
+from scapguard.api.policy import ScanPolicySpec
+from scapguard.api.summary import result_status
+from scapguard.k8s.api import CONFIGMAP, NotFound, Obj, name_of, namespace_of, uid_of
+from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.enforcement import Enforcement, enforce_digest
+from scapguard.reconcile.status import with_conditions, write_status
+
+logger = logging.getLogger(__name__)
+
+MAX_FAILING_IDS: Final = 100
+MAX_STORED_RESULT: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
+
+
+def load_result(ctx: OperatorContext, scan: Obj) -> dict[str, Any] | None:
+    """The full stored result (gzip JSON in the scan's result ConfigMap), if there is one."""
+    try:
+        cm = ctx.kube.get(CONFIGMAP, result_config_map_name(name_of(scan)), namespace_of(scan))
+    except NotFound:
+        return None
+    packed = (cm.get("binaryData") or {}).get(RESULT_KEY)
+    if not isinstance(packed, str):
+        return None
+    doc = json.loads(gzip.decompress(base64.b64decode(packed)))
+    return doc if isinstance(doc, dict) else None
+
+
+def result_from_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A result document rebuilt from the (capped) status, when the stored one is gone."""
+    return {
+        "outcome": "Completed",
+        "vulnerabilities": {"findings": list(status.get("findings") or [])},
+        "compliance": {
+            "rules": [{**r, "result": "fail"} for r in status.get("failedRules") or []]
+        },
+    }
+
+
+def wants_deny(policy: ScanPolicySpec, verdict: Verdict) -> bool:
+    if not policy.enforcing:
+        return False
+    return verdict.result == FAIL or (verdict.result == ERROR and policy.on_error == "Deny")
+
+
+def verdict_fields(
+    policy: ScanPolicySpec, verdict: Verdict, now: dt.datetime
+) -> dict[str, Any]:
+    failing = [*verdict.failing_vulnerabilities, *verdict.failing_rules]
+    return {
+        "result": verdict.result,
+        "reason": verdict.reason,
+        "message": verdict.message,
+        "denied": wants_deny(policy, verdict),
+        "failing": failing[:MAX_FAILING_IDS],
+        "excepted": list(verdict.excepted[:MAX_FAILING_IDS]),
+        "evaluationHash": policy.evaluation_hash(now),
+        "evaluatedAt": format_time(now),
+    }
+
+
+def conditions_for(
+    verdict: Verdict, policy: ScanPolicySpec, enforcement: Enforcement, denied: bool
+) -> list[tuple[str, str, str, str]]:
+    if verdict.result == ERROR:
+        scanned = (cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
+        compliant = (
+            cond.COMPLIANT, cond.UNKNOWN, Reason.NOT_EVALUATED, "the scan did not complete"
+        )
+    else:
+        scanned = (cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
+        compliant = (
+            cond.COMPLIANT, cond.TRUE if verdict.result == PASS else cond.FALSE,
+            verdict.reason, verdict.message,
+        )
+    if denied and not enforcement.image_found:
+        enforced = (cond.ENFORCED, cond.FALSE, Reason.IMAGE_NOT_FOUND,
+                    "no image.openshift.io Image for this digest to annotate")
+    elif denied:
+        enforced = (cond.ENFORCED, cond.TRUE if enforcement.denied else cond.FALSE,
+                    Reason.DENIED, "image denied execution")
+    elif enforcement.by_person:
+        enforced = (cond.ENFORCED, cond.TRUE, Reason.DENIED_BY_PERSON,
+                    "denied by a deny-execution annotation scapguard did not set")
+    elif enforcement.denied:
+        enforced = (cond.ENFORCED, cond.TRUE, Reason.DENIED,
+                    f"denied by another policy ({', '.join(enforcement.denied_by)})")
+    elif not policy.enforcing:
+        enforced = (cond.ENFORCED, cond.TRUE, Reason.REPORT_ONLY, "the policy only reports")
+    else:
+        enforced = (cond.ENFORCED, cond.TRUE, Reason.NOT_DENIED, "image not denied")
+    ready_ok = scanned[1] == cond.TRUE and enforced[1] == cond.TRUE
+    ready = (cond.READY, cond.TRUE if ready_ok else cond.FALSE, compliant[2]
+             if ready_ok else (enforced[2] if scanned[1] == cond.TRUE else scanned[2]),
+             f"{verdict.result}: {verdict.message}")
+    return [scanned, compliant, enforced, ready]
+
+
+def apply_verdict(
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    verdict: Verdict,
+    extra: Mapping[str, Any],
+) -> Enforcement:
+    """Write ``verdict`` (plus ``extra`` status fields) and bring the Image in line with it."""
+    now = ctx.now()
+    fields = {**extra, **verdict_fields(policy, verdict, now), "displayImage": spec.display_image()}
+    fresh = {**scan, "status": {**(scan.get("status") or {}), **fields}}
+    enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
+    patch = with_conditions(
+        ctx, scan, dict(fields), conditions_for(verdict, policy, enforcement, fields["denied"])
+    )
+    previous = (scan.get("status") or {}).get("result")
+    write_status(ctx, scan, patch)
+    if enforcement.lifted:
+        ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
+    if previous and previous != verdict.result:
+        logger.info("ImageScan %s/%s: %s -> %s", namespace_of(scan), name_of(scan),
+                    previous, verdict.result)
+    return enforcement
+
+
+def reevaluate(
+    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec
+) -> Verdict:
+    """Judge the stored findings again (failOn, exceptions, action, onError changed)."""
+    status = scan.get("status") or {}
+    now = ctx.now()
+    if status.get("result") == ERROR:
+        error = status.get("error") or {}
+        verdict = Verdict(
+            result=ERROR, reason=str(error.get("reason") or Reason.SCAN_FAILED),
+            message=str(error.get("message") or "the scan did not complete"),
+            error_reason=str(error.get("reason") or Reason.SCAN_FAILED),
+        )
+    else:
+        stored: ResultLike | None = load_result(ctx, scan)
+        if stored is None:
+            stored = result_from_status(status)
+        verdict = evaluate(stored, policy, now)
+    previous = status.get("result")
+    apply_verdict(ctx, scan, spec, policy, verdict, {})
+    if previous != verdict.result:
+        ctx.event(scan, "Normal", Reason.REEVALUATED,
+                  f"re-evaluated without a rescan: {previous} -> {verdict.result}")
+    return verdict
+
+
+def completed_fields(result: ResultLike) -> dict[str, Any]:
+    return result_status(result)

@@ -1,0 +1,230 @@
+"""scapguard.api: spec parsing, conditions, evaluation, naming, annotations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from scapguard.api import constants as c
+from scapguard.api.annotations import QualityInput, enforcement_patch, quality_annotation
+from scapguard.api.conditions import set_condition
+from scapguard.api.errors import SpecError
+from scapguard.api.evaluation import evaluate
+from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
+from scapguard.api.naming import digest_label, job_name, scan_name
+from scapguard.api.policy import LabelSelector, SelectorRequirement, parse_policy_spec
+from scapguard.testing import digest, scan_result
+
+NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+
+
+def test_policy_defaults() -> None:
+    spec = parse_policy_spec({})
+    assert (spec.fail_on, spec.fail_on_rules, spec.action, spec.on_error) == (
+        "high",
+        "high",
+        "Report",
+        "Allow",
+    )
+    assert spec.tags == ("*",) and spec.keep == 3 and spec.vulnerabilities.enabled
+    assert spec.scanner.timeout_seconds == 900 and spec.scanner.retries == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"failOn": "severe"}, "spec.failOn"),
+        ({"schedule": "61 * * * *"}, "spec.schedule"),
+        (
+            {
+                "exceptions": [
+                    {"id": "CVE-1", "reason": "x"},
+                    {"id": "CVE-2", "reason": "y", "expires": "soon"},
+                ]
+            },
+            "spec.exceptions[1].expires",
+        ),
+        ({"exceptions": [{"id": "CVE-1"}]}, "spec.exceptions[0].reason"),
+        (
+            {"vulnerabilities": {"feed": {"url": "https://x/feed.xml"}}},
+            "spec.vulnerabilities.feed.sha256",
+        ),
+        (
+            {"selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+            "spec.selector.matchExpressions[0].operator",
+        ),
+        ({"scanner": {"timeoutSeconds": "long"}}, "spec.scanner.timeoutSeconds"),
+        ({"retention": {"keep": -1}}, "spec.retention.keep"),
+    ],
+)
+def test_policy_errors_name_the_field(spec: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_policy_spec(spec)
+    assert err.value.field == field
+
+
+def test_label_selector_semantics() -> None:
+    sel = LabelSelector(
+        {"team": "a"},
+        (
+            SelectorRequirement("env", "In", ("prod", "qa")),
+            SelectorRequirement("skip", "DoesNotExist"),
+        ),
+    )
+    assert sel.matches({"team": "a", "env": "prod"})
+    assert not sel.matches({"team": "a", "env": "dev"})
+    assert not sel.matches({"team": "a", "env": "qa", "skip": ""})
+    assert LabelSelector().matches({})
+
+
+def test_hashes_separate_content_from_judgement() -> None:
+    base = parse_policy_spec({"failOn": "high"})
+    stricter = parse_policy_spec({"failOn": "low"})
+    compliance = parse_policy_spec({"compliance": {"enabled": True}})
+    assert base.content_hash() == stricter.content_hash() != compliance.content_hash()
+    assert base.evaluation_hash(NOW) != stricter.evaluation_hash(NOW)
+    expiring = parse_policy_spec(
+        {"exceptions": [{"id": "CVE-1", "reason": "r", "expires": "2026-03-01"}]}
+    )
+    assert expiring.evaluation_hash(NOW) != expiring.evaluation_hash(NOW + dt.timedelta(days=1))
+
+
+def test_imagescan_spec_needs_a_digest() -> None:
+    spec = parse_imagescan_spec({"image": f"r/x@{digest(1)}", "policy": "p"})
+    assert spec.digest == digest(1) and spec.trigger == "OnDemand"
+    with pytest.raises(SpecError) as err:
+        parse_imagescan_spec({"image": "r/x:latest", "policy": "p"})
+    assert err.value.field == "spec.image"
+    assert trigger_of("Scheduled:2026-01-01T00:00:00Z") == "Scheduled"
+    assert trigger_of("Scheduled") == "OnDemand" and trigger_of("anything") == "OnDemand"
+
+
+def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
+    conds, changed = set_condition(
+        None, type_="Ready", status="True", reason="A", message="m", observed_generation=1, now="t1"
+    )
+    assert changed and conds[0]["lastTransitionTime"] == "t1"
+    same, changed = set_condition(
+        conds,
+        type_="Ready",
+        status="True",
+        reason="A",
+        message="m",
+        observed_generation=1,
+        now="t2",
+    )
+    assert not changed and same == conds
+    reworded, changed = set_condition(
+        conds,
+        type_="Ready",
+        status="True",
+        reason="B",
+        message="m2",
+        observed_generation=2,
+        now="t3",
+    )
+    assert changed and reworded[0]["lastTransitionTime"] == "t1"
+    flipped, changed = set_condition(
+        reworded,
+        type_="Ready",
+        status="False",
+        reason="C",
+        message="m",
+        observed_generation=2,
+        now="t4",
+    )
+    assert changed and flipped[0]["lastTransitionTime"] == "t4"
+
+
+def test_evaluation_thresholds_and_exceptions() -> None:
+    result = scan_result(
+        digest(1),
+        [("CVE-A", "critical"), ("CVE-B", "medium"), ("CVE-C", "unknown")],
+        [("rule_x", "medium", "fail"), ("rule_y", "high", "pass")],
+    )
+    high = evaluate(result, parse_policy_spec({"failOn": "high"}), NOW)
+    assert (high.result, high.failing_vulnerabilities) == ("Fail", ("CVE-A",))
+    assert high.failing_rules == () and high.reason == "VulnerabilitiesFound"
+    medium = evaluate(result, parse_policy_spec({"failOn": "medium", "failOnRules": "medium"}), NOW)
+    assert medium.failing_vulnerabilities == ("CVE-A", "CVE-B")
+    assert medium.failing_rules == ("rule_x",)
+    assert evaluate(result, parse_policy_spec({"failOn": "none"}), NOW).result == "Pass"
+    excepted = parse_policy_spec(
+        {"exceptions": [{"id": "CVE-A", "reason": "r", "expires": "2026-03-01"}]}
+    )
+    verdict = evaluate(result, excepted, NOW)
+    assert (verdict.result, verdict.excepted) == ("Pass", ("CVE-A",))
+    expired = evaluate(result, excepted, NOW + dt.timedelta(days=1))
+    assert expired.result == "Fail", "an exception lapses after its expiry day"
+    # The dict form of the hand-off works the same.
+    assert evaluate(result.to_dict(), parse_policy_spec({}), NOW) == high
+
+
+def test_error_result_evaluates_to_error_with_its_reason() -> None:
+    verdict = evaluate(
+        scan_result(digest(1), error=("UnsupportedOS", "alpine")), parse_policy_spec({}), NOW
+    )
+    assert (verdict.result, verdict.reason) == ("Error", "UnsupportedOS")
+
+
+def test_names_are_deterministic_and_valid() -> None:
+    a = scan_name(digest(1), "apps", "default")
+    assert a == scan_name(digest(1), "apps", "default")
+    assert a != scan_name(digest(1), "apps", "other") != scan_name(digest(1), "ops", "default")
+    assert a.startswith(digest(1)[7:19]) and len(a) <= 63
+    assert len(digest_label(digest(1))) == 63
+    assert job_name("uid", 2, 3).endswith("-2-3") and len(job_name("u" * 36, 99, 99)) <= 63
+
+
+def test_quality_annotation_follows_the_openshift_format() -> None:
+    value = json.loads(
+        quality_annotation(
+            QualityInput(
+                timestamp="2026-03-01T12:00:00Z",
+                reference="https://x/y",
+                scanner_version="0.1.0",
+                compliant=False,
+                vulnerabilities={"critical": 1, "high": 2},
+                failed_rules=3,
+                description="Fail",
+            )
+        )
+    )
+    assert set(value) == {
+        "name",
+        "timestamp",
+        "description",
+        "reference",
+        "scannerVersion",
+        "compliant",
+        "summary",
+    }
+    labels = {s["label"]: (s["data"], s["severityIndex"]) for s in value["summary"]}
+    assert labels["critical"] == ("1", 3) and labels["low"] == ("0", 0)
+    assert labels["failed rules"] == ("3", 2)
+    assert all(isinstance(s["data"], str) for s in value["summary"])
+
+
+def test_enforcement_patch_never_touches_a_persons_deny() -> None:
+    person = {c.OPENSHIFT_DENY_ANNOTATION: "true"}
+    assert enforcement_patch(person, deny=False, denied_by=[], quality=None) == {}
+    assert enforcement_patch(person, deny=True, denied_by=["a/p"], quality=None) == {}
+    ours = {
+        c.OPENSHIFT_DENY_ANNOTATION: "true",
+        c.DENY_MARKER_ANNOTATION: "true",
+        c.DENIED_BY_ANNOTATION: "a/p",
+    }
+    assert enforcement_patch(ours, deny=True, denied_by=["a/p"], quality=None) == {}
+    assert enforcement_patch(ours, deny=False, denied_by=[], quality="q") == {
+        c.OPENSHIFT_DENY_ANNOTATION: None,
+        c.DENY_MARKER_ANNOTATION: None,
+        c.DENIED_BY_ANNOTATION: None,
+        c.QUALITY_ANNOTATION: "q",
+    }
+    assert enforcement_patch({}, deny=True, denied_by=["b/q", "a/p"], quality=None) == {
+        c.OPENSHIFT_DENY_ANNOTATION: "true",
+        c.DENY_MARKER_ANNOTATION: "true",
+        c.DENIED_BY_ANNOTATION: "a/p,b/q",
+    }

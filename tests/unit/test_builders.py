@@ -1,0 +1,110 @@
+"""Scanner Job and Secret manifests: hardened pod, explicit command, the hand-off env."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import secrets
+from typing import Any
+
+from scapguard.api import constants as c
+from scapguard.api.policy import parse_policy_spec
+from scapguard.builders.imagescan import build_result_config_map
+from scapguard.builders.job import (
+    CREDENTIALS_DIR,
+    ScanJobInput,
+    build_scan_job,
+    build_scan_secret,
+)
+from scapguard.testing import digest
+
+
+def job_input(**changes: Any) -> ScanJobInput:
+    base = ScanJobInput(
+        job_name="scapguard-scan-0123456789ab-1-1",
+        namespace="scapguard-system",
+        scan_namespace="apps",
+        scan_name="scan",
+        scan_uid="uid-1",
+        policy_uid="uid-p",
+        request=1,
+        attempt=1,
+        image=f"r/x@{digest(1)}",
+        policy=parse_policy_spec(
+            {
+                "scanner": {
+                    "timeoutSeconds": 300,
+                    "nodeSelector": {"pool": "scan"},
+                    "tolerations": [{"key": "k", "operator": "Exists"}],
+                    "resources": {"limits": {"memory": "1Gi"}},
+                }
+            }
+        ),
+        scanner_image="quay.io/scapguard/scanner:0.1.0",
+        results_url="https://scapguard-results.scapguard-system.svc:8443",
+        ttl_seconds=3600,
+        ca_config_map="scapguard-results-ca",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_job_pod_is_hardened_and_tokenless() -> None:
+    job = build_scan_job(job_input())
+    spec = job["spec"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (0, 300)
+    pod = spec["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sec = container["securityContext"]
+    assert sec["readOnlyRootFilesystem"] is True and sec["allowPrivilegeEscalation"] is False
+    assert sec["capabilities"] == {"drop": ["ALL"]} and sec["runAsNonRoot"] is True
+    assert container["command"] == ["scapguard-scan"]
+    assert container["args"][0] == f"r/x@{digest(1)}"
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}} in pod["volumes"]
+    assert pod["nodeSelector"] == {"pool": "scan"}
+    assert container["resources"] == {"limits": {"memory": "1Gi"}}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SCAPGUARD_RESULTS_URL"] == (
+        "https://scapguard-results.scapguard-system.svc:8443/v1/results/"
+        "scapguard-scan-0123456789ab-1-1"
+    )
+    assert env["SCAPGUARD_RESULTS_TOKEN_FILE"] == f"{CREDENTIALS_DIR}/{c.TOKEN_KEY}"
+    assert env["SCAPGUARD_RESULTS_CA_FILE"] == "/var/run/scapguard-ca/ca.crt"
+    assert "REGISTRY_AUTH_FILE" not in env
+    labels = job["metadata"]["labels"]
+    assert labels[c.SCAN_UID_LABEL] == "uid-1" and labels[c.COMPONENT_LABEL] == "scanner"
+    assert "ownerReferences" not in job["metadata"], "no cross-namespace owner"
+
+
+def test_secret_carries_token_policy_and_registry_auth() -> None:
+    inp = job_input(registry_auth=True)
+    credential = secrets.token_hex(8)
+    secret = build_scan_secret(
+        inp, token=credential, policy_json='{"failOn":"high"}', registry_auth_json='{"auths":{}}'
+    )
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data == {
+        c.TOKEN_KEY: credential,
+        "policy.json": '{"failOn":"high"}',
+        "auth.json": '{"auths":{}}',
+    }
+    env = {
+        e["name"]: e["value"]
+        for e in build_scan_job(inp)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["REGISTRY_AUTH_FILE"] == "/var/run/scapguard/auth.json"
+    assert secret["metadata"]["name"] == inp.job_name
+
+
+def test_result_config_map_is_owned_by_the_scan() -> None:
+    cm = build_result_config_map(
+        scan_name="s", namespace="apps", scan_uid="u", result_gz=b"\x1f\x8b", report_gz=None
+    )
+    (owner,) = cm["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["blockOwnerDeletion"]) == ("ImageScan", "u", False)
+    assert list(cm["binaryData"]) == [c.RESULT_KEY]
+    assert json.dumps(cm)

@@ -1,0 +1,156 @@
+"""deploy/ manifests and the Helm chart.
+
+Helm is not installed here, so the chart is checked without it: its templates use only plain
+value substitutions, which this test renders and compares with deploy/ (the chart must not
+drift from the plain manifests), and its crds/ is the deploy/crds directory itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CHART = ROOT / "charts" / "scapguard"
+NAMESPACE = "scapguard"
+ACTION = re.compile(r'\{\{-?\s*((?:"[^"]*"|[^"}])*?)\s*-?\}\}')
+
+
+def load_all(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+# The operator's own manifests (deploy/admission and deploy/rbac/admission.yaml belong to the
+# admission webhook and have their own checks).
+OPERATOR_FILES = (
+    "rbac/serviceaccount.yaml",
+    "rbac/clusterrole.yaml",
+    "rbac/role.yaml",
+    "operator.yaml",
+)
+
+
+def deploy_objects() -> list[dict[str, Any]]:
+    paths = [DEPLOY / name for name in OPERATOR_FILES]
+    return [d for p in paths for d in load_all(p.read_text())]
+
+
+def lookup(values: dict[str, Any], path: str) -> Any:
+    node: Any = values
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """The subset of Helm the chart uses: whole-file ``if``, values, ``quote``, escapes."""
+    lines = template.splitlines(keepends=True)
+    head = ACTION.fullmatch(lines[0].strip()) if lines else None
+    if head and head.group(1).startswith("if "):
+        assert ACTION.fullmatch(lines[-1].strip()).group(1) == "end"  # type: ignore[union-attr]
+        if not lookup(values, head.group(1)[len("if .Values.") :]):
+            return ""
+        template = "".join(lines[1:-1])
+
+    def action(match: re.Match[str]) -> str:
+        expr = match.group(1)
+        if expr in ('"{{"', '"}}"'):
+            return expr.strip('"')
+        if expr == ".Release.Namespace":
+            return NAMESPACE
+        quote = expr.endswith("| quote")
+        path = expr.removesuffix("| quote").strip()
+        assert path.startswith(".Values."), f"unsupported template action {{{{ {expr} }}}}"
+        value = lookup(values, path[len(".Values.") :])
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        return json.dumps(text) if quote else text
+
+    return ACTION.sub(action, template)
+
+
+def chart_objects(**overrides: Any) -> list[dict[str, Any]]:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    values.update(overrides)
+    out: list[dict[str, Any]] = []
+    for path in sorted((CHART / "templates").glob("*.yaml")):
+        out.extend(load_all(render(path.read_text(), values)))
+    return out
+
+
+def key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj["metadata"]
+    return (obj["kind"], meta.get("namespace", ""), meta["name"])
+
+
+def test_chart_crds_are_deploy_crds() -> None:
+    crds = CHART / "crds"
+    assert crds.is_symlink() and crds.resolve() == (DEPLOY / "crds").resolve()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert (chart["apiVersion"], chart["name"]) == ("v2", "scapguard")
+
+
+def test_chart_renders_what_deploy_holds() -> None:
+    rendered = {key(o): o for o in chart_objects()}
+    expected = {key(o): o for o in deploy_objects() if o["kind"] != "Namespace"}
+    assert set(rendered) == set(expected)
+    for k, want in expected.items():
+        got = copy.deepcopy(rendered[k])
+        if k[0] == "Deployment":
+            env = got["spec"]["template"]["spec"]["containers"][0]["env"]
+            names = {e["name"] for e in want["spec"]["template"]["spec"]["containers"][0]["env"]}
+            got["spec"]["template"]["spec"]["containers"][0]["env"] = [
+                e for e in env if e["name"] in names
+            ]
+        assert got == want, k
+
+
+def test_chart_prometheus_rule_is_optional_and_identical() -> None:
+    assert not [o for o in chart_objects() if o["kind"] == "PrometheusRule"]
+    (rule,) = [
+        o for o in chart_objects(prometheusRule={"enabled": True}) if o["kind"] == "PrometheusRule"
+    ]
+    source = yaml.safe_load((DEPLOY / "prometheus" / "scapguard-rules.yaml").read_text())
+    assert rule["spec"] == source["spec"]
+
+
+def test_operator_deployment_is_hardened() -> None:
+    (dep,) = [o for o in deploy_objects() if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["kopf", "run", "--log-format=json"]
+    assert container["command"][-2:] == ["-m", "scapguard.handlers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sec = container["securityContext"]
+    assert sec == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    peering = [o for o in deploy_objects() if o["kind"] == "ClusterKopfPeering"]
+    assert [p["metadata"]["name"] for p in peering] == ["scapguard"]
+    assert dep["spec"]["replicas"] > 1, "HA: standby replicas behind kopf peering"
+
+
+def test_rbac_has_no_wildcards_or_broad_verbs() -> None:
+    for obj in deploy_objects():
+        for rule in obj.get("rules", []):
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], obj["kind"]
+            assert not {"update", "deletecollection", "escalate", "bind", "impersonate"} & set(
+                rule["verbs"]
+            )
+    secrets = [
+        r
+        for o in deploy_objects()
+        if o["kind"] == "ClusterRole"
+        for r in o["rules"]
+        if "secrets" in r["resources"]
+    ]
+    assert [r["verbs"] for r in secrets] == [["get"]], "cluster-wide: read pull secrets only"

@@ -1,0 +1,76 @@
+"""The kopf start-up handler: settings from the environment, kopf configuration, servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import urllib.request
+
+import kopf
+import pytest
+
+from scapguard.handlers import startup
+from scapguard.handlers.context import MEMO_KEY, in_scope
+from scapguard.k8s.fake import FakeKube
+from scapguard.reconcile.context import OperatorContext
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_startup_configures_kopf_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    results, metrics = free_port(), free_port()
+    for name, value in {
+        "SCAPGUARD_NAMESPACE": "scapguard",
+        "SCAPGUARD_WATCH_NAMESPACES": "apps",
+        "SCAPGUARD_RESULTS_BIND": "127.0.0.1",
+        "SCAPGUARD_RESULTS_PORT": str(results),
+        "SCAPGUARD_METRICS_BIND": "127.0.0.1",
+        "SCAPGUARD_METRICS_PORT": str(metrics),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(startup, "load_client", FakeKube)
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo()
+    logger = logging.getLogger("test")
+
+    async def run() -> tuple[bytes, bytes]:
+        await startup.start_operator(settings, memo, logger)
+        try:
+
+            def fetch(url: str) -> bytes:
+                with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 -- local
+                    body: bytes = answer.read()
+                    return body
+
+            health = await asyncio.to_thread(fetch, f"http://127.0.0.1:{results}/healthz")
+            scraped = await asyncio.to_thread(fetch, f"http://127.0.0.1:{metrics}/metrics")
+        finally:
+            await startup.stop_operator(memo, logger)
+        return health, scraped
+
+    health, scraped = asyncio.run(run())
+    assert health == b"ok"
+    assert b"scapguard_scan_queue_wait_seconds" in scraped
+    assert settings.persistence.finalizer == "scapguard.io/finalizer"
+    assert settings.peering.name == "scapguard" and settings.peering.mandatory
+    assert settings.peering.priority > 0
+    assert isinstance(memo[MEMO_KEY], OperatorContext)
+    assert in_scope(namespace="apps", memo=memo) and in_scope(namespace="scapguard", memo=memo)
+    assert not in_scope(namespace="other", memo=memo)
+
+
+def test_bad_setting_stops_the_operator_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SCAPGUARD_NAMESPACE", "scapguard")
+    monkeypatch.setenv("SCAPGUARD_MAX_CONCURRENT_SCANS", "lots")
+    with pytest.raises(kopf.PermanentError, match="SCAPGUARD_MAX_CONCURRENT_SCANS"):
+        asyncio.run(
+            startup.start_operator(kopf.OperatorSettings(), kopf.Memo(), logging.getLogger("test"))
+        )

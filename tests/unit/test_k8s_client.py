@@ -1,0 +1,106 @@
+"""KubeClient over a stub ApiClient: request paths, merge patches, typed errors, paging."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from scapguard.k8s.api import (
+    IMAGE,
+    IMAGESCAN,
+    JOB,
+    SECRET,
+    AlreadyExists,
+    Conflict,
+    KubeError,
+    NotFound,
+)
+from scapguard.k8s.client import KubeClient
+
+
+@dataclass
+class Response:
+    status: int
+    data: bytes
+    reason: str = ""
+
+    def read(self) -> bytes:
+        return self.data
+
+
+class StubApi:
+    """Stands in for kubernetes.client.ApiClient (param_serialize + call_api)."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def param_serialize(self, *, method: str, resource_path: str, **kwargs: Any) -> Any:
+        self.calls.append((method, resource_path, kwargs))
+        return method, resource_path, kwargs["header_params"], kwargs["body"], None
+
+    def call_api(self, method: str, url: str, **_: Any) -> Response:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, Response):
+            return answer
+        return Response(200, json.dumps(answer).encode())
+
+
+def api_error(status: int, reason: str) -> Response:
+    return Response(status, f'{{"kind":"Status","reason":"{reason}","message":"m"}}'.encode())
+
+
+def test_paths_and_merge_patch() -> None:
+    stub = StubApi([{}, {}, {}, {}])
+    kube = KubeClient(stub)
+    kube.get(IMAGESCAN, "s", "apps")
+    kube.patch_status(IMAGESCAN, "s", "apps", {"status": {"result": "Pass"}})
+    kube.patch(IMAGE, "sha256:x", None, {"metadata": {}})
+    kube.delete(JOB, "j", "scapguard")
+    (m1, p1, _), (m2, p2, k2), (m3, p3, _), (m4, p4, k4) = stub.calls
+    assert (m1, p1) == ("GET", "/apis/scapguard.io/v1alpha1/namespaces/apps/imagescans/s")
+    assert (m2, p2) == ("PATCH", "/apis/scapguard.io/v1alpha1/namespaces/apps/imagescans/s/status")
+    assert k2["header_params"]["Content-Type"] == "application/merge-patch+json"
+    assert (m3, p3) == ("PATCH", "/apis/image.openshift.io/v1/images/sha256:x")
+    assert (m4, p4) == ("DELETE", "/apis/batch/v1/namespaces/scapguard/jobs/j")
+    assert k4["body"]["propagationPolicy"] == "Background"
+
+
+def test_list_pages_and_fills_kind() -> None:
+    stub = StubApi(
+        [
+            {"items": [{"metadata": {"name": "a"}}], "metadata": {"continue": "t"}},
+            {"items": [{"metadata": {"name": "b"}}], "metadata": {}},
+        ]
+    )
+    items = KubeClient(stub).list(SECRET, "ns", label_selector="a=b")
+    assert [i["metadata"]["name"] for i in items] == ["a", "b"]
+    assert items[0]["kind"] == "Secret" and items[0]["apiVersion"] == "v1"
+    assert stub.calls[0][1] == "/api/v1/namespaces/ns/secrets"
+    assert ("continue", "t") in stub.calls[1][2]["query_params"]
+
+
+def test_transport_errors_are_typed() -> None:
+    kube = KubeClient(StubApi([ApiException(status=0, reason="connection refused")]))
+    with pytest.raises(KubeError):
+        kube.get(SECRET, "x", "ns")
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "error"),
+    [
+        (404, "NotFound", NotFound),
+        (409, "AlreadyExists", AlreadyExists),
+        (409, "Conflict", Conflict),
+    ],
+)
+def test_errors_are_typed(status: int, reason: str, error: type[Exception]) -> None:
+    kube = KubeClient(StubApi([api_error(status, reason)]))
+    with pytest.raises(error):
+        kube.get(SECRET, "x", "ns")

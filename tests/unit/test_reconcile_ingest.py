@@ -1,0 +1,119 @@
+"""The results endpoint: forged, replayed, stale, mismatched and oversized posts change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, Obj
+from scapguard.reconcile.imagescan import reconcile_imagescan
+from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
+from scapguard.results import model as m
+from scapguard.results_server import build_app
+from scapguard.testing import (
+    Harness,
+    add_policy,
+    add_stream,
+    digest,
+    harness,
+    jobs,
+    post,
+    scan_result,
+    secret_token,
+)
+
+D = digest(5)
+
+
+def started(**env: str) -> tuple[Harness, str, str]:
+    h = harness(**env)
+    add_policy(h)
+    add_stream(h, "app", "apps", {"latest": [D]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    reconcile_imagescan(h.ctx, scan)
+    (job,) = jobs(h)
+    return h, job["metadata"]["name"], scan["metadata"]["name"]
+
+
+def snapshot(h: Harness) -> dict[tuple[str, str, str], Obj]:
+    return copy.deepcopy(dict(h.kube.objects))
+
+
+def test_forged_token_is_refused_and_changes_nothing() -> None:
+    h, job, _ = started()
+    before = snapshot(h)
+    answer = post(h, job, scan_result(D), token="forged-" + secret_token(h, job))
+    assert (answer.status, answer.reason) == (401, "Unauthorized")
+    assert snapshot(h) == before
+    assert (
+        h.ctx.metrics.registry.get_sample_value(
+            "scapguard_results_rejected_total", {"reason": "Unauthorized"}
+        )
+        == 1
+    )
+
+
+def test_unknown_job_is_refused_like_a_bad_token() -> None:
+    h, job, _ = started()
+    other = job[:-1] + "9"
+    assert post(h, job, scan_result(D)).status == 200
+    before = snapshot(h)
+    token = secret_token(h, job)
+    from scapguard.reconcile.ingest import ingest
+
+    body = json.dumps(m.encode_handoff(scan_result(D), None)).encode()
+    assert ingest(h.ctx, other, token, body).status == 401
+    assert ingest(h.ctx, "../../etc", token, body).status == 404
+    assert snapshot(h) == before
+
+
+def test_replay_is_refused() -> None:
+    h, job, name = started()
+    assert post(h, job, scan_result(D)).status == 200
+    before = h.kube.get(IMAGESCAN, name, "apps")
+    again = post(h, job, scan_result(D, [("CVE-2", "critical")]))
+    assert (again.status, again.reason) == (409, "Replayed")
+    assert h.kube.get(IMAGESCAN, name, "apps") == before
+
+
+def test_result_for_another_digest_is_refused() -> None:
+    h, job, name = started()
+    answer = post(h, job, scan_result(digest(6)))
+    assert (answer.status, answer.reason) == (422, "DigestMismatch")
+    assert "lastAttempt" not in h.kube.get(IMAGESCAN, name, "apps").get("status", {})
+
+
+def test_invalid_document_is_refused_naming_the_field() -> None:
+    h, job, _ = started()
+    from scapguard.reconcile.ingest import ingest
+
+    body = m.encode_handoff(scan_result(D), None)
+    body["result"]["outcome"] = "Maybe"
+    answer = ingest(h.ctx, job, secret_token(h, job), json.dumps(body).encode())
+    assert answer.status == 422 and "outcome" in answer.message
+
+
+def test_oversized_post_is_refused_by_the_http_server() -> None:
+    h, job, name = started(SCAPGUARD_RESULTS_MAX_BYTES="2048")
+    token = secret_token(h, job)
+
+    async def exercise() -> tuple[int, int, int]:
+        async with TestClient(TestServer(build_app(h.ctx))) as client:
+            big = await client.post(
+                f"/v1/results/{job}", data=b"x" * 4096, headers={"Authorization": f"Bearer {token}"}
+            )
+            anonymous = await client.post(f"/v1/results/{job}", data=b"{}")
+            small = await client.post(
+                f"/v1/results/{job}",
+                data=json.dumps(m.encode_handoff(scan_result(D), None)).encode(),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return big.status, anonymous.status, small.status
+
+    assert asyncio.run(exercise()) == (413, 401, 200)
+    assert h.kube.get(IMAGESCAN, name, "apps")["status"]["lastAttempt"]["outcome"] == "Completed"
+    assert h.kube.get(CONFIGMAP, f"{name}-result", "apps")["binaryData"]

@@ -1,0 +1,232 @@
+"""ScanPolicy reconcile: rescans (annotation, policy change, cron), retention and GC, status."""
+
+from __future__ import annotations
+
+from scapguard.api import constants as c
+from scapguard.k8s.api import IMAGE, IMAGESCAN, SCANPOLICY, Conflict, Kind, Obj
+from scapguard.reconcile.imagescan import reconcile_imagescan
+from scapguard.reconcile.imagestream import reconcile_imagestream
+from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
+from scapguard.testing import (
+    Harness,
+    add_image,
+    add_policy,
+    add_stream,
+    digest,
+    harness,
+    jobs,
+    post,
+    scan_result,
+    set_stream_tags,
+)
+
+
+def policy(h: Harness, name: str = "default") -> Obj:
+    return h.kube.get(SCANPOLICY, name, "apps")
+
+
+def complete_all(h: Harness) -> None:
+    """Reconcile every scan, answer every Job with a clean result, reconcile again."""
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)
+    for job in jobs(h):
+        image = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        assert post(h, job["metadata"]["name"], scan_result(image.split("@")[1])).status == 200
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)
+
+
+def requests(h: Harness) -> dict[str, tuple[int, str]]:
+    out = {}
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        req = scan["status"]["request"]
+        out[scan["metadata"]["name"]] = (req["number"], req["trigger"])
+    return out
+
+
+def test_invalid_schedule_is_a_condition_naming_the_field() -> None:
+    h = harness()
+    add_policy(h, schedule="every day at noon")
+    outcome = reconcile_scanpolicy(h.ctx, policy(h))
+    assert outcome.permanent is not None and "spec.schedule" in outcome.permanent
+    (ready,) = policy(h)["status"]["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"].startswith("spec.schedule:")
+
+
+def test_rescan_annotation_on_a_scan_and_on_the_policy() -> None:
+    h = harness()
+    add_policy(h)
+    add_stream(h, "app", "apps", {"a": [digest(1)], "b": [digest(2)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    first = next(iter(requests(h)))
+    h.kube.patch(
+        IMAGESCAN, first, "apps", {"metadata": {"annotations": {c.RESCAN_ANNOTATION: "please"}}}
+    )
+    complete_all(h)
+    assert requests(h)[first] == (2, "OnDemand")
+    assert len(h.kube.created("jobs")) == 3
+    h.kube.patch(
+        SCANPOLICY, "default", "apps", {"metadata": {"annotations": {c.RESCAN_ANNOTATION: "1"}}}
+    )
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    assert sorted(requests(h).values()) == [(2, "OnDemand"), (3, "OnDemand")]
+    reconcile_scanpolicy(h.ctx, policy(h))  # the same value does not rescan again
+    complete_all(h)
+    assert len(h.kube.created("jobs")) == 5
+
+
+def test_content_change_rescans_but_failure_rule_change_does_not() -> None:
+    h = harness()
+    add_policy(h)
+    add_stream(h, "app", "apps", {"a": [digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    h.kube.patch(SCANPOLICY, "default", "apps", {"spec": {"failOn": "low"}})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    assert list(requests(h).values()) == [(1, "NewImage")]
+    h.kube.patch(
+        SCANPOLICY,
+        "default",
+        "apps",
+        {
+            "spec": {
+                "compliance": {
+                    "enabled": True,
+                    "profile": "xccdf_org.ssgproject.content_profile_standard",
+                }
+            }
+        },
+    )
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    assert list(requests(h).values()) == [(2, "PolicyChange")]
+
+
+def test_cron_rescans_are_spread_over_the_window() -> None:
+    h = harness()
+    add_policy(h, schedule="0 * * * *")
+    add_stream(h, "app", "apps", {f"t{i}": [digest(10 + i)] for i in range(8)})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    h.clock.advance(3600)  # the next hour has fired; rescans spread over its first half
+    seen: list[int] = []
+    for _ in range(30):
+        h.clock.advance(60)
+        reconcile_scanpolicy(h.ctx, policy(h))
+        seen.append(sum(1 for n, _ in requests(h).values() if n == 2))
+        complete_all(h)
+    assert seen[-1] == 8
+    assert len(set(seen)) > 3, f"rescans came all at once: {seen}"
+    assert {t for n, t in requests(h).values()} == {"Scheduled"}
+    status = policy(h)["status"]
+    assert status["lastScheduledRescan"].endswith(":00:00Z")
+    assert status["nextScheduledRescan"] > status["lastScheduledRescan"]
+
+
+def test_retention_and_untagged_grace() -> None:
+    h = harness(SCAPGUARD_CLEANUP_GRACE_SECONDS="600")
+    add_policy(h, retention={"keep": 1}, action="Enforce")
+    add_image(h, digest(3))
+    add_stream(h, "app", "apps", {"latest": [digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    set_stream_tags(h, "app", "apps", {"latest": [digest(2), digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    set_stream_tags(h, "app", "apps", {"latest": [digest(3), digest(2), digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    by_digest = {s["spec"]["image"].split("@")[1]: s for s in h.kube.list(IMAGESCAN, "apps")}
+    assert set(by_digest) == {digest(2), digest(3)}, "digest 1 is beyond keep=1"
+    assert by_digest[digest(2)]["spec"]["tags"] == []
+    # The tag is deleted: digest 3 and 2 are known to no tag; deleted after the grace period.
+    set_stream_tags(h, "app", "apps", {})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    assert all(
+        c.UNTAGGED_SINCE_ANNOTATION in s["metadata"]["annotations"]
+        for s in h.kube.list(IMAGESCAN, "apps")
+    )
+    h.clock.advance(601)
+    reconcile_scanpolicy(h.ctx, policy(h))
+    assert h.kube.list(IMAGESCAN, "apps") == []
+
+
+def test_tag_moving_updates_tags_via_the_imagestream_fast_path() -> None:
+    h = harness()
+    add_policy(h, tags=["v*"])
+    stream = add_stream(h, "app", "apps", {"v1": [digest(1)], "latest": [digest(1)]})
+    reconcile_imagestream(h.ctx, stream)
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    assert [t["tag"] for t in scan["spec"]["tags"]] == ["v1"], "tag globs apply"
+    stream = set_stream_tags(h, "app", "apps", {"v1": [digest(2), digest(1)], "v2": [digest(1)]})
+    reconcile_imagestream(h.ctx, stream)
+    tags = {
+        s["spec"]["image"].split("@")[1]: [t["tag"] for t in s["spec"]["tags"]]
+        for s in h.kube.list(IMAGESCAN, "apps")
+    }
+    assert tags == {digest(1): ["v2"], digest(2): ["v1"]}
+
+
+def test_cluster_wide_policy_covers_selected_namespaces() -> None:
+    h = harness()
+    from scapguard.k8s.api import NAMESPACE
+
+    h.kube.create(NAMESPACE, {"metadata": {"name": "team-a", "labels": {"scan": "yes"}}})
+    h.kube.create(NAMESPACE, {"metadata": {"name": "team-b"}})
+    add_policy(
+        h, "global", h.ctx.settings.namespace, namespaceSelector={"matchLabels": {"scan": "yes"}}
+    )
+    add_stream(h, "app", "team-a", {"latest": [digest(1)]})
+    add_stream(h, "app", "team-b", {"latest": [digest(2)]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "global", h.ctx.settings.namespace))
+    (scan,) = h.kube.list(IMAGESCAN, h.ctx.settings.namespace)
+    assert scan["spec"]["tags"] == [{"namespace": "team-a", "imageStream": "app", "tag": "latest"}]
+    assert h.kube.list(IMAGE) == []
+
+
+def test_hand_made_scan_is_an_on_demand_scan() -> None:
+    h = harness()
+    add_policy(h)
+    image = f"quay.example/x/y@{digest(42)}"
+    scan = h.kube.create(
+        IMAGESCAN,
+        {
+            "metadata": {"name": "manual", "namespace": "apps"},
+            "spec": {"image": image, "policy": "default"},
+        },
+    )
+    reconcile_imagescan(h.ctx, scan)
+    (job,) = jobs(h)
+    assert post(h, job["metadata"]["name"], scan_result(digest(42))).status == 200
+    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, "manual", "apps"))
+    done = h.kube.get(IMAGESCAN, "manual", "apps")
+    assert done["status"]["result"] == "Pass"
+    assert done["status"]["trigger"] == "OnDemand"
+    assert done["metadata"]["labels"][c.POLICY_LABEL] == "default"
+    enforced = next(x for x in done["status"]["conditions"] if x["type"] == "Enforced")
+    assert enforced["reason"] == "ReportOnly"
+
+
+def test_concurrent_stream_events_keep_every_tag() -> None:
+    h = harness()
+    add_policy(h)
+    app = add_stream(h, "app", "apps", {"latest": [digest(1)], "v1": [digest(1)]})
+    mirror = add_stream(h, "mirror", "apps", {"stable": [digest(1)]})
+    reconcile_imagestream(h.ctx, app)
+    raced: list[bool] = []
+
+    def another_writer_first(verb: str, kind: Kind, body: Obj) -> None:
+        if verb == "patch" and kind.plural == "imagescans" and not raced:
+            raced.append(True)
+            (stored,) = [o for k, o in h.kube.objects.items() if k[0].startswith("imagescans")]
+            stored["spec"]["tags"].append({"namespace": "apps", "imageStream": "x", "tag": "y"})
+            stored["metadata"]["resourceVersion"] = "concurrent"
+            raise Conflict(409, "Conflict", "modified")
+
+    h.kube.before_write = another_writer_first
+    reconcile_imagestream(h.ctx, mirror)
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    assert raced
+    assert {(t["imageStream"], t["tag"]) for t in scan["spec"]["tags"]} == {
+        ("app", "latest"), ("app", "v1"), ("mirror", "stable"), ("x", "y")}
