@@ -41,6 +41,7 @@ class Settings:
     scanner_image: str
     scanner_image_pull_secrets: tuple[str, ...]
     scanner_service_account: str | None
+    scanner_run_as_user: int | None
     cleanup_grace_seconds: int
     job_ttl_seconds: int
     retry_backoff_seconds: int
@@ -110,6 +111,9 @@ class Settings:
             scanner_image=reader.text("SCAPGUARD_SCANNER_IMAGE", DEFAULT_SCANNER_IMAGE),
             scanner_image_pull_secrets=reader.names("SCAPGUARD_SCANNER_IMAGE_PULL_SECRETS"),
             scanner_service_account=reader.name("SCAPGUARD_SCANNER_SERVICE_ACCOUNT") or None,
+            scanner_run_as_user=reader.optional_integer(
+                "SCAPGUARD_SCANNER_RUN_AS_USER", 1, 2**31 - 1
+            ),
             cleanup_grace_seconds=reader.integer(
                 "SCAPGUARD_CLEANUP_GRACE_SECONDS", 86400, 0, 365 * 86400
             ),
@@ -168,6 +172,11 @@ class _Reader:
             return value
 
         return self._parsed(var, default, parse)
+
+    def optional_integer(self, var: str, minimum: int, maximum: int) -> int | None:
+        if not self.text(var, ""):
+            return None
+        return self.integer(var, minimum, minimum, maximum)
 
     def boolean(self, var: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

@@ -108,3 +108,31 @@ def test_result_config_map_is_owned_by_the_scan() -> None:
     assert (owner["kind"], owner["uid"], owner["blockOwnerDeletion"]) == ("ImageScan", "u", False)
     assert list(cm["binaryData"]) == [c.RESULT_KEY]
     assert json.dumps(cm)
+
+
+def test_configmap_content_travels_in_the_secret_and_mounts_by_name() -> None:
+    inp = job_input(content_refs=(("feeds", "debian.xml.bz2"),), run_as_user=65532)
+    secret = build_scan_secret(
+        inp,
+        token="t",
+        policy_json="{}",
+        registry_auth_json=None,
+        content={("feeds", "debian.xml.bz2"): b"BZh9\x00binary"},
+    )
+    assert base64.b64decode(secret["data"]["content.feeds.debian.xml.bz2"]) == b"BZh9\x00binary"
+    pod = build_scan_job(inp)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    volume = next(v for v in pod["volumes"] if v["name"] == "content")
+    assert volume["secret"]["items"] == [
+        {"key": "content.feeds.debian.xml.bz2", "path": "feeds/debian.xml.bz2"}
+    ]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "content")
+    assert env["SCAPGUARD_CONTENT_DIR"] == mount["mountPath"]
+
+
+def test_no_content_no_content_volume() -> None:
+    pod = build_scan_job(job_input())["spec"]["template"]["spec"]
+    assert "content" not in [v["name"] for v in pod["volumes"]]
+    assert "runAsUser" not in pod["securityContext"]

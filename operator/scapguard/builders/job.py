@@ -21,6 +21,8 @@ SCANNER_COMMAND: Final = "scapguard-scan"
 CONTAINER_NAME: Final = "scanner"
 CREDENTIALS_DIR: Final = "/var/run/scapguard"
 CA_DIR: Final = "/var/run/scapguard-ca"
+# Where the scanner looks for ConfigMap-provided content: CONTENT_DIR/<configmap>/<key>.
+CONTENT_DIR: Final = "/var/run/scapguard-content"
 CA_KEY: Final = "ca.crt"
 SCRATCH_DIR: Final = "/scratch"
 READ_ONLY_FILE_MODE: Final = 0o444
@@ -50,6 +52,12 @@ class ScanJobInput:
     image_pull_secrets: tuple[str, ...] = ()
     service_account: str | None = None
     registry_auth: bool = False
+    # Unset on OpenShift: the restricted SCC assigns a uid from the namespace's range, and the
+    # scanner image's USER (65532) applies elsewhere. Set it where the runtime cannot tell.
+    run_as_user: int | None = None
+    # ConfigMap content (feeds, datastreams, tailoring) copied into the per-scan Secret:
+    # (configmap, key) pairs, in the order the policy names them.
+    content_refs: tuple[tuple[str, str], ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -82,16 +90,30 @@ def scanner_selector() -> str:
     return f"{c.COMPONENT_LABEL}={c.SCANNER_COMPONENT},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"
 
 
+def content_key(config_map: str, key: str) -> str:
+    """The per-scan Secret's key holding ConfigMap ``config_map``'s ``key``."""
+    return f"content.{config_map}.{key}"
+
+
 def build_scan_secret(
-    inp: ScanJobInput, *, token: str, policy_json: str, registry_auth_json: str | None
+    inp: ScanJobInput,
+    *,
+    token: str,
+    policy_json: str,
+    registry_auth_json: str | None,
+    content: Mapping[tuple[str, str], bytes] | None = None,
 ) -> dict[str, Any]:
-    """The per-scan Secret: bearer token, the policy for the scanner, registry credentials.
+    """The per-scan Secret: bearer token, the policy for the scanner, registry credentials,
+    and a copy of the ConfigMap content the policy names (a pod in the operator's namespace
+    cannot mount a ConfigMap from the policy's namespace).
 
     Created before the Job (so the pod never waits for it) and then given the Job as owner.
     """
-    data = {c.TOKEN_KEY: token, c.POLICY_KEY: policy_json}
+    data = {c.TOKEN_KEY: token.encode(), c.POLICY_KEY: policy_json.encode()}
     if registry_auth_json is not None:
-        data[c.AUTH_KEY] = registry_auth_json
+        data[c.AUTH_KEY] = registry_auth_json.encode()
+    for (config_map, key), raw in (content or {}).items():
+        data[content_key(config_map, key)] = raw
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -102,7 +124,7 @@ def build_scan_secret(
             "annotations": job_annotations(inp),
         },
         "type": "Opaque",
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }
 
 
@@ -115,6 +137,14 @@ def owner_reference(kind: str, api_version: str, name: str, uid: str) -> dict[st
         "controller": True,
         "blockOwnerDeletion": False,
     }
+
+
+def _pod_security(inp: ScanJobInput) -> dict[str, Any]:
+    security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if inp.run_as_user is not None:
+        security["runAsUser"] = inp.run_as_user
+        security["runAsGroup"] = inp.run_as_user
+    return security
 
 
 def _container_security() -> dict[str, Any]:
@@ -135,6 +165,8 @@ def _env(inp: ScanJobInput) -> list[dict[str, str]]:
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
     ]
+    if inp.content_refs:
+        env.append({"name": "SCAPGUARD_CONTENT_DIR", "value": CONTENT_DIR})
     if inp.ca_config_map:
         env.append({"name": "SCAPGUARD_RESULTS_CA_FILE", "value": f"{CA_DIR}/{CA_KEY}"})
     if inp.registry_auth:
@@ -155,6 +187,21 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         {"name": "scratch", "mountPath": SCRATCH_DIR},
         {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
     ]
+    if inp.content_refs:
+        volumes.append(
+            {
+                "name": "content",
+                "secret": {
+                    "secretName": inp.job_name,
+                    "defaultMode": READ_ONLY_FILE_MODE,
+                    "items": [
+                        {"key": content_key(cm, key), "path": f"{cm}/{key}"}
+                        for cm, key in inp.content_refs
+                    ],
+                },
+            }
+        )
+        mounts.append({"name": "content", "mountPath": CONTENT_DIR, "readOnly": True})
     if inp.ca_config_map:
         volumes.append(
             {
@@ -167,7 +214,7 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": _pod_security(inp),
         "containers": [
             {
                 "name": CONTAINER_NAME,

@@ -38,6 +38,7 @@ from scapguard.builders.job import (
     owner_reference,
 )
 from scapguard.k8s.api import (
+    CONFIGMAP,
     IMAGESCAN,
     JOB,
     SCANPOLICY,
@@ -198,6 +199,51 @@ def registry_auth(ctx: OperatorContext, namespace: str, policy: ScanPolicySpec) 
     return json.dumps({"auths": auths}, sort_keys=True) if auths else None
 
 
+# A Secret holds at most 1 MiB; leave room for the token, policy and registry credentials.
+_CONTENT_BUDGET = 900 * 1024
+
+
+def policy_content(
+    ctx: OperatorContext, namespace: str, policy: ScanPolicySpec
+) -> dict[tuple[str, str], bytes]:
+    """The ConfigMap content (feed, datastream, tailoring) the policy names, from its namespace.
+
+    A missing ConfigMap or key is left out: the scanner then reports ``ContentUnavailable``
+    naming the file, through the ordinary error path (retries, onError).
+    """
+    refs = []
+    feed = policy.vulnerabilities.feed
+    if policy.vulnerabilities.enabled and feed is not None and feed.config_map is not None:
+        refs.append(feed.config_map)
+    ds = policy.compliance.datastream
+    if policy.compliance.enabled and ds is not None and ds.config_map is not None:
+        refs.append(ds.config_map)
+    if policy.compliance.enabled and policy.compliance.tailoring is not None:
+        refs.append(policy.compliance.tailoring)
+    content: dict[tuple[str, str], bytes] = {}
+    total = 0
+    for ref in refs:
+        try:
+            cm = ctx.kube.get(CONFIGMAP, ref.name, namespace)
+        except NotFound:
+            logger.warning("ConfigMap %s/%s named by the policy is missing", namespace, ref.name)
+            continue
+        if ref.key in (cm.get("binaryData") or {}):
+            raw = base64.b64decode(cm["binaryData"][ref.key])
+        elif ref.key in (cm.get("data") or {}):
+            raw = str(cm["data"][ref.key]).encode()
+        else:
+            logger.warning("ConfigMap %s/%s has no key %s", namespace, ref.name, ref.key)
+            continue
+        total += len(raw)
+        if total > _CONTENT_BUDGET:
+            logger.warning("ConfigMap content for %s exceeds %d bytes; left out (use a URL)",
+                           ref.name, _CONTENT_BUDGET)
+            continue
+        content[(ref.name, ref.key)] = raw
+    return content
+
+
 def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: ScanPolicySpec) -> bool:
     """Create the next attempt's Secret and Job, then record the attempt on the scan.
 
@@ -213,6 +259,7 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     namespace = namespace_of(scan) or ""
     settings = ctx.settings
     auth = registry_auth(ctx, namespace, policy)
+    content = policy_content(ctx, namespace, policy)
     inp = ScanJobInput(
         job_name=name, namespace=settings.namespace, scan_namespace=namespace,
         scan_name=name_of(scan), scan_uid=uid_of(scan), policy_uid=uid_of(policy_obj),
@@ -221,10 +268,11 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
         ttl_seconds=settings.job_ttl_seconds, ca_config_map=settings.results_ca_config_map,
         image_pull_secrets=settings.scanner_image_pull_secrets,
         service_account=settings.scanner_service_account, registry_auth=auth is not None,
+        run_as_user=settings.scanner_run_as_user, content_refs=tuple(content),
     )
     secret = build_scan_secret(
         inp, token=ctx.token_factory(), policy_json=json.dumps(dict(policy.raw), sort_keys=True),
-        registry_auth_json=auth,
+        registry_auth_json=auth, content=content,
     )
     job_body = build_scan_job(inp)
     key = f"{namespace}/{spec.policy}"
