@@ -72,8 +72,10 @@ class Settings:
         cert = reader.text("SCAPGUARD_RESULTS_TLS_CERT_FILE", "") or None
         key = reader.text("SCAPGUARD_RESULTS_TLS_KEY_FILE", "") or None
         if (cert is None) != (key is None):
-            missing = "SCAPGUARD_RESULTS_TLS_KEY_FILE" if key is None else (
-                "SCAPGUARD_RESULTS_TLS_CERT_FILE"
+            missing = (
+                "SCAPGUARD_RESULTS_TLS_KEY_FILE"
+                if key is None
+                else ("SCAPGUARD_RESULTS_TLS_CERT_FILE")
             )
             raise SettingsError(missing, "set both the TLS certificate and key files, or neither")
         scheme = "https" if cert else "http"
@@ -84,8 +86,11 @@ class Settings:
         # The webhook needs its serving certificate: on by default when one is configured.
         admission = reader.boolean("SCAPGUARD_ADMISSION_ENABLED", webhook_cert is not None)
         if admission and (webhook_cert is None or webhook_key is None):
-            missing = ("SCAPGUARD_ADMISSION_TLS_CERT_FILE" if webhook_cert is None
-                       else "SCAPGUARD_ADMISSION_TLS_KEY_FILE")
+            missing = (
+                "SCAPGUARD_ADMISSION_TLS_CERT_FILE"
+                if webhook_cert is None
+                else "SCAPGUARD_ADMISSION_TLS_KEY_FILE"
+            )
             raise SettingsError(missing, "the admission webhook needs a certificate and key")
         failure_policy = reader.text("SCAPGUARD_ADMISSION_FAILURE_POLICY", "Fail")
         if failure_policy not in ("Fail", "Ignore"):

@@ -16,22 +16,31 @@ class Metrics:
         self.per_cve = per_cve
         r = self.registry
         self.scans = Counter(
-            "scapguard_scans", "Completed scan requests by result and trigger.",
-            ["result", "trigger"], registry=r,
+            "scapguard_scans",
+            "Completed scan requests by result and trigger.",
+            ["result", "trigger"],
+            registry=r,
         )
         self.scan_attempts = Counter(
             "scapguard_scan_attempts", "Scanner Jobs started.", ["policy"], registry=r
         )
         self.scan_duration = Histogram(
-            "scapguard_scan_duration_seconds", "Scanner run time per attempt.", ["outcome"],
-            buckets=DURATION_BUCKETS, registry=r,
+            "scapguard_scan_duration_seconds",
+            "Scanner run time per attempt.",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "scapguard_scan_queue_wait_seconds",
-            "Time from a scan request to its first scanner Job.", buckets=WAIT_BUCKETS, registry=r,
+            "Time from a scan request to its first scanner Job.",
+            buckets=WAIT_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "scapguard_scan_queue_depth", "Scans waiting for a scanner slot.", ["policy"],
+            "scapguard_scan_queue_depth",
+            "Scans waiting for a scanner slot.",
+            ["policy"],
             registry=r,
         )
         self.oldest_queued = Gauge(
@@ -41,17 +50,22 @@ class Metrics:
             "scapguard_scans_running", "Scanner Jobs running.", ["policy"], registry=r
         )
         self.images_failing = Gauge(
-            "scapguard_images_failing", "Selected images whose latest scan fails.", ["policy"],
+            "scapguard_images_failing",
+            "Selected images whose latest scan fails.",
+            ["policy"],
             registry=r,
         )
         self.images_denied = Gauge(
-            "scapguard_images_denied", "Selected images the policy denies.", ["policy"],
+            "scapguard_images_denied",
+            "Selected images the policy denies.",
+            ["policy"],
             registry=r,
         )
         self.images_critical = Gauge(
             "scapguard_images_with_critical_vulnerabilities",
             "Selected images with at least one critical vulnerability, by whether denied.",
-            ["policy", "denied"], registry=r,
+            ["policy", "denied"],
+            registry=r,
         )
         self.denials = Counter(
             "scapguard_denials", "Images scapguard started denying.", ["policy"], registry=r
@@ -60,18 +74,22 @@ class Metrics:
             "scapguard_scan_errors", "Failed scan attempts by reason.", ["reason"], registry=r
         )
         self.results_rejected = Counter(
-            "scapguard_results_rejected", "Result posts refused by the results endpoint.",
-            ["reason"], registry=r,
+            "scapguard_results_rejected",
+            "Result posts refused by the results endpoint.",
+            ["reason"],
+            registry=r,
         )
         self.content_age = Gauge(
             "scapguard_content_age_seconds",
             "Age of the scan content (feed or datastream) used by the latest scan.",
-            ["kind", "name"], registry=r,
+            ["kind", "name"],
+            registry=r,
         )
         self.vulnerabilities = Gauge(
             "scapguard_image_vulnerabilities",
             "Vulnerabilities per image and severity (only with SCAPGUARD_PER_CVE_METRICS).",
-            ["namespace", "imagescan", "severity"], registry=r,
+            ["namespace", "imagescan", "severity"],
+            registry=r,
         )
 
     def set_image_vulnerabilities(

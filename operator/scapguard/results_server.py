@@ -56,7 +56,7 @@ async def post_result(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         ctx.metrics.results_rejected.labels("TooLarge").inc()
         return _answer(Ingested(413, "TooLarge", f"results are limited to {limit} bytes"))
-    result = await asyncio.to_thread(ingest, ctx, job, header[len(BEARER):].strip(), body)
+    result = await asyncio.to_thread(ingest, ctx, job, header[len(BEARER) :].strip(), body)
     return _answer(result)
 
 
@@ -71,6 +71,10 @@ async def start_results_server(ctx: OperatorContext) -> web.AppRunner:
         tls.load_cert_chain(settings.results_tls_cert_file, settings.results_tls_key_file)
     site = web.TCPSite(runner, settings.results_bind, settings.results_port, ssl_context=tls)
     await site.start()
-    logger.info("results endpoint listening on %s:%s (%s)", settings.results_bind,
-                settings.results_port, "https" if tls else "http")
+    logger.info(
+        "results endpoint listening on %s:%s (%s)",
+        settings.results_bind,
+        settings.results_port,
+        "https" if tls else "http",
+    )
     return runner

@@ -63,7 +63,10 @@ def harness(**env: str) -> Harness:
         return tokens[-1]
 
     ctx = OperatorContext(
-        kube=kube, settings=settings(**env), metrics=Metrics(CollectorRegistry()), clock=clock,
+        kube=kube,
+        settings=settings(**env),
+        metrics=Metrics(CollectorRegistry()),
+        clock=clock,
         token_factory=token,
     )
     return Harness(kube=kube, clock=clock, ctx=ctx, tokens=tokens)
@@ -78,31 +81,49 @@ def add_policy(h: Harness, name: str = "default", namespace: str = "apps", **spe
 
 
 def stream_object(
-    name: str, namespace: str, tags: Mapping[str, Sequence[str]],
-    labels: Mapping[str, str] | None = None, registry: str = "registry.local:5000",
+    name: str,
+    namespace: str,
+    tags: Mapping[str, Sequence[str]],
+    labels: Mapping[str, str] | None = None,
+    registry: str = "registry.local:5000",
 ) -> Obj:
     """``tags`` maps a tag to its digests, newest first (status.tags[].items)."""
     return {
         "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
         "spec": {},
-        "status": {"tags": [
-            {"tag": tag, "items": [
-                {"image": d, "dockerImageReference": f"{registry}/{namespace}/{name}@{d}",
-                 "created": "2026-03-01T00:00:00Z", "generation": 1}
-                for d in digests
-            ]}
-            for tag, digests in tags.items()
-        ]},
+        "status": {
+            "tags": [
+                {
+                    "tag": tag,
+                    "items": [
+                        {
+                            "image": d,
+                            "dockerImageReference": f"{registry}/{namespace}/{name}@{d}",
+                            "created": "2026-03-01T00:00:00Z",
+                            "generation": 1,
+                        }
+                        for d in digests
+                    ],
+                }
+                for tag, digests in tags.items()
+            ]
+        },
     }
 
 
-def add_stream(h: Harness, name: str, namespace: str, tags: Mapping[str, Sequence[str]],
-               labels: Mapping[str, str] | None = None) -> Obj:
+def add_stream(
+    h: Harness,
+    name: str,
+    namespace: str,
+    tags: Mapping[str, Sequence[str]],
+    labels: Mapping[str, str] | None = None,
+) -> Obj:
     return h.kube.create(IMAGESTREAM, stream_object(name, namespace, tags, labels))
 
 
-def set_stream_tags(h: Harness, name: str, namespace: str,
-                    tags: Mapping[str, Sequence[str]]) -> Obj:
+def set_stream_tags(
+    h: Harness, name: str, namespace: str, tags: Mapping[str, Sequence[str]]
+) -> Obj:
     status = stream_object(name, namespace, tags)["status"]
     body = h.kube.objects[(f"{IMAGESTREAM.plural}.{IMAGESTREAM.group}", namespace, name)]
     body["status"] = status
@@ -110,8 +131,9 @@ def set_stream_tags(h: Harness, name: str, namespace: str,
 
 
 def add_image(h: Harness, image_digest: str, annotations: Mapping[str, str] | None = None) -> Obj:
-    return h.kube.create(IMAGE, {"metadata": {"name": image_digest,
-                                              "annotations": dict(annotations or {})}})
+    return h.kube.create(
+        IMAGE, {"metadata": {"name": image_digest, "annotations": dict(annotations or {})}}
+    )
 
 
 def scan_result(
@@ -127,7 +149,8 @@ def scan_result(
     if rules is not None:
         compliance = m.Compliance(
             content=m.ContentInfo("ssg-debian12-ds.xml", "file", "ef" * 32, "0.1.76"),
-            profile="xccdf_org.ssgproject.content_profile_standard", score=50.0,
+            profile="xccdf_org.ssgproject.content_profile_standard",
+            score=50.0,
             rules=tuple(
                 m.RuleResult(i, cast("m.RuleSeverity", s), f"rule {i}", cast("m.RuleOutcome", r))
                 for i, s, r in rules
@@ -138,11 +161,18 @@ def scan_result(
         os=m.OSInfo("debian", "12", "Debian GNU/Linux 12 (bookworm)", "debian"),
         outcome="Error" if error else "Completed",
         error=m.ScanError(*error) if error else None,
-        vulnerabilities=None if error else m.Vulnerabilities(
+        vulnerabilities=None
+        if error
+        else m.Vulnerabilities(
             content=content,
             findings=tuple(
-                m.Finding(i, cast("m.Severity", s), f"{i} title", "oval:x:def:1",
-                          (m.AffectedPackage("openssl", "3.1"),))
+                m.Finding(
+                    i,
+                    cast("m.Severity", s),
+                    f"{i} title",
+                    "oval:x:def:1",
+                    (m.AffectedPackage("openssl", "3.1"),),
+                )
                 for i, s in findings
             ),
         ),
@@ -158,8 +188,14 @@ def secret_token(h: Harness, job: str) -> str:
     return base64.b64decode(secret["data"][c.TOKEN_KEY]).decode()
 
 
-def post(h: Harness, job: str, result: m.ScanResult, *, token: str | None = None,
-         report: bytes | None = b"<html>report</html>") -> Ingested:
+def post(
+    h: Harness,
+    job: str,
+    result: m.ScanResult,
+    *,
+    token: str | None = None,
+    report: bytes | None = b"<html>report</html>",
+) -> Ingested:
     body = json.dumps(m.encode_handoff(result, report)).encode()
     return ingest(h.ctx, job, secret_token(h, job) if token is None else token, body)
 
@@ -167,9 +203,16 @@ def post(h: Harness, job: str, result: m.ScanResult, *, token: str | None = None
 def finish_job(h: Harness, job: str, condition: str = "Failed", reason: str = "") -> None:
     """Mark a scanner Job finished as the Job controller would."""
     obj = h.kube.objects[(f"{JOB.plural}.{JOB.group}", OPERATOR_NS, job)]
-    obj["status"] = {"conditions": [
-        {"type": condition, "status": "True", "reason": reason, "message": f"{condition} {reason}"}
-    ]}
+    obj["status"] = {
+        "conditions": [
+            {
+                "type": condition,
+                "status": "True",
+                "reason": reason,
+                "message": f"{condition} {reason}",
+            }
+        ]
+    }
 
 
 def jobs(h: Harness) -> list[Obj]:

@@ -114,7 +114,7 @@ def test_configmap_content_travels_in_the_secret_and_mounts_by_name() -> None:
     inp = job_input(content_refs=(("feeds", "debian.xml.bz2"),), run_as_user=65532)
     secret = build_scan_secret(
         inp,
-        token="t",
+        token=secrets.token_hex(8),
         policy_json="{}",
         registry_auth_json=None,
         content={("feeds", "debian.xml.bz2"): b"BZh9\x00binary"},

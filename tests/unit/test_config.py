@@ -63,14 +63,19 @@ def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
 def test_admission_webhook_follows_its_certificate() -> None:
     off = Settings.from_env({"SCAPGUARD_NAMESPACE": "op"})
     assert not off.admission_enabled and off.admission_failure_policy == "Fail"
-    on = Settings.from_env({"SCAPGUARD_NAMESPACE": "op",
-                            "SCAPGUARD_ADMISSION_TLS_CERT_FILE": "/w/tls.crt",
-                            "SCAPGUARD_ADMISSION_TLS_KEY_FILE": "/w/tls.key"})
+    on = Settings.from_env(
+        {
+            "SCAPGUARD_NAMESPACE": "op",
+            "SCAPGUARD_ADMISSION_TLS_CERT_FILE": "/w/tls.crt",
+            "SCAPGUARD_ADMISSION_TLS_KEY_FILE": "/w/tls.key",
+        }
+    )
     assert on.admission_enabled and on.admission_port == 9443
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"SCAPGUARD_NAMESPACE": "op", "SCAPGUARD_ADMISSION_ENABLED": "true"})
     assert err.value.variable == "SCAPGUARD_ADMISSION_TLS_CERT_FILE"
     with pytest.raises(SettingsError) as err:
-        Settings.from_env({"SCAPGUARD_NAMESPACE": "op",
-                           "SCAPGUARD_ADMISSION_FAILURE_POLICY": "Maybe"})
+        Settings.from_env(
+            {"SCAPGUARD_NAMESPACE": "op", "SCAPGUARD_ADMISSION_FAILURE_POLICY": "Maybe"}
+        )
     assert err.value.variable == "SCAPGUARD_ADMISSION_FAILURE_POLICY"

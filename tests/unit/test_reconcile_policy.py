@@ -229,4 +229,8 @@ def test_concurrent_stream_events_keep_every_tag() -> None:
     (scan,) = h.kube.list(IMAGESCAN, "apps")
     assert raced
     assert {(t["imageStream"], t["tag"]) for t in scan["spec"]["tags"]} == {
-        ("app", "latest"), ("app", "v1"), ("mirror", "stable"), ("x", "y")}
+        ("app", "latest"),
+        ("app", "v1"),
+        ("mirror", "stable"),
+        ("x", "y"),
+    }

@@ -41,9 +41,7 @@ def req_str(data: Mapping[str, Any], key: str, field: str) -> str:
     return value
 
 
-def opt_int(
-    data: Mapping[str, Any], key: str, field: str, default: int, minimum: int = 0
-) -> int:
+def opt_int(data: Mapping[str, Any], key: str, field: str, default: int, minimum: int = 0) -> int:
     value = data.get(key, default)
     if value is None:
         return default

@@ -61,7 +61,9 @@ def parse_imagescan_spec(spec: object) -> ImageScanSpec:
     """Parse an ImageScan ``spec``; raises SpecError naming the first bad field."""
     data = f.mapping(spec, "spec")
     image = f.matching(
-        f.req_str(data, "image", "spec"), IMAGE_BY_DIGEST, "spec.image",
+        f.req_str(data, "image", "spec"),
+        IMAGE_BY_DIGEST,
+        "spec.image",
         "an image pull spec by digest (repo@sha256:<64 hex>)",
     )
     policy = f.matching(f.req_str(data, "policy", "spec"), _NAME, "spec.policy", "a name")

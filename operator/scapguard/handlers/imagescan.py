@@ -26,8 +26,14 @@ def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
         raise conflict_retry(exc) from exc
 
 
-@kopf.timer(GROUP, VERSION, IMAGESCAN_PLURAL, interval=PROGRESS_INTERVAL,
-            initial_delay=PROGRESS_INTERVAL, when=in_scope)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    IMAGESCAN_PLURAL,
+    interval=PROGRESS_INTERVAL,
+    initial_delay=PROGRESS_INTERVAL,
+    when=in_scope,
+)
 def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
     if not in_progress(dict(body)):
         return  # finished scans cost no API call here
@@ -37,8 +43,14 @@ def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
         raise conflict_retry(exc) from exc
 
 
-@kopf.timer(GROUP, VERSION, IMAGESCAN_PLURAL, interval=REPAIR_INTERVAL,
-            initial_delay=REPAIR_INTERVAL, when=in_scope)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    IMAGESCAN_PLURAL,
+    interval=REPAIR_INTERVAL,
+    initial_delay=REPAIR_INTERVAL,
+    when=in_scope,
+)
 def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
     try:
         reconcile_imagescan(context(memo), dict(body), repair=True)

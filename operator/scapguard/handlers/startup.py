@@ -61,17 +61,26 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         )
         memo["scapguard_metrics_server"] = server
     memo["scapguard_results_runner"] = await start_results_server(ctx)
-    await asyncio.to_thread(configure_admission, settings, memo, AdmissionOptions(
-        certfile=config.admission_tls_cert_file or "",
-        pkeyfile=config.admission_tls_key_file or "",
-        bind=config.admission_bind,
-        port=config.admission_port,
-        failure_policy=config.admission_failure_policy,
-        enabled=config.admission_enabled,
-    ))
-    logger.info("scapguard started: namespace=%s watching=%s limits=%s/%s",
-                config.namespace, sorted(config.watch_namespaces) or "all",
-                config.max_concurrent_scans, config.max_concurrent_scans_per_policy)
+    await asyncio.to_thread(
+        configure_admission,
+        settings,
+        memo,
+        AdmissionOptions(
+            certfile=config.admission_tls_cert_file or "",
+            pkeyfile=config.admission_tls_key_file or "",
+            bind=config.admission_bind,
+            port=config.admission_port,
+            failure_policy=config.admission_failure_policy,
+            enabled=config.admission_enabled,
+        ),
+    )
+    logger.info(
+        "scapguard started: namespace=%s watching=%s limits=%s/%s",
+        config.namespace,
+        sorted(config.watch_namespaces) or "all",
+        config.max_concurrent_scans,
+        config.max_concurrent_scans_per_policy,
+    )
 
 
 async def stop_operator(memo: Any, logger: Logger) -> None:

@@ -83,7 +83,11 @@ class KubeClient:
                 auth_settings=["BearerToken"],
             )
             response = self._api.call_api(
-                method, url, header_params=headers, body=payload, post_params=post,
+                method,
+                url,
+                header_params=headers,
+                body=payload,
+                post_params=post,
                 _request_timeout=self._timeout,
             )
             data = response.read()

@@ -62,14 +62,22 @@ class OperatorContext:
     def event(self, regarding: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event; a failure to post is logged, never fatal to the reconcile."""
         body = build_event(
-            regarding=regarding, type_=type_, reason=reason, message=message, now=self.now(),
+            regarding=regarding,
+            type_=type_,
+            reason=reason,
+            message=message,
+            now=self.now(),
             default_namespace=self.settings.namespace,
         )
         try:
             self.kube.create(EVENT, body)
         except KubeError as exc:
-            logger.warning("could not post Event %s about %s: %s", reason,
-                           (regarding.get("metadata") or {}).get("name"), exc)
+            logger.warning(
+                "could not post Event %s about %s: %s",
+                reason,
+                (regarding.get("metadata") or {}).get("name"),
+                exc,
+            )
 
     def scan_namespaces(self) -> list[str | None]:
         """Namespaces to list ImageScans in: [None] (all) or the watched ones."""

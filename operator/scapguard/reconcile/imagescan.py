@@ -80,8 +80,12 @@ def reconcile_imagescan(
         policy_obj = ctx.kube.get(SCANPOLICY, spec.policy, namespace_of(scan))
         policy = parse_policy_spec(policy_obj.get("spec"))
     except NotFound:
-        _not_ready(ctx, scan, Reason.POLICY_NOT_FOUND,
-                   f"ScanPolicy {namespace_of(scan)}/{spec.policy} not found")
+        _not_ready(
+            ctx,
+            scan,
+            Reason.POLICY_NOT_FOUND,
+            f"ScanPolicy {namespace_of(scan)}/{spec.policy} not found",
+        )
         return Outcome(retry_after=POLICY_RETRY_SECONDS)
     except SpecError as exc:
         _not_ready(ctx, scan, Reason.INVALID_POLICY, f"ScanPolicy {spec.policy}: {exc}")
@@ -115,8 +119,11 @@ def _ensure_labels(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec) -> None
     labels = labels_of(scan)
     missing = {k: v for k, v in wanted.items() if labels.get(k) != v}
     if missing:
-        scan.update(ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan),
-                                   {"metadata": {"labels": missing}}))
+        scan.update(
+            ctx.kube.patch(
+                IMAGESCAN, name_of(scan), namespace_of(scan), {"metadata": {"labels": missing}}
+            )
+        )
 
 
 def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> None:
@@ -127,8 +134,13 @@ def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> No
 
 
 def _new_request(
-    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
-    progress: ScanProgress, rescan: str | None, now: dt.datetime,
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    progress: ScanProgress,
+    rescan: str | None,
+    now: dt.datetime,
 ) -> None:
     previous = progress.request
     request = ScanRequest(
@@ -139,23 +151,38 @@ def _new_request(
         requested_at=format_time(now),
     )
     patch: dict[str, Any] = {
-        "request": request.to_dict(), "trigger": request.trigger, "attempts": 0, "job": None,
-        "nextAttemptAt": None, "displayImage": spec.display_image(), **queued_fields(now),
+        "request": request.to_dict(),
+        "trigger": request.trigger,
+        "attempts": 0,
+        "job": None,
+        "nextAttemptAt": None,
+        "displayImage": spec.display_image(),
+        **queued_fields(now),
     }
     has_result = progress.result is not None
     message = f"{request.trigger} scan queued"
-    patch = with_conditions(ctx, scan, patch, [
-        (cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.QUEUED, message),
-        *([] if has_result else [(cond.READY, cond.FALSE, Reason.QUEUED, message)]),
-    ])
+    patch = with_conditions(
+        ctx,
+        scan,
+        patch,
+        [
+            (cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.QUEUED, message),
+            *([] if has_result else [(cond.READY, cond.FALSE, Reason.QUEUED, message)]),
+        ],
+    )
     write_status(ctx, scan, patch)
     if previous is not None:
         ctx.event(scan, "Normal", Reason.RESCAN_REQUESTED, f"rescan requested ({request.trigger})")
 
 
 def _settled(
-    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
-    progress: ScanProgress, *, repair: bool,
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    progress: ScanProgress,
+    *,
+    repair: bool,
 ) -> Outcome:
     """The current request has its result: re-judge if the rules changed, keep Image in line."""
     if progress.job:
@@ -172,18 +199,28 @@ def _repair_enforcement(
     ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec
 ) -> None:
     status = scan.get("status") or {}
-    verdict = Verdict(result=str(status.get("result")), reason=str(status.get("reason") or ""),
-                      message=str(status.get("message") or ""))
+    verdict = Verdict(
+        result=str(status.get("result")),
+        reason=str(status.get("reason") or ""),
+        message=str(status.get("message") or ""),
+    )
     enforcement = enforce_digest(ctx, spec.digest)
-    patch = with_conditions(ctx, scan, {}, conditions_for(
-        verdict, policy, enforcement, status.get("denied") is True))
+    patch = with_conditions(
+        ctx, scan, {}, conditions_for(verdict, policy, enforcement, status.get("denied") is True)
+    )
     if differs(scan, patch):
         write_status(ctx, scan, patch)
 
 
 def _advance(
-    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
-    progress: ScanProgress, request: ScanRequest, *, pump: bool,
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    progress: ScanProgress,
+    request: ScanRequest,
+    *,
+    pump: bool,
 ) -> Outcome:
     attempt = progress.attempts
     outcome = progress.current_outcome()
@@ -191,8 +228,9 @@ def _advance(
         state = observe_job(ctx, job_name(uid_of(scan), request.number, attempt))
         if state.active:
             return Outcome()
-        outcome = AttemptOutcome(request.number, attempt, "Error", state.reason, state.message,
-                                 format_time(ctx.now()))
+        outcome = AttemptOutcome(
+            request.number, attempt, "Error", state.reason, state.message, format_time(ctx.now())
+        )
         write_status(ctx, scan, {"lastAttempt": _outcome_dict(outcome)})
     if attempt > 0 and outcome is not None:
         if outcome.outcome == "Completed":
@@ -216,13 +254,21 @@ def _advance(
 
 
 def _outcome_dict(outcome: AttemptOutcome) -> dict[str, Any]:
-    return {"request": outcome.request, "attempt": outcome.attempt, "outcome": outcome.outcome,
-            "reason": outcome.reason, "message": outcome.message,
-            "finishedAt": outcome.finished_at}
+    return {
+        "request": outcome.request,
+        "attempt": outcome.attempt,
+        "outcome": outcome.outcome,
+        "reason": outcome.reason,
+        "message": outcome.message,
+        "finishedAt": outcome.finished_at,
+    }
 
 
 def _schedule_retry(
-    ctx: OperatorContext, scan: Obj, progress: ScanProgress, outcome: AttemptOutcome,
+    ctx: OperatorContext,
+    scan: Obj,
+    progress: ScanProgress,
+    outcome: AttemptOutcome,
     due: dt.datetime,
 ) -> None:
     reason = outcome.reason or Reason.SCAN_FAILED
@@ -230,51 +276,86 @@ def _schedule_retry(
     if progress.job:
         delete_job(ctx, progress.job)
     message = f"attempt {outcome.attempt} failed ({reason}: {outcome.message}); retrying"
-    patch = with_conditions(ctx, scan, {
-        "state": RETRYING, "nextAttemptAt": format_time(due), "job": None,
-        "queuedAt": format_time(ctx.now()),
-    }, [(cond.SCANNED, cond.TRUE if progress.result else cond.FALSE, Reason.RETRYING, message)])
+    patch = with_conditions(
+        ctx,
+        scan,
+        {
+            "state": RETRYING,
+            "nextAttemptAt": format_time(due),
+            "job": None,
+            "queuedAt": format_time(ctx.now()),
+        },
+        [(cond.SCANNED, cond.TRUE if progress.result else cond.FALSE, Reason.RETRYING, message)],
+    )
     write_status(ctx, scan, patch)
     ctx.event(scan, "Warning", Reason.RETRYING, message)
 
 
 def _complete(
-    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
-    request: ScanRequest, outcome: AttemptOutcome,
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    request: ScanRequest,
+    outcome: AttemptOutcome,
 ) -> Outcome:
     doc = load_result(ctx, scan)
     if doc is None:
-        missing = AttemptOutcome(outcome.request, outcome.attempt, "Error", "ResultMissing",
-                                 f"ConfigMap {result_config_map_name(name_of(scan))} is missing",
-                                 format_time(ctx.now()))
+        missing = AttemptOutcome(
+            outcome.request,
+            outcome.attempt,
+            "Error",
+            "ResultMissing",
+            f"ConfigMap {result_config_map_name(name_of(scan))} is missing",
+            format_time(ctx.now()),
+        )
         write_status(ctx, scan, {"lastAttempt": _outcome_dict(missing)})
         return Outcome(retry_after=1.0)
     verdict = evaluate(doc, policy, ctx.now())
     extra = {
-        **completed_fields(doc), "state": COMPLETED, "resultRequest": request.number,
-        "job": None, "nextAttemptAt": None, "error": None,
+        **completed_fields(doc),
+        "state": COMPLETED,
+        "resultRequest": request.number,
+        "job": None,
+        "nextAttemptAt": None,
+        "error": None,
     }
     _finish(ctx, scan, spec, policy, request, verdict, extra, doc)
     return Outcome()
 
 
 def _give_up(
-    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
-    request: ScanRequest, outcome: AttemptOutcome,
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    request: ScanRequest,
+    outcome: AttemptOutcome,
 ) -> Outcome:
     reason = outcome.reason or Reason.SCAN_FAILED
     ctx.metrics.errors.labels(reason).inc()
     message = f"{outcome.message or 'scan failed'} (after {outcome.attempt} attempts)"
     verdict = Verdict(result=ERROR, reason=reason, message=message, error_reason=reason)
-    extra = {"state": COMPLETED, "resultRequest": request.number, "job": None,
-             "nextAttemptAt": None, "error": {"reason": reason, "message": message}}
+    extra = {
+        "state": COMPLETED,
+        "resultRequest": request.number,
+        "job": None,
+        "nextAttemptAt": None,
+        "error": {"reason": reason, "message": message},
+    }
     _finish(ctx, scan, spec, policy, request, verdict, extra, None)
     return Outcome()
 
 
 def _finish(
-    ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec,
-    request: ScanRequest, verdict: Verdict, extra: dict[str, Any], doc: dict[str, Any] | None,
+    ctx: OperatorContext,
+    scan: Obj,
+    spec: ImageScanSpec,
+    policy: ScanPolicySpec,
+    request: ScanRequest,
+    verdict: Verdict,
+    extra: dict[str, Any],
+    doc: dict[str, Any] | None,
 ) -> None:
     job = (scan.get("status") or {}).get("job")
     apply_verdict(ctx, scan, spec, policy, verdict, extra)
@@ -286,16 +367,22 @@ def _finish(
     finished = parse_time(status.get("finishedAt"))
     if started and finished:
         ctx.metrics.scan_duration.labels(verdict.result).observe(
-            max(0.0, (finished - started).total_seconds()))
+            max(0.0, (finished - started).total_seconds())
+        )
     if doc is not None:
         _content_metrics(ctx, doc)
         counts = status.get("vulnerabilities")
         if isinstance(counts, dict):
-            ctx.metrics.set_image_vulnerabilities(namespace_of(scan) or "", name_of(scan),
-                                                  {k: int(v) for k, v in counts.items()})
+            ctx.metrics.set_image_vulnerabilities(
+                namespace_of(scan) or "", name_of(scan), {k: int(v) for k, v in counts.items()}
+            )
     kind = "Normal" if verdict.result == "Pass" else "Warning"
-    ctx.event(scan, kind, verdict.reason if verdict.result != ERROR else Reason.SCAN_FAILED,
-              f"{verdict.result}: {verdict.message}")
+    ctx.event(
+        scan,
+        kind,
+        verdict.reason if verdict.result != ERROR else Reason.SCAN_FAILED,
+        f"{verdict.result}: {verdict.message}",
+    )
     pump_queue(ctx)
 
 
@@ -308,4 +395,5 @@ def _content_metrics(ctx: OperatorContext, doc: dict[str, Any]) -> None:
         produced = parse_time(content.get("version"))
         if produced is not None:
             ctx.metrics.content_age.labels(kind, str(content.get("name", ""))).set(
-                max(0.0, (ctx.now() - produced).total_seconds()))
+                max(0.0, (ctx.now() - produced).total_seconds())
+            )

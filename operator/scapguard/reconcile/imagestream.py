@@ -47,16 +47,18 @@ def reconcile_imagestream(ctx: OperatorContext, stream: Obj) -> Outcome:
         try:
             spec = parse_policy_spec(policy.get("spec"))
         except SpecError as exc:
-            logger.info("skipping invalid ScanPolicy %s/%s: %s",
-                        namespace_of(policy), name_of(policy), exc)
+            logger.info(
+                "skipping invalid ScanPolicy %s/%s: %s", namespace_of(policy), name_of(policy), exc
+            )
             continue
         if namespace_of(policy) != namespace and namespace_labels is None:
             try:
                 namespace_labels = labels_of(ctx.kube.get(NAMESPACE, namespace))
             except NotFound:
                 return Outcome()
-        if not policy_covers_stream(ctx, namespace_of(policy) or "", spec, stream,
-                                    namespace_labels):
+        if not policy_covers_stream(
+            ctx, namespace_of(policy) or "", spec, stream, namespace_labels
+        ):
             continue
         selection = Selection()
         add_stream(selection, stream, spec)
@@ -64,6 +66,11 @@ def reconcile_imagestream(ctx: OperatorContext, stream: Obj) -> Outcome:
         def in_scope(tag: TagRef) -> bool:
             return tag.namespace == namespace and tag.image_stream == name
 
-        ensure_scans(ctx, policy, selection.current,
-                     policy_scans(ctx, namespace_of(policy) or "", name_of(policy)), in_scope)
+        ensure_scans(
+            ctx,
+            policy,
+            selection.current,
+            policy_scans(ctx, namespace_of(policy) or "", name_of(policy)),
+            in_scope,
+        )
     return Outcome()

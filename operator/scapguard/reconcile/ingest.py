@@ -107,12 +107,25 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
         return _reject(ctx, job, 422, "InvalidResult", str(exc)[:500])
     digest = parse_imagescan_spec(scan.get("spec")).digest
     if result.image.digest != digest:
-        return _reject(ctx, job, 422, "DigestMismatch",
-                       f"result is for {result.image.digest}, the scan is for {digest}")
+        return _reject(
+            ctx,
+            job,
+            422,
+            "DigestMismatch",
+            f"result is for {result.image.digest}, the scan is for {digest}",
+        )
     try:  # single use: consume the credential, guarded by the Secret's resourceVersion
-        ctx.kube.patch(SECRET, job, settings.namespace, {"metadata": {
-            "resourceVersion": meta(secret).get("resourceVersion"),
-            "annotations": {c.CONSUMED_ANNOTATION: "true"}}})
+        ctx.kube.patch(
+            SECRET,
+            job,
+            settings.namespace,
+            {
+                "metadata": {
+                    "resourceVersion": meta(secret).get("resourceVersion"),
+                    "annotations": {c.CONSUMED_ANNOTATION: "true"},
+                }
+            },
+        )
     except Conflict:
         return _reject(ctx, job, 409, "Replayed", "this scan credential was used concurrently")
     status: dict[str, Any] = {"attempts": max(progress.attempts, attempt)}
@@ -120,15 +133,28 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
         status["report"] = _store(ctx, scan, result, report)
     error = result.error
     status["lastAttempt"] = {
-        "request": request, "attempt": attempt, "outcome": result.outcome,
-        "reason": error.reason if error else None, "message": error.message if error else None,
+        "request": request,
+        "attempt": attempt,
+        "outcome": result.outcome,
+        "reason": error.reason if error else None,
+        "message": error.message if error else None,
         "finishedAt": format_time(result.finished_at),
     }
     ctx.kube.patch_status(IMAGESCAN, name, namespace, {"status": status})
-    ctx.kube.patch(IMAGESCAN, name, namespace, {"metadata": {"annotations": {
-        c.RESULT_RECEIVED_ANNOTATION: f"{request}.{attempt}"}}})
-    logger.info("accepted %s result for ImageScan %s/%s (request %s, attempt %s)",
-                result.outcome, namespace, name, request, attempt)
+    ctx.kube.patch(
+        IMAGESCAN,
+        name,
+        namespace,
+        {"metadata": {"annotations": {c.RESULT_RECEIVED_ANNOTATION: f"{request}.{attempt}"}}},
+    )
+    logger.info(
+        "accepted %s result for ImageScan %s/%s (request %s, attempt %s)",
+        result.outcome,
+        namespace,
+        name,
+        request,
+        attempt,
+    )
     return Ingested(200, "Accepted")
 
 
@@ -140,21 +166,30 @@ def _store(
     report_gz = gzip.compress(report, mtime=0) if report is not None else None
     info: dict[str, Any] = {
         "configMap": result_config_map_name(str(meta(scan).get("name"))),
-        "resultKey": c.RESULT_KEY, "reportKey": c.REPORT_KEY, "available": report_gz is not None,
+        "resultKey": c.RESULT_KEY,
+        "reportKey": c.REPORT_KEY,
+        "available": report_gz is not None,
         "message": "" if report_gz is not None else "the scanner sent no report",
     }
     if report_gz is not None and len(result_gz) + len(report_gz) > MAX_STORED:
         report_gz = None
         info.update(available=False, message="the report is too large to keep in a ConfigMap")
     body = build_result_config_map(
-        scan_name=str(meta(scan).get("name")), namespace=str(meta(scan).get("namespace")),
-        scan_uid=uid_of(scan), result_gz=result_gz, report_gz=report_gz,
+        scan_name=str(meta(scan).get("name")),
+        namespace=str(meta(scan).get("namespace")),
+        scan_uid=uid_of(scan),
+        result_gz=result_gz,
+        report_gz=report_gz,
     )
     try:
         ctx.kube.create(CONFIGMAP, body)
     except AlreadyExists:
         binary: dict[str, Any] = dict(body["binaryData"])
         binary.setdefault(c.REPORT_KEY, None)
-        ctx.kube.patch(CONFIGMAP, body["metadata"]["name"], body["metadata"]["namespace"],
-                       {"binaryData": binary})
+        ctx.kube.patch(
+            CONFIGMAP,
+            body["metadata"]["name"],
+            body["metadata"]["namespace"],
+            {"binaryData": binary},
+        )
     return info

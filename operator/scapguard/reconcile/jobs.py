@@ -58,7 +58,8 @@ def job_state(job: Obj | None) -> JobState:
         if failed.get("reason") == "DeadlineExceeded":
             return JobState(False, Reason.TIMEOUT, "the scan exceeded the policy's timeoutSeconds")
         return JobState(
-            False, Reason.SCANNER_FAILED,
+            False,
+            Reason.SCANNER_FAILED,
             failed.get("message") or "the scanner pod failed without posting a result",
         )
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):

@@ -134,15 +134,16 @@ def pump_queue(ctx: OperatorContext) -> int:
                 continue
             status = scan.get("status") or {}
             candidates.append(
-                Candidate(namespace, name, f"{namespace}/{spec.policy}",
-                          str(status.get("queuedAt") or ""))
+                Candidate(
+                    namespace, name, f"{namespace}/{spec.policy}", str(status.get("queuedAt") or "")
+                )
             )
-        running = Counter(
-            annotations_of(j).get(POLICY_ANNOTATION, "") for j in running_jobs(ctx)
-        )
+        running = Counter(annotations_of(j).get(POLICY_ANNOTATION, "") for j in running_jobs(ctx))
         _export_queue_metrics(ctx, candidates, running, now)
         admitted = admit(
-            fair_order(candidates), running, ctx.settings.max_concurrent_scans,
+            fair_order(candidates),
+            running,
+            ctx.settings.max_concurrent_scans,
             ctx.settings.max_concurrent_scans_per_policy,
         )
         started = 0
@@ -237,8 +238,11 @@ def policy_content(
             continue
         total += len(raw)
         if total > _CONTENT_BUDGET:
-            logger.warning("ConfigMap content for %s exceeds %d bytes; left out (use a URL)",
-                           ref.name, _CONTENT_BUDGET)
+            logger.warning(
+                "ConfigMap content for %s exceeds %d bytes; left out (use a URL)",
+                ref.name,
+                _CONTENT_BUDGET,
+            )
             continue
         content[(ref.name, ref.key)] = raw
     return content
@@ -261,18 +265,32 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     auth = registry_auth(ctx, namespace, policy)
     content = policy_content(ctx, namespace, policy)
     inp = ScanJobInput(
-        job_name=name, namespace=settings.namespace, scan_namespace=namespace,
-        scan_name=name_of(scan), scan_uid=uid_of(scan), policy_uid=uid_of(policy_obj),
-        request=progress.request.number, attempt=attempt, image=spec.image, policy=policy,
-        scanner_image=settings.scanner_image, results_url=settings.results_url,
-        ttl_seconds=settings.job_ttl_seconds, ca_config_map=settings.results_ca_config_map,
+        job_name=name,
+        namespace=settings.namespace,
+        scan_namespace=namespace,
+        scan_name=name_of(scan),
+        scan_uid=uid_of(scan),
+        policy_uid=uid_of(policy_obj),
+        request=progress.request.number,
+        attempt=attempt,
+        image=spec.image,
+        policy=policy,
+        scanner_image=settings.scanner_image,
+        results_url=settings.results_url,
+        ttl_seconds=settings.job_ttl_seconds,
+        ca_config_map=settings.results_ca_config_map,
         image_pull_secrets=settings.scanner_image_pull_secrets,
-        service_account=settings.scanner_service_account, registry_auth=auth is not None,
-        run_as_user=settings.scanner_run_as_user, content_refs=tuple(content),
+        service_account=settings.scanner_service_account,
+        registry_auth=auth is not None,
+        run_as_user=settings.scanner_run_as_user,
+        content_refs=tuple(content),
     )
     secret = build_scan_secret(
-        inp, token=ctx.token_factory(), policy_json=json.dumps(dict(policy.raw), sort_keys=True),
-        registry_auth_json=auth, content=content,
+        inp,
+        token=ctx.token_factory(),
+        policy_json=json.dumps(dict(policy.raw), sort_keys=True),
+        registry_auth_json=auth,
+        content=content,
     )
     job_body = build_scan_job(inp)
     key = f"{namespace}/{spec.policy}"
@@ -288,27 +306,53 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     except AlreadyExists:
         job = ctx.kube.get(JOB, name, settings.namespace)
         logger.info("scanner Job %s exists already (adopting)", name)
-    ctx.kube.patch(SECRET, name, settings.namespace, {"metadata": {"ownerReferences": [
-        owner_reference("Job", "batch/v1", name, uid_of(job))]}})
+    ctx.kube.patch(
+        SECRET,
+        name,
+        settings.namespace,
+        {"metadata": {"ownerReferences": [owner_reference("Job", "batch/v1", name, uid_of(job))]}},
+    )
     now = ctx.now()
-    patch: dict[str, Any] = {"attempts": attempt, "job": name, "state": RUNNING,
-                             "nextAttemptAt": None}
+    patch: dict[str, Any] = {
+        "attempts": attempt,
+        "job": name,
+        "state": RUNNING,
+        "nextAttemptAt": None,
+    }
     has_result = (scan.get("status") or {}).get("result") is not None
-    patch = with_conditions(ctx, scan, patch, [(
-        cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.RUNNING,
-        f"attempt {attempt} running in Job {settings.namespace}/{name}",
-    )])
+    patch = with_conditions(
+        ctx,
+        scan,
+        patch,
+        [
+            (
+                cond.SCANNED,
+                cond.TRUE if has_result else cond.FALSE,
+                Reason.RUNNING,
+                f"attempt {attempt} running in Job {settings.namespace}/{name}",
+            )
+        ],
+    )
     try:
         write_status(ctx, scan, patch)
     except Conflict:
-        logger.info("ImageScan %s/%s changed while starting Job %s; its reconcile adopts it",
-                    namespace, name_of(scan), name)
+        logger.info(
+            "ImageScan %s/%s changed while starting Job %s; its reconcile adopts it",
+            namespace,
+            name_of(scan),
+            name,
+        )
         return True
     requested = parse_time(progress.request.requested_at)
     if attempt == 1 and requested is not None:
         ctx.metrics.queue_wait.observe(max(0.0, (now - requested).total_seconds()))
-    logger.info("started scanner Job %s for ImageScan %s/%s (attempt %s)",
-                name, namespace, name_of(scan), attempt)
+    logger.info(
+        "started scanner Job %s for ImageScan %s/%s (attempt %s)",
+        name,
+        namespace,
+        name_of(scan),
+        attempt,
+    )
     return True
 
 

@@ -72,8 +72,12 @@ def policy_keep(policy: Obj) -> object:
 
 def _annotate(ctx: OperatorContext, scan: Obj, value: str | None) -> None:
     try:
-        ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan),
-                       {"metadata": {"annotations": {c.UNTAGGED_SINCE_ANNOTATION: value}}})
+        ctx.kube.patch(
+            IMAGESCAN,
+            name_of(scan),
+            namespace_of(scan),
+            {"metadata": {"annotations": {c.UNTAGGED_SINCE_ANNOTATION: value}}},
+        )
     except NotFound:
         logger.info("ImageScan %s/%s is gone", namespace_of(scan), name_of(scan))
 
@@ -84,7 +88,8 @@ def _delete(ctx: OperatorContext, scan: Obj, why: str) -> bool:
         ctx.kube.delete(IMAGESCAN, name_of(scan), namespace_of(scan), uid=uid_of(scan))
     except NotFound:
         return False
-    ctx.metrics.forget_image(namespace_of(scan) or "", name_of(scan),
-                             ("critical", "high", "medium", "low", "unknown"))
+    ctx.metrics.forget_image(
+        namespace_of(scan) or "", name_of(scan), ("critical", "high", "medium", "low", "unknown")
+    )
     ctx.event(scan, "Normal", Reason.SCAN_DELETED, f"deleted: {why}")
     return True

@@ -62,11 +62,17 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
     note = ""
     if spec.namespace_selector is not None and namespace != ctx.settings.namespace:
         note = f"; namespaceSelector is ignored outside {ctx.settings.namespace}"
-    _write_status(ctx, policy, fields, (
-        cond.TRUE, Reason.RECONCILED,
-        f"{fields['imagesSelected']} images selected, {fields['imagesFailing']} failing, "
-        f"{fields['imagesDenied']} denied{note}",
-    ))
+    _write_status(
+        ctx,
+        policy,
+        fields,
+        (
+            cond.TRUE,
+            Reason.RECONCILED,
+            f"{fields['imagesSelected']} images selected, {fields['imagesFailing']} failing, "
+            f"{fields['imagesDenied']} denied{note}",
+        ),
+    )
     pump_queue(ctx)
     if ctx.sweep_throttle.ready():
         sweep(ctx)
@@ -77,8 +83,14 @@ def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
     if annotations_of(scan).get(c.RESCAN_ANNOTATION) == value:
         return
     try:
-        scan.update(ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan),
-                                   {"metadata": {"annotations": {c.RESCAN_ANNOTATION: value}}}))
+        scan.update(
+            ctx.kube.patch(
+                IMAGESCAN,
+                name_of(scan),
+                namespace_of(scan),
+                {"metadata": {"annotations": {c.RESCAN_ANNOTATION: value}}},
+            )
+        )
     except NotFound:
         logger.info("ImageScan %s/%s is gone", namespace_of(scan), name_of(scan))
 
@@ -103,14 +115,16 @@ def _rescans(
             _annotate_rescan(ctx, scan, f"PolicyChange:{content}")
             continue
         if spec.schedule:
-            due = due_rescan(name_of(scan), spec.schedule,
-                             parse_time(progress.request.requested_at), now)
+            due = due_rescan(
+                name_of(scan), spec.schedule, parse_time(progress.request.requested_at), now
+            )
             if due is not None:
                 _annotate_rescan(ctx, scan, due)
     if wanted and wanted != observed:
         fields["observedRescan"] = wanted
-        ctx.event(policy, "Normal", Reason.RESCAN_REQUESTED,
-                  f"rescan of {len(scans)} images requested")
+        ctx.event(
+            policy, "Normal", Reason.RESCAN_REQUESTED, f"rescan of {len(scans)} images requested"
+        )
     if spec.schedule:
         win = window(spec.schedule, now)
         fields["lastScheduledRescan"] = format_time(win.start)
@@ -132,8 +146,11 @@ def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) ->
         try:
             reevaluate(ctx, scan, scan_spec, spec)
         except Conflict:
-            logger.info("ImageScan %s/%s changed meanwhile; its own reconcile re-evaluates",
-                        namespace_of(scan), name_of(scan))
+            logger.info(
+                "ImageScan %s/%s changed meanwhile; its own reconcile re-evaluates",
+                namespace_of(scan),
+                name_of(scan),
+            )
 
 
 def _aggregates(
@@ -175,8 +192,12 @@ def _write_status(
 ) -> None:
     status = policy.get("status") or {}
     conditions, changed = cond.set_condition(
-        status.get("conditions"), type_=cond.READY, status=ready[0], reason=ready[1],
-        message=ready[2], observed_generation=generation_of(policy),
+        status.get("conditions"),
+        type_=cond.READY,
+        status=ready[0],
+        reason=ready[1],
+        message=ready[2],
+        observed_generation=generation_of(policy),
         now=format_time(ctx.now()),
     )
     patch = {**fields, "observedGeneration": generation_of(policy)}
@@ -184,8 +205,9 @@ def _write_status(
         patch["conditions"] = conditions
     if all(status.get(k) == v for k, v in patch.items()):
         return
-    policy.update(ctx.kube.patch_status(SCANPOLICY, name_of(policy), namespace_of(policy),
-                                        {"status": patch}))
+    policy.update(
+        ctx.kube.patch_status(SCANPOLICY, name_of(policy), namespace_of(policy), {"status": patch})
+    )
 
 
 def next_wakeup(spec: ScanPolicySpec, now: dt.datetime) -> float | None:

@@ -42,8 +42,9 @@ def parsed(scan: Obj) -> ImageScanSpec | None:
     try:
         return parse_imagescan_spec(scan.get("spec"))
     except SpecError as exc:
-        logger.warning("ImageScan %s/%s has an invalid spec: %s",
-                       namespace_of(scan), name_of(scan), exc)
+        logger.warning(
+            "ImageScan %s/%s has an invalid spec: %s", namespace_of(scan), name_of(scan), exc
+        )
         return None
 
 
@@ -76,8 +77,12 @@ def ensure_scans(
         if digest in by_digest:
             continue
         body = build_imagescan(
-            name=scan_name(digest, namespace, policy_name), namespace=namespace,
-            image=image.image, digest=digest, policy=policy_name, trigger="NewImage",
+            name=scan_name(digest, namespace, policy_name),
+            namespace=namespace,
+            image=image.image,
+            digest=digest,
+            policy=policy_name,
+            trigger="NewImage",
             tags=sorted(image.tags, key=lambda t: (t.namespace, t.image_stream, t.tag)),
         )
         body["metadata"]["ownerReferences"] = [
@@ -124,8 +129,11 @@ def _sync_tags(
         try:
             updated = ctx.kube.patch(IMAGESCAN, name_of(scan), namespace_of(scan), patch)
         except NotFound:
-            logger.info("ImageScan %s/%s went away while its tags were updated",
-                        namespace_of(scan), name_of(scan))
+            logger.info(
+                "ImageScan %s/%s went away while its tags were updated",
+                namespace_of(scan),
+                name_of(scan),
+            )
             return
         except Conflict:
             updated = ctx.kube.get(IMAGESCAN, name_of(scan), namespace_of(scan))

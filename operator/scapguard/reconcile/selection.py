@@ -50,8 +50,9 @@ def _items(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     items = entry.get("items")
     if not isinstance(items, list):
         return []
-    return [i for i in items if isinstance(i, Mapping) and str(i.get("image", "")).startswith(
-        "sha256:")]
+    return [
+        i for i in items if isinstance(i, Mapping) and str(i.get("image", "")).startswith("sha256:")
+    ]
 
 
 def add_stream(selection: Selection, stream: Obj, spec: ScanPolicySpec) -> None:
@@ -102,7 +103,10 @@ def select(ctx: OperatorContext, policy_namespace: str, spec: ScanPolicySpec) ->
 
 
 def policy_covers_stream(
-    ctx: OperatorContext, policy_namespace: str, spec: ScanPolicySpec, stream: Obj,
+    ctx: OperatorContext,
+    policy_namespace: str,
+    spec: ScanPolicySpec,
+    stream: Obj,
     namespace_labels: Mapping[str, str] | None,
 ) -> bool:
     stream_ns = namespace_of(stream) or ""

@@ -39,8 +39,13 @@ def with_conditions(
     now = format_time(ctx.now())
     for type_, state, reason, message in updates:
         conditions, did = cond.set_condition(
-            conditions, type_=type_, status=state, reason=reason, message=message,
-            observed_generation=generation_of(scan), now=now,
+            conditions,
+            type_=type_,
+            status=state,
+            reason=reason,
+            message=message,
+            observed_generation=generation_of(scan),
+            now=now,
         )
         changed = changed or did
     if changed:

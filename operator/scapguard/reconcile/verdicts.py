@@ -47,9 +47,7 @@ def result_from_status(status: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "outcome": "Completed",
         "vulnerabilities": {"findings": list(status.get("findings") or [])},
-        "compliance": {
-            "rules": [{**r, "result": "fail"} for r in status.get("failedRules") or []]
-        },
+        "compliance": {"rules": [{**r, "result": "fail"} for r in status.get("failedRules") or []]},
     }
 
 
@@ -59,9 +57,7 @@ def wants_deny(policy: ScanPolicySpec, verdict: Verdict) -> bool:
     return verdict.result == FAIL or (verdict.result == ERROR and policy.on_error == "Deny")
 
 
-def verdict_fields(
-    policy: ScanPolicySpec, verdict: Verdict, now: dt.datetime
-) -> dict[str, Any]:
+def verdict_fields(policy: ScanPolicySpec, verdict: Verdict, now: dt.datetime) -> dict[str, Any]:
     failing = [*verdict.failing_vulnerabilities, *verdict.failing_rules]
     return {
         "result": verdict.result,
@@ -81,34 +77,58 @@ def conditions_for(
     if verdict.result == ERROR:
         scanned = (cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
         compliant = (
-            cond.COMPLIANT, cond.UNKNOWN, Reason.NOT_EVALUATED, "the scan did not complete"
+            cond.COMPLIANT,
+            cond.UNKNOWN,
+            Reason.NOT_EVALUATED,
+            "the scan did not complete",
         )
     else:
         scanned = (cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
         compliant = (
-            cond.COMPLIANT, cond.TRUE if verdict.result == PASS else cond.FALSE,
-            verdict.reason, verdict.message,
+            cond.COMPLIANT,
+            cond.TRUE if verdict.result == PASS else cond.FALSE,
+            verdict.reason,
+            verdict.message,
         )
     if denied and not enforcement.image_found:
-        enforced = (cond.ENFORCED, cond.FALSE, Reason.IMAGE_NOT_FOUND,
-                    "no image.openshift.io Image for this digest to annotate")
+        enforced = (
+            cond.ENFORCED,
+            cond.FALSE,
+            Reason.IMAGE_NOT_FOUND,
+            "no image.openshift.io Image for this digest to annotate",
+        )
     elif denied:
-        enforced = (cond.ENFORCED, cond.TRUE if enforcement.denied else cond.FALSE,
-                    Reason.DENIED, "image denied execution")
+        enforced = (
+            cond.ENFORCED,
+            cond.TRUE if enforcement.denied else cond.FALSE,
+            Reason.DENIED,
+            "image denied execution",
+        )
     elif enforcement.by_person:
-        enforced = (cond.ENFORCED, cond.TRUE, Reason.DENIED_BY_PERSON,
-                    "denied by a deny-execution annotation scapguard did not set")
+        enforced = (
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED_BY_PERSON,
+            "denied by a deny-execution annotation scapguard did not set",
+        )
     elif enforcement.denied:
-        enforced = (cond.ENFORCED, cond.TRUE, Reason.DENIED,
-                    f"denied by another policy ({', '.join(enforcement.denied_by)})")
+        enforced = (
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED,
+            f"denied by another policy ({', '.join(enforcement.denied_by)})",
+        )
     elif not policy.enforcing:
         enforced = (cond.ENFORCED, cond.TRUE, Reason.REPORT_ONLY, "the policy only reports")
     else:
         enforced = (cond.ENFORCED, cond.TRUE, Reason.NOT_DENIED, "image not denied")
     ready_ok = scanned[1] == cond.TRUE and enforced[1] == cond.TRUE
-    ready = (cond.READY, cond.TRUE if ready_ok else cond.FALSE, compliant[2]
-             if ready_ok else (enforced[2] if scanned[1] == cond.TRUE else scanned[2]),
-             f"{verdict.result}: {verdict.message}")
+    ready = (
+        cond.READY,
+        cond.TRUE if ready_ok else cond.FALSE,
+        compliant[2] if ready_ok else (enforced[2] if scanned[1] == cond.TRUE else scanned[2]),
+        f"{verdict.result}: {verdict.message}",
+    )
     return [scanned, compliant, enforced, ready]
 
 
@@ -133,8 +153,9 @@ def apply_verdict(
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
     if previous and previous != verdict.result:
-        logger.info("ImageScan %s/%s: %s -> %s", namespace_of(scan), name_of(scan),
-                    previous, verdict.result)
+        logger.info(
+            "ImageScan %s/%s: %s -> %s", namespace_of(scan), name_of(scan), previous, verdict.result
+        )
     return enforcement
 
 
@@ -147,7 +168,8 @@ def reevaluate(
     if status.get("result") == ERROR:
         error = status.get("error") or {}
         verdict = Verdict(
-            result=ERROR, reason=str(error.get("reason") or Reason.SCAN_FAILED),
+            result=ERROR,
+            reason=str(error.get("reason") or Reason.SCAN_FAILED),
             message=str(error.get("message") or "the scan did not complete"),
             error_reason=str(error.get("reason") or Reason.SCAN_FAILED),
         )
@@ -159,8 +181,12 @@ def reevaluate(
     previous = status.get("result")
     apply_verdict(ctx, scan, spec, policy, verdict, {})
     if previous != verdict.result:
-        ctx.event(scan, "Normal", Reason.REEVALUATED,
-                  f"re-evaluated without a rescan: {previous} -> {verdict.result}")
+        ctx.event(
+            scan,
+            "Normal",
+            Reason.REEVALUATED,
+            f"re-evaluated without a rescan: {previous} -> {verdict.result}",
+        )
     return verdict
 
 

@@ -1,0 +1,289 @@
+"""Benchmark: scapguard-scan's phases against the same steps run by hand.
+
+One image (the debootstrap Debian 12 minbase fixture, through the local registry), one content
+set (a synthetic OVAL feed with a definition per installed package and version, plus the SSG
+Debian 12 datastream and its ``standard`` profile). For each of N rounds:
+
+* scapguard-scan, as the non-root scanning user in its user namespace: per-phase times from the
+  result (pull, unpack = layer inspection + umoci + symlink containment + OS detection,
+  content = checks of the feed and datastream, oscap = canary + oval eval + xccdf eval,
+  parse) and the wall time of the whole command;
+* by hand, as root: ``skopeo copy``, ``umoci unpack``, ``oscap oval eval`` + ``oscap xccdf
+  eval`` (clean APT_CONFIG), and parsing both results with scapguard's parsers.
+
+Prints medians and the ratio scanner/by-hand per phase and in total. Needs root (it creates the
+scanning user like the tests do). Run: ``.venv/bin/python bench/scan_phases.py [ROUNDS]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scapguard.devcluster.content import ssg_debian_content
+from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.registry import Registry
+from scapguard.devcluster.scannerenv import ensure_scanner_venv
+from scapguard.devcluster.scanuser import ensure_scan_user
+from scapguard.results.oval import parse_oval_results
+from scapguard.results.xccdf import parse_xccdf_results
+
+PROFILE = "xccdf_org.ssgproject.content_profile_standard"
+USER = "scapguard-scan"
+
+PHASES = ("pull", "unpack", "content", "oscap", "parse")
+
+
+def ensure_user() -> pwd.struct_passwd:
+    return pwd.getpwnam(ensure_scan_user().name)
+
+
+def synthetic_feed(rootfs: Path, dest: Path) -> int:
+    """One vulnerable-looking definition per installed package (true: fixed version 99:0)."""
+    status = (rootfs / "var/lib/dpkg/status").read_text(encoding="utf-8")
+    names = [
+        line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Package:")
+    ]
+    ns = "http://oval.mitre.org/XMLSchema/oval-definitions-5"
+    parts = [
+        f'<?xml version="1.0"?>\n<oval_definitions xmlns="{ns}" '
+        f'xmlns:oval="http://oval.mitre.org/XMLSchema/oval-common-5" xmlns:l="{ns}#linux">'
+        "<generator><oval:schema_version>5.11.2</oval:schema_version>"
+        "<oval:timestamp>2024-01-01T00:00:00</oval:timestamp></generator><definitions>"
+    ]
+    tests, objects, states = [], [], []
+    for i, name in enumerate(names, start=1):
+        parts.append(
+            f'<definition id="oval:org.debian:def:{i}" version="1" class="vulnerability">'
+            f"<metadata><title>CVE-2099-{i:05d} {name}</title><description>x</description>"
+            f'<reference source="CVE" ref_id="CVE-2099-{i:05d}"/></metadata>'
+            f'<criteria><criterion test_ref="oval:org.debian:tst:{i}"/></criteria></definition>'
+        )
+        tests.append(
+            f'<l:dpkginfo_test id="oval:org.debian:tst:{i}" version="1" check="all" '
+            f'check_existence="at_least_one_exists" comment="{name}">'
+            f'<l:object object_ref="oval:org.debian:obj:{i}"/>'
+            f'<l:state state_ref="oval:org.debian:ste:{i}"/></l:dpkginfo_test>'
+        )
+        objects.append(
+            f'<l:dpkginfo_object id="oval:org.debian:obj:{i}" version="1">'
+            f"<l:name>{name}</l:name></l:dpkginfo_object>"
+        )
+        states.append(
+            f'<l:dpkginfo_state id="oval:org.debian:ste:{i}" version="1">'
+            '<l:evr datatype="debian_evr_string" operation="less than">99:0</l:evr>'
+            "</l:dpkginfo_state>"
+        )
+    parts += [
+        "</definitions><tests>",
+        *tests,
+        "</tests><objects>",
+        *objects,
+        "</objects><states>",
+        *states,
+        "</states></oval_definitions>\n",
+    ]
+    dest.write_text("".join(parts), encoding="utf-8")
+    dest.chmod(0o644)
+    return len(names)
+
+
+def run(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a fixed command line of this script (the tools of the scan, by name)."""
+    return subprocess.run(  # noqa: S603 - argument lists built here
+        cmd, capture_output=True, timeout=1800, env=env, cwd=cwd, check=False
+    )
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.monotonic()
+    proc = run(cmd, env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.decode(errors='replace')}")
+    return time.monotonic() - start
+
+
+def by_hand(image: str, work: Path, feed: Path, ds: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    out["pull"] = timed(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{image}",
+            f"oci:{work / 'oci'}:img",
+        ]
+    )
+    out["unpack"] = timed(
+        ["umoci", "unpack", "--image", f"{work / 'oci'}:img", str(work / "bundle")]
+    )
+    (work / "apt.conf.d").mkdir()
+    (work / "apt.conf").write_text(
+        f'Dir::Etc::main "/dev/null";\nDir::Etc::parts "{work / "apt.conf.d"}";\n',
+        encoding="utf-8",
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(work),
+        "APT_CONFIG": str(work / "apt.conf"),
+        "OSCAP_PROBE_ROOT": str(work / "bundle" / "rootfs"),
+    }
+    start = time.monotonic()
+    timed(
+        [
+            "oscap",
+            "oval",
+            "eval",
+            "--results",
+            str(work / "oval.xml"),
+            "--report",
+            str(work / "oval.html"),
+            str(feed),
+        ],
+        env,
+    )
+    proc = run(
+        [
+            "oscap",
+            "xccdf",
+            "eval",
+            "--profile",
+            PROFILE,
+            "--results",
+            str(work / "xccdf.xml"),
+            "--report",
+            str(work / "xccdf.html"),
+            str(ds),
+        ],
+        env,
+    )
+    if proc.returncode not in {0, 2}:
+        raise RuntimeError(f"oscap xccdf eval failed: {proc.stderr.decode(errors='replace')}")
+    out["oscap"] = time.monotonic() - start
+    start = time.monotonic()
+    parse_oval_results(work / "oval.xml")
+    parse_xccdf_results(work / "xccdf.xml")
+    out["parse"] = time.monotonic() - start
+    out["total"] = sum(out.values())
+    return out
+
+
+def scanner(
+    image: str, host: str, base: Path, feed: Path, ds: Path, pw: pwd.struct_passwd
+) -> dict[str, float]:
+    for name in ("work", "out", "home"):
+        (base / name).mkdir()
+        os.chown(base / name, pw.pw_uid, pw.pw_gid)
+    cmd = [
+        "setpriv",
+        f"--reuid={pw.pw_uid}",
+        f"--regid={pw.pw_gid}",
+        "--clear-groups",
+        str(ensure_scanner_venv() / "scapguard-scan"),
+        image,
+        "--insecure-registry",
+        host,
+        "--feed-file",
+        str(feed),
+        "--compliance",
+        "--datastream-file",
+        str(ds),
+        "--output-dir",
+        str(base / "out"),
+        "--work-dir",
+        str(base / "work"),
+        "--log-level",
+        "WARNING",
+    ]
+    env = {"PATH": os.environ["PATH"], "HOME": str(base / "home")}
+    start = time.monotonic()
+    proc = run(cmd, env, base / "home")
+    wall = time.monotonic() - start
+    doc = json.loads((base / "out" / "result.json").read_text(encoding="utf-8"))
+    if doc["outcome"] != "Completed":
+        raise RuntimeError(f"scan failed ({proc.returncode}): {doc['error']}")
+    timings = {k: float(v) for k, v in doc["timings"].items()}
+    timings["total"] = wall
+    return timings
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    if os.geteuid() != 0:
+        sys.stderr.write("run as root (creates the scanning user, unpacks by hand as root)\n")
+        raise SystemExit(2)
+    pw = ensure_user()
+    ensure_scanner_venv()
+    top = Path(tempfile.mkdtemp(prefix="scapguard-bench-scan-", dir="/var/tmp"))
+    top.chmod(0o755)
+    try:
+        with Registry(top / "registry") as registry:
+            images = FixtureImages(registry.host, top / "images")
+            image = images.debian12_minbase().by_digest
+            ds = top / "ssg-debian12-ds.xml"
+            shutil.copyfile(ssg_debian_content() / "ssg-debian12-ds.xml", ds)
+            ds.chmod(0o644)
+            probe = top / "probe"
+            probe.mkdir()
+            by_hand(image, probe, _empty_feed(top), ds)  # warm caches; also the rootfs
+            feed = top / "feed.xml"
+            definitions = synthetic_feed(probe / "bundle" / "rootfs", feed)
+            scans: list[dict[str, float]] = []
+            hands: list[dict[str, float]] = []
+            for i in range(rounds):
+                base = top / f"scan-{i}"
+                base.mkdir()
+                base.chmod(0o755)
+                scans.append(scanner(image, registry.host, base, feed, ds, pw))
+                hand = top / f"hand-{i}"
+                hand.mkdir()
+                hands.append(by_hand(image, hand, feed, ds))
+                shutil.rmtree(hand)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    report(rounds, definitions, scans, hands)
+
+
+def _empty_feed(top: Path) -> Path:
+    feed = top / "empty.xml"
+    ns = "http://oval.mitre.org/XMLSchema/oval-definitions-5"
+    feed.write_text(
+        f'<?xml version="1.0"?><oval_definitions xmlns="{ns}" '
+        'xmlns:oval="http://oval.mitre.org/XMLSchema/oval-common-5"><generator>'
+        "<oval:schema_version>5.11.2</oval:schema_version><oval:timestamp>"
+        "2024-01-01T00:00:00</oval:timestamp></generator></oval_definitions>",
+        encoding="utf-8",
+    )
+    feed.chmod(0o644)
+    return feed
+
+
+def report(
+    rounds: int, definitions: int, scans: list[dict[str, float]], hands: list[dict[str, float]]
+) -> None:
+    out = sys.stdout
+    out.write(
+        f"debian12 minbase, {definitions} OVAL definitions + SSG standard, "
+        f"{rounds} rounds, medians in seconds\n"
+    )
+    out.write(f"{'phase':<8} {'scanner':>8} {'by hand':>8} {'ratio':>6}\n")
+    for phase in (*PHASES, "total"):
+        s = statistics.median(x.get(phase, 0.0) for x in scans)
+        h = statistics.median(x.get(phase, 0.0) for x in hands)
+        ratio = f"{s / h:6.2f}" if h > 0 else "   n/a"
+        out.write(f"{phase:<8} {s:8.2f} {h:8.2f} {ratio}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""SCAP content: the OVAL feed and the XCCDF datastream for a detected OS, checked before use.
+
+Vulnerability feeds (built-in catalogue of the vendors' official OVAL, bz2 read directly):
+
+==========================  ==========================================================
+OS                          feed
+==========================  ==========================================================
+Debian 10-13                ``https://www.debian.org/security/oval/oval-definitions-{codename}.xml.bz2``
+Ubuntu 18.04-24.04          ``https://security-metadata.canonical.com/oval/com.ubuntu.{codename}.cve.oval.xml.bz2``
+RHEL 8, 9                   ``https://security.access.redhat.com/data/oval/v2/RHEL{major}/rhel-{major}.oval.xml.bz2``
+AlmaLinux 8, 9              ``https://security.almalinux.org/oval/org.almalinux.alsa-{major}.xml.bz2``
+CentOS Stream, Rocky,       none built in: Red Hat's definitions also check Red Hat's signing
+Fedora                      key, so on a rebuild they would all be false (a false pass). Give
+                            a feed by URL + sha256 or by file, or the scan ends
+                            ``ContentUnavailable``.
+==========================  ==========================================================
+
+An override is a URL with its sha256 (the download must match it; plain http is accepted only
+with a sha256) or a local file (a mounted ConfigMap or volume for air-gapped clusters). Every
+feed is size-bounded, decompressed with a bound when it is bz2 (by magic, not by name), parsed
+with :mod:`scapguard.results.xmlsafe` and must have ``oval_definitions`` as its root.
+
+Datastreams come from the SCAP Security Guide shipped in the scanner image (``ssg_dir``,
+default ``/usr/share/xml/scap/ssg/content``): ``ssg-{debian12,ubuntu2204,rhel9,...}-ds.xml``.
+A datastream override (URL + sha256 or file) and an optional tailoring file are checked the
+same way (root ``data-stream-collection``; tailoring root ``Tailoring``).
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import logging
+import shutil
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from scapguard.results import oval as oval_results
+from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
+from scapguard.results.xmlsafe import XMLContentError, local_name, parse_file, qname
+from scapguard.scanner.errors import ScanFailure
+from scapguard.scanner.osdetect import DetectedOS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SSG_DIR: Final = Path("/usr/share/xml/scap/ssg/content")
+MAX_DOWNLOAD: Final = 512 * 1024 * 1024
+MAX_XML: Final = 2 * 1024 * 1024 * 1024
+_CHUNK: Final = 1 << 20
+_BZ2_MAGIC: Final = b"BZh"
+_DS_ROOT: Final = qname("http://scap.nist.gov/schema/scap/source/1.2", "data-stream-collection")
+_TAILORING_ROOTS: Final = frozenset(
+    {
+        qname("http://checklists.nist.gov/xccdf/1.2", "Tailoring"),
+        qname("http://checklists.nist.gov/xccdf/1.1", "Tailoring"),
+    }
+)
+
+Kind = Literal["oval", "datastream", "tailoring"]
+
+
+@dataclass(frozen=True)
+class ContentOverride:
+    """A user-chosen source: ``url`` (+ ``sha256``) or ``file`` (+ optional ``sha256``)."""
+
+    url: str | None = None
+    sha256: str | None = None
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedContent:
+    path: Path  # the checked, decompressed XML file
+    info: ContentInfo
+
+
+def catalogue_feed_url(os: DetectedOS) -> str | None:
+    info = os.info
+    if info.id == "debian" and os.codename:
+        return f"https://www.debian.org/security/oval/oval-definitions-{os.codename}.xml.bz2"
+    if info.id == "ubuntu" and os.codename:
+        return (
+            "https://security-metadata.canonical.com/oval/"
+            f"com.ubuntu.{os.codename}.cve.oval.xml.bz2"
+        )
+    if info.id == "rhel":
+        return (
+            f"https://security.access.redhat.com/data/oval/v2/RHEL{os.major}/"
+            f"rhel-{os.major}.oval.xml.bz2"
+        )
+    if info.id == "almalinux":
+        return f"https://security.almalinux.org/oval/org.almalinux.alsa-{os.major}.xml.bz2"
+    return None
+
+
+def feed_name(os: DetectedOS) -> str:
+    return f"oval:{os.info.id}-{os.codename or os.major}"
+
+
+def datastream_file(os: DetectedOS, ssg_dir: Path = DEFAULT_SSG_DIR) -> Path | None:
+    info = os.info
+    names = {
+        "debian": f"ssg-debian{os.major}-ds.xml",
+        "ubuntu": f"ssg-ubuntu{os.major.replace('.', '')}-ds.xml",
+        "rhel": f"ssg-rhel{os.major}-ds.xml",
+        "centos": f"ssg-cs{os.major}-ds.xml" if os.major == "9" else f"ssg-centos{os.major}-ds.xml",
+        "almalinux": f"ssg-almalinux{os.major}-ds.xml",
+        "fedora": "ssg-fedora-ds.xml",
+    }
+    name = names.get(info.id)
+    return ssg_dir / name if name else None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, *, max_bytes: int, timeout: float) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in {"https", "http"}:
+        raise ScanFailure(ErrorReason.CONTENT_UNAVAILABLE, f"{url}: only https/http URLs")
+    context = ssl.create_default_context() if parsed.scheme == "https" else None
+    request = urllib.request.Request(url, headers={"User-Agent": "scapguard-scan"})  # noqa: S310
+    try:
+        with (
+            urllib.request.urlopen(request, timeout=timeout, context=context) as resp,  # noqa: S310
+            dest.open("wb") as out,
+        ):
+            total = 0
+            while chunk := resp.read(_CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ScanFailure(
+                        ErrorReason.CONTENT_UNAVAILABLE, f"{url}: larger than {max_bytes} bytes"
+                    )
+                out.write(chunk)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise ScanFailure(
+            ErrorReason.CONTENT_UNAVAILABLE, f"{url}: download failed: {exc}"
+        ) from exc
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise ScanFailure(
+            ErrorReason.CONTENT_UNAVAILABLE, f"{url}: download failed: {exc}"
+        ) from exc
+
+
+def _decompress_if_bz2(src: Path, dest: Path, *, max_bytes: int) -> Path:
+    with src.open("rb") as f:
+        magic = f.read(3)
+    if magic != _BZ2_MAGIC:
+        return src
+    inflater = bz2.BZ2Decompressor()
+    total = 0
+    try:
+        with src.open("rb") as fin, dest.open("wb") as fout:
+            while not inflater.eof:
+                chunk = fin.read(_CHUNK)
+                if not chunk:
+                    raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{src}: truncated bz2 stream")
+                while True:
+                    out = inflater.decompress(chunk, max_length=_CHUNK * 4)
+                    total += len(out)
+                    if total > max_bytes:
+                        raise ScanFailure(
+                            ErrorReason.CONTENT_INVALID,
+                            f"{src}: more than {max_bytes} bytes once decompressed",
+                        )
+                    fout.write(out)
+                    chunk = b""
+                    if inflater.eof or inflater.needs_input:
+                        break
+    except OSError as exc:
+        raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{src}: not valid bz2: {exc}") from exc
+    return dest
+
+
+def resolve(
+    kind: Kind,
+    name: str,
+    workdir: Path,
+    *,
+    override: ContentOverride | None,
+    catalogue_url: str | None = None,
+    catalogue_file: Path | None = None,
+    timeout: float = 600.0,
+    max_download: int = MAX_DOWNLOAD,
+    max_xml: int = MAX_XML,
+) -> ResolvedContent:
+    """Fetch/copy, verify (sha256), decompress and check one piece of content."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = workdir / f"{kind}.raw"
+    source: ContentSource
+    expected_sha = override.sha256 if override else None
+    if override is not None and override.file is not None:
+        source = "file"
+        if not override.file.is_file():
+            raise ScanFailure(ErrorReason.CONTENT_UNAVAILABLE, f"{override.file}: no such file")
+        if override.file.stat().st_size > max_download:
+            raise ScanFailure(
+                ErrorReason.CONTENT_UNAVAILABLE,
+                f"{override.file}: larger than {max_download} bytes",
+            )
+        shutil.copyfile(override.file, raw)
+    elif override is not None and override.url is not None:
+        source = "url"
+        if not expected_sha:
+            raise ScanFailure(ErrorReason.CONTENT_UNAVAILABLE, f"{override.url}: needs a sha256")
+        _download(override.url, raw, max_bytes=max_download, timeout=timeout)
+    elif catalogue_file is not None:
+        source = "catalogue"
+        if not catalogue_file.is_file():
+            raise ScanFailure(
+                ErrorReason.CONTENT_UNAVAILABLE,
+                f"{catalogue_file}: not installed in the scanner image",
+            )
+        raw = catalogue_file
+    elif catalogue_url is not None:
+        source = "catalogue"
+        _download(catalogue_url, raw, max_bytes=max_download, timeout=timeout)
+    else:
+        raise ScanFailure(
+            ErrorReason.CONTENT_UNAVAILABLE,
+            f"no built-in {kind} content for {name}: give one in the policy",
+        )
+    digest = sha256_file(raw)
+    if expected_sha and digest != expected_sha.lower():
+        where = override.url or override.file if override else raw
+        raise ScanFailure(
+            ErrorReason.CONTENT_INVALID,
+            f"{where}: sha256 {digest} does not match the expected {expected_sha}",
+        )
+    xml = _decompress_if_bz2(raw, workdir / f"{kind}.xml", max_bytes=max_xml)
+    roots = {
+        "oval": {oval_results.DEFINITIONS_ROOT},
+        "datastream": {_DS_ROOT},
+        "tailoring": set(_TAILORING_ROOTS),
+    }[kind]
+    try:
+        root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
+    except XMLContentError as exc:
+        raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
+    version: str | None
+    if kind == "oval":
+        version = oval_results.definitions_generator_timestamp(root)
+    else:
+        version = next(
+            (
+                "".join(str(t) for t in el.itertext()).strip()
+                for el in root.iter()
+                if local_name(el.tag) == "version"
+            ),
+            None,
+        )
+    del root
+    log.info("%s content %s from %s: sha256 %s, version %s", kind, name, source, digest, version)
+    return ResolvedContent(
+        path=xml, info=ContentInfo(name=name, source=source, sha256=digest, version=version)
+    )

@@ -1,0 +1,288 @@
+"""Running ``oscap`` on an unpacked tree (``OSCAP_PROBE_ROOT``), with OpenSCAP 1.3.7's traps.
+
+* dpkginfo (1.3.x) goes through libapt. libapt reads the *host's* apt configuration first (a
+  Docker-style ``docker-clean`` sets ``Dir::Cache::pkgcache ""``, which under ``RootDir`` makes
+  the cache rename fail), and needs the image's ``/usr/share/dpkg/cputable``. When it cannot
+  initialise, oscap reports every package absent, exits 0 and prints one stderr line,
+  ``dpkginfo_init has failed``. So: oscap always runs with an isolated ``APT_CONFIG`` (no host
+  config parts, no image sources or lists, the image's architecture set explicitly, so libapt
+  never runs a ``dpkg`` binary), that stderr line is an error (``ProbeFailed``), and a canary
+  evaluation must find at least one installed package before any feed result is believed.
+* Debian's rpm looks for its database under ``~/.rpmdb``: ``OSCAP_PROBE_RPMDB_PATH`` names the
+  image's database directory, ``HOME`` is an empty scratch directory with an ``.rpmmacros``
+  setting ``%_dbpath`` for the probes that read the macros themselves.
+* probes that chroot() abort oscap (exit 134, SIGABRT) when they lack CAP_SYS_CHROOT: reported
+  as ``ProbeFailed`` with the hint to use the user-namespace mode, where chroot() works.
+* exit codes: ``oval eval`` 0 = evaluated; ``xccdf eval`` 0 = all passed, 2 = some rule failed;
+  anything else is an error (``OscapFailed``).
+
+oscap never runs as root: the caller's :class:`~scapguard.scanner.sandbox.Sandbox` wraps it (in
+userns mode it is uid 0 of the scanning user's own namespace, which is that user outside).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from scapguard.results.model import ErrorReason
+from scapguard.results.oval import parse_oval_results
+from scapguard.results.xmlsafe import XMLContentError, parse_file
+from scapguard.scanner.errors import ScanFailure, run, stderr_tail
+from scapguard.scanner.osdetect import DetectedOS
+from scapguard.scanner.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+DPKGINFO_FAILED: Final = "dpkginfo_init has failed"
+_ABORT_CODES: Final = frozenset({134, -6})
+_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: OCI architecture -> Debian architecture (for libapt's APT::Architecture).
+DEBIAN_ARCH: Final = {
+    "amd64": "amd64",
+    "arm64": "arm64",
+    "arm": "armhf",
+    "386": "i386",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+_MISSING: Final = "/nonexistent-scapguard"
+_CANARY_OBJECT: Final = {"debian": "dpkginfo", "rhel": "rpminfo", "fedora": "rpminfo"}
+#: At least one of these is installed on every supported image (the probes take exact names).
+CANARY_PACKAGES: Final = {
+    "debian": ("base-files", "dpkg", "libc6"),
+    "rhel": ("rpm", "glibc", "filesystem", "setup", "basesystem"),
+    "fedora": ("rpm", "glibc", "filesystem", "setup", "basesystem"),
+}
+
+
+@dataclass(frozen=True)
+class OscapRun:
+    returncode: int
+    stderr: str
+
+
+def version() -> str:
+    proc = run(["oscap", "--version"], timeout=60, reason=ErrorReason.OSCAP_FAILED)
+    first = proc.stdout.decode(errors="replace").splitlines()[:1]
+    match = re.search(r"([0-9]+\.[0-9]+\.[0-9]+)", first[0] if first else "")
+    if match is None:
+        raise ScanFailure(ErrorReason.OSCAP_FAILED, f"cannot read oscap's version from {first}")
+    return match.group(1)
+
+
+def write_apt_config(workdir: Path, arch: str) -> Path:
+    """An apt configuration that ignores the host's and the image's apt settings."""
+    debian_arch = DEBIAN_ARCH.get(arch)
+    if debian_arch is None:
+        raise ScanFailure(ErrorReason.UNSUPPORTED_OS, f"image architecture {arch!r} unsupported")
+    parts = workdir / "apt.conf.d"
+    parts.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "apt.conf"
+    # Values under Dir:: are taken relative to RootDir (the image) once dpkginfo sets it.
+    conf.write_text(
+        "\n".join(
+            [
+                f'Dir::Etc::main "{workdir / "none.conf"}";',
+                f'Dir::Etc::parts "{parts}";',
+                f'Dir::Etc::preferences "{_MISSING}/preferences";',
+                f'Dir::Etc::preferencesparts "{_MISSING}/preferences.d";',
+                f'Dir::Etc::sourcelist "{_MISSING}/sources.list";',
+                f'Dir::Etc::sourceparts "{_MISSING}/sources.list.d";',
+                f'Dir::State::lists "{_MISSING}/lists";',
+                f'APT::Architecture "{debian_arch}";',
+                f'APT::Architectures {{ "{debian_arch}"; }};',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return conf
+
+
+def environment(rootfs: Path, workdir: Path, os_: DetectedOS, arch: str) -> dict[str, str]:
+    home = workdir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": _PATH,
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "TMPDIR": str(workdir),
+        "OSCAP_PROBE_ROOT": str(rootfs),
+        "OSCAP_PROBE_OS_NAME": os_.info.pretty_name,
+        "OSCAP_PROBE_OS_VERSION": os_.info.version_id,
+        "OSCAP_PROBE_ARCHITECTURE": arch,
+        "OSCAP_PROBE_PRIMARY_HOST_NAME": "scapguard-scan",
+        "APT_CONFIG": str(write_apt_config(workdir, arch)),
+    }
+    if os_.rpmdb_path is not None:
+        env["OSCAP_PROBE_RPMDB_PATH"] = os_.rpmdb_path
+        (home / ".rpmmacros").write_text(f"%_dbpath {os_.rpmdb_path}\n", encoding="utf-8")
+    return env
+
+
+def _check_stderr(stderr: str, what: str) -> None:
+    if DPKGINFO_FAILED in stderr:
+        raise ScanFailure(
+            ErrorReason.PROBE_FAILED,
+            f"{what}: the dpkginfo probe could not read the image's package database "
+            f"({DPKGINFO_FAILED}; e.g. /usr/share/dpkg/cputable missing in the image)",
+        )
+
+
+def _judge(proc_rc: int, stderr: str, what: str, ok: frozenset[int]) -> None:
+    _check_stderr(stderr, what)
+    if proc_rc in _ABORT_CODES:
+        raise ScanFailure(
+            ErrorReason.PROBE_FAILED,
+            f"{what}: oscap aborted (exit {proc_rc}): a probe that needs chroot() ran without "
+            f"CAP_SYS_CHROOT; use --id-mapping=userns. {stderr[-500:]}",
+        )
+    if proc_rc not in ok:
+        raise ScanFailure(ErrorReason.OSCAP_FAILED, f"{what}: oscap exited {proc_rc}: {stderr}")
+
+
+def canary_definitions(family: str, dest: Path) -> Path:
+    """OVAL that is true when the package probe finds at least one installed package."""
+    probe = _CANARY_OBJECT[family]
+    values = "".join(f"<value>{name}</value>" for name in CANARY_PACKAGES[family])
+    ns = "http://oval.mitre.org/XMLSchema/oval-definitions-5#linux"
+    dest.write_text(
+        f"""<?xml version="1.0" encoding="UTF-8"?>
+<oval_definitions xmlns="http://oval.mitre.org/XMLSchema/oval-definitions-5"
+    xmlns:oval="http://oval.mitre.org/XMLSchema/oval-common-5" xmlns:l="{ns}">
+  <generator><oval:product_name>scapguard canary</oval:product_name>
+    <oval:schema_version>5.11.2</oval:schema_version>
+    <oval:timestamp>2024-01-01T00:00:00</oval:timestamp></generator>
+  <definitions>
+    <definition id="oval:io.scapguard.canary:def:1" version="1" class="inventory">
+      <metadata><title>the package database is readable</title>
+        <description>at least one installed package</description></metadata>
+      <criteria><criterion test_ref="oval:io.scapguard.canary:tst:1"/></criteria>
+    </definition>
+  </definitions>
+  <tests>
+    <l:{probe}_test id="oval:io.scapguard.canary:tst:1" version="1" check="all"
+        check_existence="at_least_one_exists" comment="any package">
+      <l:object object_ref="oval:io.scapguard.canary:obj:1"/>
+    </l:{probe}_test>
+  </tests>
+  <objects>
+    <l:{probe}_object id="oval:io.scapguard.canary:obj:1" version="1">
+      <l:name var_ref="oval:io.scapguard.canary:var:1" var_check="at least one"/>
+    </l:{probe}_object>
+  </objects>
+  <variables>
+    <constant_variable id="oval:io.scapguard.canary:var:1" version="1" datatype="string"
+        comment="packages every supported distribution installs">{values}</constant_variable>
+  </variables>
+</oval_definitions>
+""",
+        encoding="utf-8",
+    )
+    return dest
+
+
+def run_canary(
+    sandbox: Sandbox, env: dict[str, str], workdir: Path, family: str, *, timeout: float
+) -> int:
+    """Evaluate the canary; ScanFailure(ProbeFailed) unless packages were found. Returns count."""
+    defs = canary_definitions(family, workdir / "canary-oval.xml")
+    results = workdir / "canary-results.xml"
+    proc = run(
+        sandbox.wrap(["oscap", "oval", "eval", "--results", str(results), str(defs)]),
+        timeout=timeout,
+        reason=ErrorReason.OSCAP_FAILED,
+        env=env,
+        check=False,
+    )
+    stderr = stderr_tail(proc.stderr)
+    _judge(proc.returncode, stderr, "package database check", frozenset({0}))
+    try:
+        parsed = parse_oval_results(results)
+    except XMLContentError as exc:
+        raise ScanFailure(ErrorReason.RESULTS_INVALID, str(exc)) from exc
+    if parsed.errors:
+        raise ScanFailure(
+            ErrorReason.PROBE_FAILED, f"package database check: {parsed.errors[0].message}"
+        )
+    count = _count_items(results)
+    if count == 0:
+        raise ScanFailure(
+            ErrorReason.PROBE_FAILED,
+            f"the {_CANARY_OBJECT[family]} probe found no installed package in the image: "
+            "its package database could not be read",
+        )
+    return count
+
+
+def _count_items(results: Path) -> int:
+    root = parse_file(results)
+    return sum(
+        1
+        for el in root.iter()
+        if isinstance(el.tag, str)
+        and el.tag.endswith("_item")
+        and el.get("status", "exists") == "exists"
+    )
+
+
+def oval_eval(
+    sandbox: Sandbox,
+    env: dict[str, str],
+    definitions: Path,
+    results: Path,
+    report: Path,
+    *,
+    timeout: float,
+) -> OscapRun:
+    cmd = [
+        "oscap",
+        "oval",
+        "eval",
+        "--results",
+        str(results),
+        "--report",
+        str(report),
+        str(definitions),
+    ]
+    proc = run(
+        sandbox.wrap(cmd), timeout=timeout, reason=ErrorReason.OSCAP_FAILED, env=env, check=False
+    )
+    stderr = stderr_tail(proc.stderr)
+    _judge(proc.returncode, stderr, "oscap oval eval", frozenset({0}))
+    return OscapRun(proc.returncode, stderr)
+
+
+def xccdf_eval(
+    sandbox: Sandbox,
+    env: dict[str, str],
+    datastream: Path,
+    profile: str,
+    results: Path,
+    report: Path,
+    *,
+    tailoring: Path | None,
+    timeout: float,
+) -> OscapRun:
+    cmd = ["oscap", "xccdf", "eval", "--profile", profile]
+    if tailoring is not None:
+        cmd += ["--tailoring-file", str(tailoring)]
+    cmd += ["--results", str(results), "--report", str(report), str(datastream)]
+    proc = run(
+        sandbox.wrap(cmd), timeout=timeout, reason=ErrorReason.OSCAP_FAILED, env=env, check=False
+    )
+    stderr = stderr_tail(proc.stderr)
+    _judge(proc.returncode, stderr, "oscap xccdf eval", frozenset({0, 2}))
+    return OscapRun(proc.returncode, stderr)
+
+
+def ensure_writable_by_sandbox(path: Path) -> None:
+    """Results directories are created by the scanning user, which is uid 0 in the namespace."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)

@@ -1,0 +1,303 @@
+"""One scan, end to end: pull -> inspect + unpack -> detect OS -> content -> oscap -> parse.
+
+Every failure becomes a result with ``outcome: Error`` and the step's reason; the work directory
+(OCI layout, unpacked tree, oscap scratch) is removed in all cases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from scapguard import __version__
+from scapguard.results.model import (
+    Compliance,
+    ErrorReason,
+    ImageRef,
+    OSInfo,
+    RuleResult,
+    ScanError,
+    ScannerInfo,
+    ScanResult,
+    Vulnerabilities,
+)
+from scapguard.results.oval import parse_oval_results
+from scapguard.results.xccdf import parse_xccdf_results
+from scapguard.results.xmlsafe import XMLContentError
+from scapguard.scanner import content, oscap, osdetect, sandbox, unpack
+from scapguard.scanner.errors import ScanFailure
+from scapguard.scanner.pull import PullOptions, pull, split_reference
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILE: Final = "xccdf_org.ssgproject.content_profile_standard"
+#: Rules whose result depends on file owners or modes: not judgeable after a rootless unpack.
+OWNERSHIP_RULE: Final = re.compile(
+    r"(file_owner|file_groupowner|file_permissions|dir_perms|dir_owner|dir_groupowner|"
+    r"_ownership|permissions_|_perms_|unowned|world_writable|sticky|_suid|_sgid|setuid|setgid)"
+)
+ROOTLESS_REASON: Final = (
+    "rootless unpack: file owners were not preserved, so rules on ownership and permissions "
+    "are reported notchecked (run with a subordinate id range for --id-mapping=userns)"
+)
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    reference: str
+    workdir: Path
+    pull: PullOptions = field(default_factory=PullOptions)
+    limits: unpack.UnpackLimits = field(default_factory=unpack.UnpackLimits)
+    vulnerabilities: bool = True
+    feed: content.ContentOverride | None = None
+    compliance: bool = False
+    datastream: content.ContentOverride | None = None
+    profile: str = DEFAULT_PROFILE
+    tailoring: Path | None = None
+    ssg_dir: Path = content.DEFAULT_SSG_DIR
+    id_mapping: sandbox.Requested = "auto"
+    timeout: float = 1800.0  # the whole scan's budget; each step gets what is left of it
+    keep_workdir: bool = False
+
+
+@dataclass(frozen=True)
+class ScanOutput:
+    result: ScanResult
+    report_html: bytes | None
+    sandbox_mode: str | None = None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - start, 3)
+
+
+class _Budget:
+    """What is left of the scan's time budget; a step never gets more than that."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def left(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ScanFailure(ErrorReason.TIMEOUT, f"scan exceeded its {self.seconds:.0f}s budget")
+        return remaining
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _combined_report(parts: list[tuple[str, bytes]]) -> bytes | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0][1]
+    frames = "\n".join(
+        f'<h2>{html.escape(title)}</h2>\n<iframe style="width:100%;height:80vh" '
+        f'sandbox srcdoc="{html.escape(body.decode("utf-8", errors="replace"))}"></iframe>'
+        for title, body in parts
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>scapguard report</title>'
+        f"</head><body>{frames}</body></html>"
+    ).encode()
+
+
+def _mark_rootless(rules: tuple[RuleResult, ...]) -> tuple[RuleResult, ...]:
+    return tuple(
+        replace(r, result="notchecked")
+        if OWNERSHIP_RULE.search(r.id) and r.result in {"pass", "fail"}
+        else r
+        for r in rules
+    )
+
+
+def scan(req: ScanRequest) -> ScanOutput:
+    started = _now()
+    clock = _Clock()
+    budget = _Budget(req.timeout)
+    detected: OSInfo | None = None
+    oscap_version: str | None = None
+    digest = "sha256:" + "0" * 64
+    box: sandbox.Sandbox | None = None
+    work: Path | None = None
+    try:
+        _, _, digest = split_reference(req.reference)
+        box = sandbox.select(req.id_mapping)
+        oscap_version = oscap.version()
+        req.workdir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="scan-", dir=req.workdir))
+        with clock.phase("pull"):
+            image = pull(req.reference, work / "oci", replace(req.pull, timeout=budget.left()))
+        with clock.phase("unpack"):
+            unpack.inspect_layers(image, req.limits)
+            rootfs = unpack.unpack(image, work / "bundle", box, timeout=budget.left())
+            found = osdetect.detect(rootfs)
+            detected = found.info
+        scratch = work / "oscap"
+        oscap.ensure_writable_by_sandbox(scratch)
+        with clock.phase("content"):
+            feed = vuln_content(req, found, scratch, budget.left()) if req.vulnerabilities else None
+            ds, tailoring = (
+                compliance_content(req, found, scratch, budget.left())
+                if req.compliance
+                else (None, None)
+            )
+        env = oscap.environment(rootfs, scratch, found, image.architecture or req.pull.arch)
+        reports: list[tuple[str, bytes]] = []
+        with clock.phase("oscap"):
+            oscap.run_canary(box, env, scratch, found.info.family, timeout=budget.left())
+            if feed is not None:
+                oscap.oval_eval(
+                    box,
+                    env,
+                    feed.path,
+                    scratch / "oval-results.xml",
+                    scratch / "oval-report.html",
+                    timeout=budget.left(),
+                )
+            if ds is not None:
+                oscap.xccdf_eval(
+                    box,
+                    env,
+                    ds.path,
+                    req.profile,
+                    scratch / "xccdf-results.xml",
+                    scratch / "xccdf-report.html",
+                    tailoring=tailoring.path if tailoring else None,
+                    timeout=budget.left(),
+                )
+        with clock.phase("parse"):
+            vulnerabilities = _vulnerabilities(feed, scratch, reports)
+            compliance = _compliance(req, ds, scratch, reports, found, box)
+        result = ScanResult(
+            image=ImageRef(req.reference, digest),
+            os=detected,
+            outcome="Completed",
+            error=None,
+            vulnerabilities=vulnerabilities,
+            compliance=compliance,
+            scanner=ScannerInfo(__version__, oscap_version),
+            started_at=started,
+            finished_at=_now(),
+            timings=clock.timings,
+        )
+        return ScanOutput(result, _combined_report(reports), box.mode)
+    except (ScanFailure, XMLContentError) as exc:
+        reason = exc.reason if isinstance(exc, ScanFailure) else ErrorReason.RESULTS_INVALID
+        message = exc.message if isinstance(exc, ScanFailure) else str(exc)
+        log.error("scan of %s failed (%s): %s", req.reference, reason, message)
+        error = ScanResult(
+            image=ImageRef(
+                req.reference if digest in req.reference else f"{req.reference}@{digest}", digest
+            ),
+            os=detected,
+            outcome="Error",
+            error=ScanError(reason, message[:4096]),
+            vulnerabilities=None,
+            compliance=None,
+            scanner=ScannerInfo(__version__, oscap_version),
+            started_at=started,
+            finished_at=_now(),
+            timings=clock.timings,
+        )
+        return ScanOutput(error, None, box.mode if box else None)
+    finally:
+        if work is not None and box is not None and not req.keep_workdir:
+            box.remove_tree(work)
+
+
+def _vulnerabilities(
+    feed: content.ResolvedContent | None, scratch: Path, reports: list[tuple[str, bytes]]
+) -> Vulnerabilities | None:
+    if feed is None:
+        return None
+    parsed = parse_oval_results(scratch / "oval-results.xml")
+    package_errors = [e for e in parsed.errors if e.kind.endswith("info_object")]
+    if package_errors:
+        first = package_errors[0]
+        raise ScanFailure(ErrorReason.PROBE_FAILED, f"{first.kind} {first.id}: {first.message}")
+    reports.append(("Vulnerabilities (OVAL)", (scratch / "oval-report.html").read_bytes()))
+    return Vulnerabilities(feed.info, parsed.findings, parsed.truncated)
+
+
+def _compliance(
+    req: ScanRequest,
+    ds: content.ResolvedContent | None,
+    scratch: Path,
+    reports: list[tuple[str, bytes]],
+    found: osdetect.DetectedOS,
+    box: sandbox.Sandbox,
+) -> Compliance | None:
+    if ds is None:
+        return None
+    xr = parse_xccdf_results(scratch / "xccdf-results.xml")
+    rules = xr.rules
+    if not any(r.result in {"pass", "fail"} for r in rules):
+        raise ScanFailure(
+            ErrorReason.CONTENT_INVALID,
+            f"profile {req.profile} judged no rule on {found.info.pretty_name}: "
+            "wrong datastream for this OS?",
+        )
+    reason = None
+    if not box.owners_preserved:
+        rules, reason = _mark_rootless(rules), ROOTLESS_REASON
+    reports.append(("Compliance (XCCDF)", (scratch / "xccdf-report.html").read_bytes()))
+    return Compliance(ds.info, xr.profile or req.profile, xr.score, rules, reason)
+
+
+def vuln_content(
+    req: ScanRequest, found: osdetect.DetectedOS, scratch: Path, timeout: float
+) -> content.ResolvedContent:
+    return content.resolve(
+        "oval",
+        content.feed_name(found),
+        scratch / "feed",
+        override=req.feed,
+        catalogue_url=content.catalogue_feed_url(found),
+        timeout=timeout,
+    )
+
+
+def compliance_content(
+    req: ScanRequest, found: osdetect.DetectedOS, scratch: Path, timeout: float
+) -> tuple[content.ResolvedContent, content.ResolvedContent | None]:
+    ds_file = content.datastream_file(found, req.ssg_dir)
+    ds = content.resolve(
+        "datastream",
+        ds_file.name if ds_file else f"ssg-{found.info.id}{found.major}",
+        scratch / "datastream",
+        override=req.datastream,
+        catalogue_file=ds_file,
+        timeout=timeout,
+    )
+    tailoring = None
+    if req.tailoring is not None:
+        tailoring = content.resolve(
+            "tailoring",
+            req.tailoring.name,
+            scratch / "tailoring",
+            override=content.ContentOverride(file=req.tailoring),
+            timeout=timeout,
+        )
+    return ds, tailoring

@@ -1,0 +1,268 @@
+"""End-to-end fixtures: the operator as a process under its own RBAC, and a Job watcher."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
+
+from scapguard.api import constants as c
+from scapguard.api.naming import scan_name
+from scapguard.devcluster.cluster import DevCluster, wait_for
+from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.images import PushedImage
+from scapguard.devcluster.imagestreams import GROUP as IMAGE_GROUP
+from scapguard.devcluster.imagestreams import VERSION as IMAGE_VERSION
+from scapguard.devcluster.imagestreams import tag_image
+from scapguard.devcluster.operatorproc import NAMESPACE, OperatorProcess
+from scapguard.devcluster.registry import Registry
+from scapguard.devcluster.scanuser import ensure_scan_user
+
+# The e2e suite shares one operator; its global limit is what scenario 6 checks.
+MAX_CONCURRENT = 3
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """scapguard's operator, installed from deploy/ and running as its ServiceAccount."""
+    ensure_scan_user()
+    proc = OperatorProcess(
+        cluster,
+        tmp_path_factory.mktemp("operator"),
+        env={
+            "SCAPGUARD_MAX_CONCURRENT_SCANS": str(MAX_CONCURRENT),
+            "SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY": str(MAX_CONCURRENT),
+        },
+    )
+    proc.install()
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        log = proc.log_text()
+        assert "Traceback" not in log, log[-5000:]
+
+
+@dataclass
+class JobRecord:
+    """Every scanner Job the operator created, seen through a watch (they are deleted later)."""
+
+    created: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> annotations
+    active: set[str] = field(default_factory=set)
+    max_active: dict[str, int] = field(default_factory=dict)  # policy key -> peak
+    max_active_total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_policy(self, key: str) -> list[str]:
+        with self.lock:
+            return [n for n, a in self.created.items() if a.get("scapguard.io/policy") == key]
+
+    def _policy_of(self, name: str) -> str:
+        return self.created.get(name, {}).get("scapguard.io/policy", "")
+
+    def observe(self, kind: str, job: Any) -> None:
+        name = job.metadata.name
+        finished = any(
+            c.type in ("Complete", "Failed") and c.status == "True"
+            for c in (job.status.conditions or [])
+        )
+        with self.lock:
+            if kind == "ADDED" and name not in self.created:
+                self.created[name] = dict(job.metadata.annotations or {})
+            if kind == "DELETED" or finished:
+                self.active.discard(name)
+            else:
+                self.active.add(name)
+            self.max_active_total = max(self.max_active_total, len(self.active))
+            key = self._policy_of(name)
+            now = sum(1 for n in self.active if self._policy_of(n) == key)
+            self.max_active[key] = max(self.max_active.get(key, 0), now)
+
+
+@pytest.fixture(scope="session")
+def jobs(admin_api: client.ApiClient, operator: OperatorProcess) -> Iterator[JobRecord]:
+    record = JobRecord()
+    batch = client.BatchV1Api(admin_api)
+    w = watch.Watch()
+    done = threading.Event()
+
+    def follow() -> None:
+        resource_version = ""
+        while not done.is_set():
+            try:
+                if not resource_version:
+                    listing = batch.list_namespaced_job(NAMESPACE)
+                    for job in listing.items:
+                        record.observe("ADDED", job)
+                    assert listing.metadata is not None
+                    resource_version = listing.metadata.resource_version or ""
+                for ev in w.stream(
+                    batch.list_namespaced_job,
+                    NAMESPACE,
+                    resource_version=resource_version,
+                    timeout_seconds=60,
+                ):
+                    obj = ev["object"]
+                    resource_version = obj.metadata.resource_version
+                    record.observe(ev["type"], obj)
+            except ApiException as e:
+                if e.status != 410:
+                    raise
+                resource_version = ""  # expired: list again
+            except ProtocolError:
+                if done.is_set():
+                    return
+                # The apiserver closed the stream; resume from the last version seen.
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    yield record
+    done.set()
+    w.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+class E2E:
+    """One test's namespace on the shared cluster: policies, images, tags and waits."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        cluster: DevCluster,
+        namespace: str,
+        registry: Registry,
+        images: FixtureImages,
+        workdir: Path,
+    ) -> None:
+        self.api = api
+        self.cluster = cluster
+        self.namespace = namespace
+        self.registry = registry
+        self.images = images
+        self.workdir = workdir
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    # -- content and policies ----------------------------------------------------
+
+    def feed(self, xml: str, name: str = "feed", key: str = "oval.xml") -> None:
+        self.core.create_namespaced_config_map(
+            self.namespace,
+            client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data={key: xml}),
+        )
+
+    def policy(self, name: str = "policy", **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{c.GROUP}/{c.VERSION}",
+            "kind": "ScanPolicy",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "vulnerabilities": {
+                    "enabled": True,
+                    "feed": {"configMapRef": {"name": "feed", "key": "oval.xml"}},
+                },
+                "failOn": "high",
+                "action": "Enforce",
+                "scanner": {"insecureRegistries": [self.registry.host], "retries": 1},
+                **spec,
+            },
+        }
+        return cast(
+            dict[str, Any],
+            self.custom.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, "scanpolicies", body
+            ),
+        )
+
+    def patch_policy(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, self.namespace, "scanpolicies", name, {"spec": spec}
+        )
+
+    # -- images --------------------------------------------------------------------
+
+    def tag(self, stream: str, tag: str, image: PushedImage) -> str:
+        repository = f"{self.registry.host}/{image.repository}"
+        tag_image(self.api, self.namespace, stream, tag, repository, image.digest)
+        return image.digest
+
+    def image_object(self, digest: str) -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            self.custom.get_cluster_custom_object(IMAGE_GROUP, IMAGE_VERSION, "images", digest),
+        )
+
+    # -- scans -----------------------------------------------------------------------
+
+    def scans(self) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            c.GROUP, c.VERSION, self.namespace, "imagescans"
+        )
+        return cast(list[dict[str, Any]], cast(dict[str, Any], listed)["items"])
+
+    def scan_for(self, digest: str, policy: str = "policy") -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            self.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, "imagescans",
+                scan_name(digest, self.namespace, policy),
+            ),
+        )  # fmt: skip
+
+    def wait_result(
+        self, digest: str, policy: str = "policy", timeout: float = 180, request: int = 1
+    ) -> dict[str, Any]:
+        """Wait until the scan of ``digest`` has settled request ``request``; return it."""
+        found: dict[str, Any] = {}
+
+        def settled() -> bool:
+            try:
+                scan = self.scan_for(digest, policy)
+            except ApiException as e:
+                if e.status == 404:
+                    return False
+                raise
+            status = scan.get("status") or {}
+            done = status.get("result") and status.get("resultRequest", 0) >= request
+            if done and status.get("state") == "Completed":
+                found.update(scan)
+                return True
+            return False
+
+        wait_for(f"ImageScan of {digest[:19]} to settle request {request}", settled, timeout, 0.5)
+        return found
+
+    def events_for(self, kind: str, name: str, namespace: str | None = None) -> list[str]:
+        events = self.core.list_namespaced_event(
+            namespace or self.namespace,
+            field_selector=f"involvedObject.kind={kind},involvedObject.name={name}",
+        )
+        return [e.reason or "" for e in events.items]
+
+
+@pytest.fixture
+def e2e(
+    admin_api: client.ApiClient,
+    cluster: DevCluster,
+    namespace: str,
+    registry: Registry,
+    fixture_images: FixtureImages,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> E2E:
+    assert operator.running, operator.log_text()[-3000:]
+    return E2E(admin_api, cluster, namespace, registry, fixture_images, tmp_path)
