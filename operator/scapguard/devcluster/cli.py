@@ -4,21 +4,38 @@
 controller-manager, scheduler, the OpenShift image API, the node agent) and a
 registry on 127.0.0.1, prints how to reach them, and stops everything on
 Ctrl-C or SIGTERM.
+
+``scapguard-devcluster demo`` does the same, then installs scapguard from deploy/ and
+runs the operator under its own ServiceAccount, pushes a vulnerable and a patched
+Ubuntu 22.04 image, tags them into an ImageStream watched by an enforcing ScanPolicy,
+and shows ``kubectl get imagescans``, the deny annotation on the failing Image, and
+the admission webhook refusing a Pod that runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from scapguard.devcluster.cluster import DevCluster
+from kubernetes import client as kube_client
+
+from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
+from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.imagestreams import tag_image
+from scapguard.devcluster.operatorproc import OperatorProcess
+from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import Registry
+from scapguard.devcluster.scannerenv import ensure_scanner_venv
+from scapguard.devcluster.scanuser import ensure_scan_user
+from scapguard.results.model import Severity
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +85,135 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_NAMESPACE = "demo"
+DEMO_PRIORITIES: list[tuple[str, Severity]] = [
+    ("high", "high"),
+    ("medium", "medium"),
+    ("low", "low"),
+    ("critical", "critical"),
+]
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _kubectl(cluster: DevCluster, *args: str, input_text: str | None = None) -> str:
+    out = cluster.kubectl(*args, input_text=input_text)
+    if out.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def _show(cluster: DevCluster, *args: str) -> None:
+    _say(f"\n$ kubectl {' '.join(args)}")
+    _say(_kubectl(cluster, *args).rstrip())
+
+
+def _demo_policy(registry: Registry) -> dict[str, object]:
+    return {
+        "apiVersion": "scapguard.io/v1alpha1",
+        "kind": "ScanPolicy",
+        "metadata": {"name": "cve-gate", "namespace": DEMO_NAMESPACE},
+        "spec": {
+            "tags": ["*"],
+            "vulnerabilities": {
+                "enabled": True,
+                "feed": {"configMapRef": {"name": "oval-feed", "key": "ubuntu-jammy.oval.xml"}},
+            },
+            "failOn": "high",
+            "action": "Enforce",
+            "onError": "Allow",
+            "scanner": {"insecureRegistries": [registry.host], "retries": 1},
+        },
+    }
+
+
+def _scan_settled(cluster: DevCluster, digest: str) -> bool:
+    out = cluster.kubectl(
+        "-n", DEMO_NAMESPACE, "get", "imagescans", "-o",
+        "jsonpath={range .items[*]}{.spec.image}={.status.state}{\"\\n\"}{end}",
+    )  # fmt: skip
+    return any(line.endswith("=Completed") and digest in line for line in out.stdout.splitlines())
+
+
+def run_demo(workdir: Path, cluster: DevCluster, registry: Registry) -> None:
+    """Install scapguard on the running cluster and walk through one failing, one passing image."""
+    ensure_scan_user()
+    operator = OperatorProcess(
+        cluster, workdir / "operator", admission_namespaces=(DEMO_NAMESPACE,)
+    )
+    _say("installing scapguard (deploy/crds, deploy/rbac) and starting the operator ...")
+    operator.install()
+    operator.start()
+    _kubectl(cluster, "create", "namespace", DEMO_NAMESPACE)
+    images = FixtureImages(registry.host, workdir / "images")
+    vulnerable = images.get("ubuntu2204", "vulnerable")
+    patched = images.get("ubuntu2204", "patched")
+    feed, _ = ubuntu_oval(DEMO_PRIORITIES)
+    (workdir / "ubuntu-jammy.oval.xml").write_text(feed)
+    _kubectl(
+        cluster, "-n", DEMO_NAMESPACE, "create", "configmap", "oval-feed",
+        f"--from-file=ubuntu-jammy.oval.xml={workdir / 'ubuntu-jammy.oval.xml'}",
+    )  # fmt: skip
+    _kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(_demo_policy(registry)))
+    _say(f"pushed {vulnerable.by_digest} (vulnerable) and {patched.by_digest} (patched)")
+    api = kube_client.ApiClient(_admin_configuration(cluster))
+    repository = f"{registry.host}/{vulnerable.repository}"
+    tag_image(api, DEMO_NAMESPACE, "webapp", "1.0", repository, vulnerable.digest)
+    tag_image(api, DEMO_NAMESPACE, "webapp", "1.1", repository, patched.digest)
+    _say("tagged webapp:1.0 (vulnerable) and webapp:1.1 (patched); scanning ...")
+    for digest in (vulnerable.digest, patched.digest):
+        wait_for(f"the scan of {digest[:19]}", partial(_scan_settled, cluster, digest), 300, 1.0)
+    _show(cluster, "-n", DEMO_NAMESPACE, "get", "imagescans")
+    _show(
+        cluster, "get", "images.image.openshift.io", vulnerable.digest, "-o",
+        "jsonpath={.metadata.annotations.images\\.openshift\\.io/deny-execution}",
+    )  # fmt: skip
+    _show(
+        cluster, "get", "images.image.openshift.io", vulnerable.digest, "-o",
+        "jsonpath={.metadata.annotations.quality\\.images\\.openshift\\.io/"
+        "vulnerability\\.scapguard}",
+    )  # fmt: skip
+    _say(f"\n$ kubectl -n {DEMO_NAMESPACE} run webapp --image={vulnerable.by_digest}")
+    refused = cluster.kubectl(
+        "-n", DEMO_NAMESPACE, "run", "webapp", f"--image={vulnerable.by_digest}",
+        "--restart=Never", "--command", "--", "/bin/true",
+    )  # fmt: skip
+    _say((refused.stdout + refused.stderr).strip())
+    if refused.returncode == 0:
+        raise ClusterError("the admission webhook admitted a Pod running a denied image")
+
+
+def _admin_configuration(cluster: DevCluster) -> kube_client.Configuration:
+    cfg = kube_client.Configuration(host=cluster.server)
+    cfg.ssl_ca_cert = str(cluster.ca.cert_path)
+    cfg.cert_file = str(cluster.pki_dir / "admin.crt")
+    cfg.key_file = str(cluster.pki_dir / "admin.key")
+    return cfg
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    workdir = _workdir(args.workdir)
+    bin_dir = ensure_scanner_venv()
+    with (
+        DevCluster(workdir / "cluster", node_path_prepend=(bin_dir,)) as cluster,
+        Registry(workdir / "registry") as registry,
+    ):
+        run_demo(workdir, cluster, registry)
+        _say(
+            f"\nexport KUBECONFIG={cluster.kubeconfig}\n"
+            f"alias kubectl='{cluster.binary} kubectl'\n"
+            f"kubectl -n {DEMO_NAMESPACE} get imagescans -o yaml    # findings, conditions\n"
+            f"operator log: {workdir / 'operator' / 'operator.log'}\n"
+        )
+        if not args.no_wait:
+            _say("Ctrl-C stops everything.")
+            _wait_for_signal()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scapguard-devcluster", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -76,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workdir", help="state directory (default: a new temporary directory)")
     up.add_argument("--no-wait", action="store_true", help="stop right after start (a smoke test)")
     up.set_defaults(func=cmd_up)
+    demo = sub.add_parser("demo", help="the local demo: up, then scan and deny a vulnerable image")
+    demo.add_argument("--workdir", help="state directory (default: a new temporary directory)")
+    demo.add_argument("--no-wait", action="store_true", help="stop once the demo has run")
+    demo.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -135,19 +135,21 @@ class DevCluster:
         log.info("local control plane ready in %.1fs at %s", self.started_seconds, self.server)
 
     def stop(self) -> None:
-        """Stop every process this cluster started, newest first, by pid."""
+        """Stop every process this cluster started, newest first, by pid.
+
+        One at a time: kube-apiserver drains its requests only while etcd still answers.
+        """
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_GRACE
-        for proc in reversed(self.procs):
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                proc.popen.wait(remaining)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM; killing it", proc.name, proc.popen.pid)
-                proc.popen.kill()
-                proc.popen.wait(5)
+                try:
+                    proc.popen.wait(_STOP_GRACE)
+                except subprocess.TimeoutExpired:
+                    log.warning(
+                        "%s (pid %d) ignored SIGTERM; killing it", proc.name, proc.popen.pid
+                    )
+                    proc.popen.kill()
+                    proc.popen.wait(5)
             proc.log_file.close()
         self.procs.clear()
 

@@ -10,6 +10,7 @@ sends SIGKILL, for restart-safety tests; ``stop()`` stops it gracefully.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from scapguard.builders.admission import NAMESPACE_NAME_LABEL, webhook_configuration
 from scapguard.devcluster.binaries import repo_root
 from scapguard.devcluster.cluster import ClusterError, DevCluster, free_port
 
@@ -35,12 +37,15 @@ class OperatorProcess:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     namespace: str = NAMESPACE
+    # Serve the Pod admission webhook for these namespaces only (None: no webhook).
+    admission_namespaces: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "operator.log"
         self.results_port = free_port()
         self.metrics_port = free_port()
+        self.admission_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.starts = 0
@@ -69,6 +74,24 @@ class OperatorProcess:
         self.results_cert = self.cluster.ca.issue(
             "scapguard-results", "scapguard-results", ips=("127.0.0.1",), server=True
         )
+        if self.admission_namespaces is not None:
+            self._install_webhook(self.admission_namespaces)
+
+    def _install_webhook(self, namespaces: tuple[str, ...]) -> None:
+        self.admission_cert = self.cluster.ca.issue(
+            "scapguard-admission", "scapguard-admission", ips=("127.0.0.1",), server=True
+        )
+        config = webhook_configuration(
+            operator_namespace=self.namespace,
+            url=f"https://127.0.0.1:{self.admission_port}",
+            ca_bundle=self.cluster.ca.pem,
+        )
+        # Only the given namespaces: the local cluster also runs other tests' Pods.
+        for hook in config["webhooks"]:
+            hook["namespaceSelector"]["matchExpressions"].append(
+                {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(namespaces)}
+            )
+        self._kubectl("apply", "-f", "-", input_text=json.dumps(config))
 
     def environment(self) -> dict[str, str]:
         kubeconfig = self.cluster.kubeconfig_for_serviceaccount(self.namespace, SERVICE_ACCOUNT)
@@ -96,6 +119,16 @@ class OperatorProcess:
                 "SCAPGUARD_RETRY_BACKOFF_MAX_SECONDS": "5",
             }
         )
+        if self.admission_namespaces is not None:
+            env.update(
+                {
+                    "SCAPGUARD_ADMISSION_ENABLED": "true",
+                    "SCAPGUARD_ADMISSION_BIND": "127.0.0.1",
+                    "SCAPGUARD_ADMISSION_PORT": str(self.admission_port),
+                    "SCAPGUARD_ADMISSION_TLS_CERT_FILE": str(self.admission_cert.cert),
+                    "SCAPGUARD_ADMISSION_TLS_KEY_FILE": str(self.admission_cert.key),
+                }
+            )
         env.update(self.env)
         return env
 
