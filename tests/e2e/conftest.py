@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -245,6 +248,16 @@ class E2E:
 
         wait_for(f"ImageScan of {digest[:19]} to settle request {request}", settled, timeout, 0.5)
         return found
+
+    def scapguard(self, *args: str) -> bytes:
+        """Run the ``scapguard`` CLI as an admin would; returns its stdout."""
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "scapguard.cli", "-n", self.namespace, *args],
+            capture_output=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout
 
     def events_for(self, kind: str, name: str, namespace: str | None = None) -> list[str]:
         events = self.core.list_namespaced_event(

@@ -70,6 +70,11 @@ def test_vulnerable_fails_and_is_denied_patched_passes(e2e: E2E, jobs: JobRecord
     assert all(isinstance(s["severityIndex"], int) for s in quality["summary"])
     assert any(k.startswith("scapguard.io/") for k in marks), marks
     assert "VulnerabilitiesFound" in e2e.events_for("ImageScan", scan["metadata"]["name"])
+    # The full report and result are retrievable with the scapguard CLI.
+    report = e2e.scapguard("report", scan["metadata"]["name"])
+    assert b"<html" in report[:2000].lower()
+    result = json.loads(e2e.scapguard("result", scan["metadata"]["name"]))
+    assert result["image"]["digest"] == bad
     assert "Denied" in e2e.events_for("ImageStream", "app")
 
     # The patched image, tagged into the same stream: its own scan passes, no deny.

@@ -84,6 +84,8 @@ class DevCluster:
     node_path_prepend: tuple[Path, ...] = ()
     procs: list[_Proc] = field(default_factory=list)
     started_seconds: float = 0.0
+    # Seconds from each component's launch to its readiness check passing.
+    ready_seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
@@ -330,7 +332,9 @@ class DevCluster:
             self._check_alive(proc)
             return check()
 
+        begin = time.monotonic()
         wait_for(what, probe, timeout)
+        self.ready_seconds[proc.name] = time.monotonic() - begin
 
     def _start_etcd(self, timeout: float) -> None:
         self.etcd_port = free_port()

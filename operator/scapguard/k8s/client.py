@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s_client
@@ -26,6 +27,16 @@ def load_client() -> KubeClient:
     else:
         k8s_config.load_kube_config(client_configuration=configuration)
     return KubeClient(k8s_client.ApiClient(configuration))
+
+
+def current_namespace() -> str:
+    """The namespace of the current kubeconfig context (in a pod: its own); else "default"."""
+    in_pod = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and in_pod.is_file():
+        return in_pod.read_text().strip()
+    _contexts, active = k8s_config.list_kube_config_contexts()
+    namespace = (active or {}).get("context", {}).get("namespace")
+    return str(namespace) if namespace else "default"
 
 
 def _path(kind: Kind, namespace: str | None, name: str | None = None, sub: str = "") -> str:
