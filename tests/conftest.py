@@ -34,17 +34,9 @@ def cluster() -> Iterator[DevCluster]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _configuration(cluster: DevCluster) -> client.Configuration:
-    cfg = client.Configuration(host=cluster.server)
-    cfg.ssl_ca_cert = str(cluster.ca.cert_path)
-    cfg.cert_file = str(cluster.pki_dir / "admin.crt")
-    cfg.key_file = str(cluster.pki_dir / "admin.key")
-    return cfg
-
-
 @pytest.fixture(scope="session")
 def admin_api(cluster: DevCluster) -> Iterator[client.ApiClient]:
-    api = client.ApiClient(configuration=_configuration(cluster))
+    api = client.ApiClient(configuration=cluster.admin_configuration())
     try:
         yield api
     finally:

@@ -138,12 +138,11 @@ def _scan_settled(cluster: DevCluster, digest: str) -> bool:
     return any(line.endswith("=Completed") and digest in line for line in out.stdout.splitlines())
 
 
-def run_demo(workdir: Path, cluster: DevCluster, registry: Registry) -> None:
+def run_demo(
+    workdir: Path, cluster: DevCluster, registry: Registry, operator: OperatorProcess
+) -> None:
     """Install scapguard on the running cluster and walk through one failing, one passing image."""
     ensure_scan_user()
-    operator = OperatorProcess(
-        cluster, workdir / "operator", admission_namespaces=(DEMO_NAMESPACE,)
-    )
     _say("installing scapguard (deploy/crds, deploy/rbac) and starting the operator ...")
     operator.install()
     operator.start()
@@ -159,7 +158,7 @@ def run_demo(workdir: Path, cluster: DevCluster, registry: Registry) -> None:
     )  # fmt: skip
     _kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(_demo_policy(registry)))
     _say(f"pushed {vulnerable.by_digest} (vulnerable) and {patched.by_digest} (patched)")
-    api = kube_client.ApiClient(_admin_configuration(cluster))
+    api = kube_client.ApiClient(cluster.admin_configuration())
     repository = f"{registry.host}/{vulnerable.repository}"
     tag_image(api, DEMO_NAMESPACE, "webapp", "1.0", repository, vulnerable.digest)
     tag_image(api, DEMO_NAMESPACE, "webapp", "1.1", repository, patched.digest)
@@ -186,14 +185,6 @@ def run_demo(workdir: Path, cluster: DevCluster, registry: Registry) -> None:
         raise ClusterError("the admission webhook admitted a Pod running a denied image")
 
 
-def _admin_configuration(cluster: DevCluster) -> kube_client.Configuration:
-    cfg = kube_client.Configuration(host=cluster.server)
-    cfg.ssl_ca_cert = str(cluster.ca.cert_path)
-    cfg.cert_file = str(cluster.pki_dir / "admin.crt")
-    cfg.key_file = str(cluster.pki_dir / "admin.key")
-    return cfg
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     workdir = _workdir(args.workdir)
     bin_dir = ensure_scanner_venv()
@@ -201,17 +192,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         DevCluster(workdir / "cluster", node_path_prepend=(bin_dir,)) as cluster,
         Registry(workdir / "registry") as registry,
     ):
-        run_demo(workdir, cluster, registry)
-        _say(
-            f"\nexport KUBECONFIG={cluster.kubeconfig}\n"
-            f"alias kubectl='{cluster.binary} kubectl'\n"
-            f"kubectl -n {DEMO_NAMESPACE} get imagescans -o yaml    # findings, conditions\n"
-            f"operator log: {workdir / 'operator' / 'operator.log'}\n"
+        operator = OperatorProcess(
+            cluster, workdir / "operator", admission_namespaces=(DEMO_NAMESPACE,)
         )
-        if not args.no_wait:
-            _say("Ctrl-C stops everything.")
-            _wait_for_signal()
+        try:
+            _demo_and_wait(args, workdir, cluster, registry, operator)
+        finally:
+            operator.stop()
     return 0
+
+
+def _demo_and_wait(
+    args: argparse.Namespace,
+    workdir: Path,
+    cluster: DevCluster,
+    registry: Registry,
+    operator: OperatorProcess,
+) -> None:
+    run_demo(workdir, cluster, registry, operator)
+    _say(
+        f"\nexport KUBECONFIG={cluster.kubeconfig}\n"
+        f"alias kubectl='{cluster.binary} kubectl'\n"
+        f"kubectl -n {DEMO_NAMESPACE} get imagescans -o yaml    # findings, conditions\n"
+        f"operator log: {workdir / 'operator' / 'operator.log'}\n"
+    )
+    if not args.no_wait:
+        _say("Ctrl-C stops everything.")
+        _wait_for_signal()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import IO, Any
 
 import yaml
+from kubernetes import client
 
 from scapguard.devcluster import pki
 from scapguard.devcluster.binaries import cluster_binary
@@ -294,6 +295,14 @@ class DevCluster:
         if not isinstance(result, dict):
             raise ClusterError(f"{method} {path}: not a JSON object")
         return result
+
+    def admin_configuration(self) -> client.Configuration:
+        """A ``kubernetes.client.Configuration`` for the cluster admin (client certificate)."""
+        cfg = client.Configuration(host=self.server)
+        cfg.ssl_ca_cert = str(self.ca.cert_path)
+        cfg.cert_file = str(self.pki_dir / "admin.crt")
+        cfg.key_file = str(self.pki_dir / "admin.key")
+        return cfg
 
     def _http_ok(self, path: str) -> bool:
         try:

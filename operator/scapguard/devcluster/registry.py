@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from scapguard.devcluster.cluster import free_port
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,6 @@ class BasicAuth:
     def skopeo_creds(self) -> str:
         """The ``USER:PASSWORD`` value for skopeo's ``--creds``/``--src-creds``/``--dest-creds``."""
         return f"{self.username}:{self.password}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the caller retries on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _htpasswd_line(auth: BasicAuth) -> str:
