@@ -50,7 +50,7 @@ def test_rbac_reads_images_and_imagestreams_only() -> None:
         {
             "apiGroups": ["image.openshift.io"],
             "resources": ["images", "imagestreams"],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["list", "watch"],
         }
     ]
 

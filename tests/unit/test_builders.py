@@ -73,7 +73,7 @@ def test_job_pod_is_hardened_and_tokenless() -> None:
         "scapguard-scan-0123456789ab-1-1"
     )
     assert env["SCAPGUARD_RESULTS_TOKEN_FILE"] == f"{CREDENTIALS_DIR}/{c.TOKEN_KEY}"
-    assert env["SCAPGUARD_RESULTS_CA_FILE"] == "/var/run/scapguard-ca/ca.crt"
+    assert env["SCAPGUARD_RESULTS_CA_FILE"] == "/var/run/scapguard-ca/service-ca.crt"
     assert "REGISTRY_AUTH_FILE" not in env
     labels = job["metadata"]["labels"]
     assert labels[c.SCAN_UID_LABEL] == "uid-1" and labels[c.COMPONENT_LABEL] == "scanner"

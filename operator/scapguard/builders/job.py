@@ -23,7 +23,8 @@ CREDENTIALS_DIR: Final = "/var/run/scapguard"
 CA_DIR: Final = "/var/run/scapguard-ca"
 # Where the scanner looks for ConfigMap-provided content: CONTENT_DIR/<configmap>/<key>.
 CONTENT_DIR: Final = "/var/run/scapguard-content"
-CA_KEY: Final = "ca.crt"
+# The key OpenShift's service CA operator injects into an annotated ConfigMap.
+CA_KEY: Final = "service-ca.crt"
 SCRATCH_DIR: Final = "/scratch"
 READ_ONLY_FILE_MODE: Final = 0o444
 DEFAULT_RESOURCES: Final[Mapping[str, Any]] = {

@@ -68,7 +68,7 @@ class OperatorProcess:
         self._kubectl("apply", "-f", str(deploy / "rbac"))
         cm = self.cluster.kubectl(
             "-n", self.namespace, "create", "configmap", RESULTS_CA_CONFIGMAP,
-            f"--from-file=ca.crt={self.cluster.ca.cert_path}", "--dry-run=client", "-o", "yaml",
+            f"--from-file=service-ca.crt={self.cluster.ca.cert_path}", "--dry-run=client", "-o", "yaml",
         )  # fmt: skip
         self._kubectl("apply", "-f", "-", input_text=cm.stdout)
         self.results_cert = self.cluster.ca.issue(
