@@ -53,8 +53,9 @@ def test_vulnerable_image_has_exactly_the_expected_findings(
     assert run.result.os is not None and run.result.os.family in {"debian", "rhel"}
     assert run.result.vulnerabilities.content.source == "file"
     assert run.result.vulnerabilities.content.version == "2024-06-01T00:00:00"
-    # failOn high (the default policy): a high/critical finding fails, unknown alone does not.
-    fails = any(severities[c] in {"high", "critical"} for c in want)
+    # The default policy (failOn high, failOnUnknown true): a high, critical or unknown finding
+    # fails, so the Debian image (its feed gives no severity) fails too.
+    fails = any(severities[c] in {"high", "critical", "unknown"} for c in want)
     assert run.returncode == (1 if fails else 0), run.stdout + run.stderr
     assert b"<html" in (run.output_dir / "report.html").read_bytes()[:1000]
     assert list(run.work_dir.iterdir()) == []  # the pulled image and the tree are gone

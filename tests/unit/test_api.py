@@ -15,6 +15,7 @@ from scapguard.api.evaluation import evaluate
 from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
 from scapguard.api.naming import digest_label, job_name, scan_name
 from scapguard.api.policy import LabelSelector, SelectorRequirement, parse_policy_spec
+from scapguard.api.summary import result_status
 from scapguard.testing import digest, scan_result
 
 NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
@@ -29,6 +30,7 @@ def test_policy_defaults() -> None:
         "Allow",
     )
     assert spec.tags == ("*",) and spec.keep == 3 and spec.vulnerabilities.enabled
+    assert spec.fail_on_unknown is True
     assert spec.scanner.timeout_seconds == 900 and spec.scanner.retries == 2
 
 
@@ -36,6 +38,7 @@ def test_policy_defaults() -> None:
     ("spec", "field"),
     [
         ({"failOn": "severe"}, "spec.failOn"),
+        ({"failOnUnknown": "yes"}, "spec.failOnUnknown"),
         ({"schedule": "61 * * * *"}, "spec.schedule"),
         (
             {
@@ -85,6 +88,9 @@ def test_hashes_separate_content_from_judgement() -> None:
     compliance = parse_policy_spec({"compliance": {"enabled": True}})
     assert base.content_hash() == stricter.content_hash() != compliance.content_hash()
     assert base.evaluation_hash(NOW) != stricter.evaluation_hash(NOW)
+    lenient = parse_policy_spec({"failOn": "high", "failOnUnknown": False})
+    assert base.content_hash() == lenient.content_hash()
+    assert base.evaluation_hash(NOW) != lenient.evaluation_hash(NOW)
     expiring = parse_policy_spec(
         {"exceptions": [{"id": "CVE-1", "reason": "r", "expires": "2026-03-01"}]}
     )
@@ -145,21 +151,62 @@ def test_evaluation_thresholds_and_exceptions() -> None:
         [("rule_x", "medium", "fail"), ("rule_y", "high", "pass")],
     )
     high = evaluate(result, parse_policy_spec({"failOn": "high"}), NOW)
-    assert (high.result, high.failing_vulnerabilities) == ("Fail", ("CVE-A",))
+    assert (high.result, high.failing_vulnerabilities) == ("Fail", ("CVE-A", "CVE-C"))
     assert high.failing_rules == () and high.reason == "VulnerabilitiesFound"
     medium = evaluate(result, parse_policy_spec({"failOn": "medium", "failOnRules": "medium"}), NOW)
-    assert medium.failing_vulnerabilities == ("CVE-A", "CVE-B")
+    assert medium.failing_vulnerabilities == ("CVE-A", "CVE-B", "CVE-C")
     assert medium.failing_rules == ("rule_x",)
     assert evaluate(result, parse_policy_spec({"failOn": "none"}), NOW).result == "Pass"
     excepted = parse_policy_spec(
-        {"exceptions": [{"id": "CVE-A", "reason": "r", "expires": "2026-03-01"}]}
+        {
+            "exceptions": [
+                {"id": "CVE-A", "reason": "r", "expires": "2026-03-01"},
+                {"id": "CVE-C", "reason": "r"},
+            ]
+        }
     )
     verdict = evaluate(result, excepted, NOW)
-    assert (verdict.result, verdict.excepted) == ("Pass", ("CVE-A",))
+    assert (verdict.result, verdict.excepted) == ("Pass", ("CVE-A", "CVE-C"))
     expired = evaluate(result, excepted, NOW + dt.timedelta(days=1))
     assert expired.result == "Fail", "an exception lapses after its expiry day"
     # The dict form of the hand-off works the same.
     assert evaluate(result.to_dict(), parse_policy_spec({}), NOW) == high
+
+
+def test_findings_of_unknown_severity_fail_unless_the_policy_says_otherwise() -> None:
+    """Debian's OVAL gives no severity: an image with fixable CVEs must not show Pass."""
+    debian = scan_result(digest(1), [("CVE-D1", "unknown"), ("CVE-D2", "unknown")])
+    verdict = evaluate(debian, parse_policy_spec({}), NOW)
+    assert (verdict.result, verdict.reason) == ("Fail", "VulnerabilitiesFound")
+    assert verdict.failing_vulnerabilities == ("CVE-D1", "CVE-D2")
+    assert verdict.unknown_vulnerabilities == ("CVE-D1", "CVE-D2")
+    assert "unknown severity" in verdict.message and "failOnUnknown" in verdict.message
+    assert evaluate(debian, parse_policy_spec({"failOn": "critical"}), NOW).result == "Fail"
+    lenient = parse_policy_spec({"failOnUnknown": False})
+    assert evaluate(debian, lenient, NOW).result == "Pass"
+    assert evaluate(debian, parse_policy_spec({"failOn": "none"}), NOW).result == "Pass"
+    mixed = scan_result(digest(1), [("CVE-H", "high"), ("CVE-U", "unknown"), ("CVE-L", "low")])
+    both = evaluate(mixed, parse_policy_spec({}), NOW)
+    assert both.failing_vulnerabilities == ("CVE-H", "CVE-U")
+    assert "at or above high or of unknown severity (1" in both.message
+    assert evaluate(mixed, lenient, NOW).failing_vulnerabilities == ("CVE-H",)
+
+
+def test_rules_ending_in_error_fail_unless_failonrules_none() -> None:
+    result = scan_result(
+        digest(1),
+        [],
+        [("rule_e", "low", "error"), ("rule_u", "high", "unknown"), ("rule_p", "high", "pass")],
+    )
+    verdict = evaluate(result, parse_policy_spec({}), NOW)
+    assert (verdict.result, verdict.reason) == ("Fail", "RulesFailed")
+    assert verdict.failing_rules == verdict.errored_rules == ("rule_e",)
+    assert verdict.message == "1 selected rules ended in error"
+    assert result_status(result)["compliance"]["error"] == 1
+    assert evaluate(result, parse_policy_spec({"failOnRules": "none"}), NOW).result == "Pass"
+    excepted = parse_policy_spec({"exceptions": [{"id": "rule_e", "reason": "known probe gap"}]})
+    assert evaluate(result, excepted, NOW).excepted == ("rule_e",)
+    assert evaluate(result, excepted, NOW).result == "Pass"
 
 
 def test_error_result_evaluates_to_error_with_its_reason() -> None:

@@ -16,6 +16,7 @@ from scapguard.builders.job import (
     ScanJobInput,
     build_scan_job,
     build_scan_secret,
+    ignored_scanner_fields,
 )
 from scapguard.testing import digest
 
@@ -65,7 +66,6 @@ def test_job_pod_is_hardened_and_tokenless() -> None:
     assert container["command"] == ["scapguard-scan"]
     assert container["args"][0] == f"r/x@{digest(1)}"
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}} in pod["volumes"]
-    assert pod["nodeSelector"] == {"pool": "scan"}
     assert container["resources"] == {"limits": {"memory": "1Gi"}}
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["SCAPGUARD_RESULTS_URL"] == (
@@ -78,6 +78,34 @@ def test_job_pod_is_hardened_and_tokenless() -> None:
     labels = job["metadata"]["labels"]
     assert labels[c.SCAN_UID_LABEL] == "uid-1" and labels[c.COMPONENT_LABEL] == "scanner"
     assert "ownerReferences" not in job["metadata"], "no cross-namespace owner"
+
+
+def test_scanner_image_and_placement_only_from_the_operator_namespace() -> None:
+    """The scanner pod holds the scan's results token: a tenant's policy must not pick it."""
+    policy = parse_policy_spec(
+        {
+            "scanner": {
+                "image": "evil.example/scanner:1",
+                "nodeSelector": {"pool": "scan"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+            }
+        }
+    )
+    tenant = build_scan_job(job_input(policy=policy))["spec"]["template"]["spec"]
+    assert tenant["containers"][0]["image"] == "quay.io/scapguard/scanner:0.1.0"
+    assert "nodeSelector" not in tenant and "tolerations" not in tenant
+    assert ignored_scanner_fields(policy, "apps", "scapguard-system") == (
+        "spec.scanner.image",
+        "spec.scanner.nodeSelector",
+        "spec.scanner.tolerations",
+    )
+    admin_input = job_input(policy=policy, scan_namespace="scapguard-system")
+    admin = build_scan_job(admin_input)["spec"]["template"]["spec"]
+    assert admin["containers"][0]["image"] == "evil.example/scanner:1"
+    assert admin["nodeSelector"] == {"pool": "scan"}
+    assert admin["tolerations"] == [{"key": "k", "operator": "Exists"}]
+    assert ignored_scanner_fields(policy, "scapguard-system", "scapguard-system") == ()
+    assert ignored_scanner_fields(parse_policy_spec({}), "apps", "scapguard-system") == ()
 
 
 def test_secret_carries_token_policy_and_registry_auth() -> None:

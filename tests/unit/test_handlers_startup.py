@@ -10,6 +10,11 @@ import urllib.request
 import kopf
 import pytest
 
+from scapguard.api.constants import (
+    KOPF_STORAGE_PREFIX,
+    RESCAN_ANNOTATION,
+    RESULT_RECEIVED_ANNOTATION,
+)
 from scapguard.handlers import startup
 from scapguard.handlers.context import MEMO_KEY, in_scope
 from scapguard.k8s.fake import FakeKube
@@ -74,3 +79,37 @@ def test_bad_setting_stops_the_operator_naming_the_variable(
         asyncio.run(
             startup.start_operator(kopf.OperatorSettings(), kopf.Memo(), logging.getLogger("test"))
         )
+
+
+def test_scapguard_annotations_reach_update_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf leaves out of its diff every annotation under a prefix marked ``kopf-managed``:
+    its own storage must not use scapguard.io, or rescans and result pokes go unnoticed."""
+    monkeypatch.setenv("SCAPGUARD_NAMESPACE", "scapguard")
+    monkeypatch.setenv("SCAPGUARD_RESULTS_BIND", "127.0.0.1")
+    monkeypatch.setenv("SCAPGUARD_RESULTS_PORT", str(free_port()))
+    monkeypatch.setenv("SCAPGUARD_METRICS_PORT", "0")
+    monkeypatch.setattr(startup, "load_client", FakeKube)
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo()
+    logger = logging.getLogger("test")
+
+    async def run() -> None:
+        await startup.start_operator(settings, memo, logger)
+        await startup.stop_operator(memo, logger)
+
+    asyncio.run(run())
+    storage = settings.persistence.diffbase_storage
+    ours = {RESCAN_ANNOTATION: "2", RESULT_RECEIVED_ANNOTATION: "1.1"}
+    body = kopf.Body(
+        {
+            "apiVersion": "scapguard.io/v1alpha1",
+            "kind": "ImageScan",
+            "metadata": {
+                "name": "s",
+                "annotations": {**ours, f"{KOPF_STORAGE_PREFIX}/kopf-managed": "yes"},
+            },
+            "spec": {"image": "r/a@sha256:" + "0" * 64, "policy": "p"},
+        }
+    )
+    essence = storage.build(body=body)
+    assert essence["metadata"]["annotations"] == ours

@@ -234,3 +234,34 @@ def test_concurrent_stream_events_keep_every_tag() -> None:
         ("mirror", "stable"),
         ("x", "y"),
     }
+
+
+def test_only_policies_in_the_operator_namespace_choose_the_scanner_image() -> None:
+    h = harness()
+    operator_ns = h.ctx.settings.namespace
+    scanner = {"image": "evil.example/scanner:1", "nodeSelector": {"pool": "scan"}}
+    add_policy(h, scanner=scanner)
+    add_policy(h, "admin", operator_ns, scanner=scanner)
+    add_stream(h, "app", "apps", {"latest": [digest(1)]})
+    add_stream(h, "app", operator_ns, {"latest": [digest(2)]})
+    for namespace, name in (("apps", "default"), (operator_ns, "admin")):
+        reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, name, namespace))
+    for scan in h.kube.list(IMAGESCAN):
+        reconcile_imagescan(h.ctx, scan)
+    pods = {
+        job["spec"]["template"]["spec"]["containers"][0]["args"][0].split("@")[1]: job["spec"][
+            "template"
+        ]["spec"]
+        for job in jobs(h)
+    }
+    tenant, admin = pods[digest(1)], pods[digest(2)]
+    assert tenant["containers"][0]["image"] == h.ctx.settings.scanner_image
+    assert "nodeSelector" not in tenant
+    assert admin["containers"][0]["image"] == "evil.example/scanner:1"
+    assert admin["nodeSelector"] == {"pool": "scan"}
+    reconcile_scanpolicy(h.ctx, policy(h))
+    (ready,) = policy(h)["status"]["conditions"]
+    assert ready["status"] == "True"
+    assert "spec.scanner.image, spec.scanner.nodeSelector ignored" in ready["message"]
+    (admin_ready,) = h.kube.get(SCANPOLICY, "admin", operator_ns)["status"]["conditions"]
+    assert "spec.scanner" not in admin_ready["message"]

@@ -119,6 +119,34 @@ def test_crash_between_job_creation_and_status_write_adopts_the_job() -> None:
     assert status["attempts"] == 1 and status["state"] == "Running"
 
 
+def test_result_posted_before_the_restarted_operator_adopts_the_job_is_not_rerun() -> None:
+    """Killed after creating the Job, before recording it: the restarted operator's results
+    endpoint takes the pod's post first; a queue pump before the scan's reconcile must not
+    start a second attempt of a scan that already has its result."""
+    h = harness()
+    add_policy(h)
+    add_stream(h, "app", "apps", {"latest": [digest(8)]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    name = scan["metadata"]["name"]
+
+    def crash_on_attempt_record(verb: str, kind: Kind, body: Obj) -> None:
+        if verb == "patch_status" and (body.get("status") or {}).get("attempts") == 1:
+            raise Conflict(409, "Conflict", "simulated crash before the status write")
+
+    h.kube.before_write = crash_on_attempt_record
+    reconcile_imagescan(h.ctx, scan)
+    h.kube.before_write = None
+    (job,) = jobs(h)
+    assert post(h, job["metadata"]["name"], scan_result(digest(8))).status == 200
+    pump_queue(h.ctx)  # another scan's handler, before this scan's reconcile
+    assert len(h.kube.created("jobs")) == 1
+    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, name, "apps"))
+    status = h.kube.get(IMAGESCAN, name, "apps")["status"]
+    assert status["state"] == "Completed" and status["result"] == "Pass"
+    assert len(h.kube.created("jobs")) == 1
+
+
 def test_failed_attempts_retry_with_backoff_then_error_and_on_error_deny() -> None:
     h = harness()
     add_policy(h, action="Enforce", onError="Deny", scanner={"retries": 2})

@@ -18,10 +18,13 @@ import pytest
 
 from scapguard.devcluster.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 from scapguard.results.model import ErrorReason, OSInfo
+from scapguard.results.oval import OvalResults, ProbeError, parse_oval_results
 from scapguard.scanner import cli, content, osdetect, sandbox, unpack
-from scapguard.scanner.contain import canonical_target, contain_tree
+from scapguard.scanner.contain import ContainmentError, canonical_target, contain_tree
+from scapguard.scanner.contain import main as contain_main
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.oscap import write_apt_config
+from scapguard.scanner.pipeline import oval_failure
 from scapguard.scanner.pull import PulledImage, split_reference
 
 OVAL_NS = "http://oval.mitre.org/XMLSchema/oval-definitions-5"
@@ -65,6 +68,75 @@ def test_contain_tree_rewrites_only_what_escapes(tmp_path: Path) -> None:
     assert os.readlink(root / "etc/passwd") == "shadow-of-the-host"  # /etc/... in the tree
     assert os.readlink(root / "etc/escape") == "../tmp"
     assert contain_tree(root) == 0
+
+
+def test_a_directory_that_cannot_be_listed_stops_the_containment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rootless unpack cannot list a mode 0111 directory: its links must not go unchecked.
+
+    The tests run as root, which lists any directory, so the refusal is simulated.
+    """
+    root = tmp_path / "rootfs"
+    (root / "var/locked").mkdir(parents=True)
+    (root / "var/locked/passwd").symlink_to("/etc/passwd")
+    real_scandir = os.scandir
+    locked = os.fspath(root / "var/locked")
+
+    def scandir(path: Any) -> Any:
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ContainmentError, match=r"cannot list /var/locked in the image"):
+        contain_tree(root)
+    assert contain_main([str(root)]) == 1
+    assert "/var/locked" in capsys.readouterr().err
+
+
+# -- OVAL errors ------------------------------------------------------------------------------
+
+OVAL_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "oval"
+
+
+def test_a_vulnerability_definition_in_error_fails_the_scan(tmp_path: Path) -> None:
+    text = (OVAL_FIXTURES / "debian-results.xml").read_text(encoding="utf-8")
+    # The package database was read; only definition 101 (expat) evaluated to error.
+    object_error = (
+        '<object id="oval:org.debian:obj:3" version="1" flag="error">\n'
+        '            <message level="error">dpkginfo_init has failed</message></object>'
+    )
+    assert object_error in text
+    results = tmp_path / "results.xml"
+    results.write_text(text.replace(object_error, ""), encoding="utf-8")
+    parsed = parse_oval_results(results)
+    assert [f.id for f in parsed.findings] == ["CVE-2024-0100"]
+    failure = oval_failure(parsed)
+    assert failure is not None and failure.reason == ErrorReason.PROBE_FAILED
+    assert "oval:org.debian:def:101" in failure.message
+    # A package database oscap could not read is named first, as before.
+    original = oval_failure(parse_oval_results(OVAL_FIXTURES / "debian-results.xml"))
+    assert original is not None and "dpkginfo_init has failed" in original.message
+
+
+def test_definition_errors_are_named_a_few_at_most() -> None:
+    errors = tuple(
+        ProbeError("definition", f"oval:x:def:{i}", "result error", "vulnerability")
+        for i in range(5)
+    )
+    cause = ProbeError("textfilecontent54_object", "oval:x:obj:9", "read failed")
+    inventory = ProbeError("definition", "oval:x:def:99", "result error", "inventory")
+    parsed = OvalResults((), False, 6, (*errors, inventory, cause))
+    failure = oval_failure(parsed)
+    assert failure is not None
+    assert failure.message == (
+        "5 OVAL vulnerability definitions evaluated to error: oval:x:def:0, oval:x:def:1, "
+        "oval:x:def:2 and 2 more (first probe error: textfilecontent54_object oval:x:obj:9: "
+        "read failed)"
+    )
+    assert oval_failure(OvalResults((), False, 1, (inventory,))) is None
+    assert oval_failure(OvalResults((), False, 1)) is None
 
 
 # -- OS detection -----------------------------------------------------------------------------

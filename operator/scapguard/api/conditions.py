@@ -45,6 +45,7 @@ class Reason:
     REPORT_ONLY: Final = "ReportOnly"
     DENIED_BY_PERSON: Final = "DeniedByPerson"
     IMAGE_NOT_FOUND: Final = "ImageNotFound"
+    STORED_RESULT_TAMPERED: Final = "StoredResultTampered"
     # Policies.
     RECONCILED: Final = "Reconciled"
     RESCAN_REQUESTED: Final = "RescanRequested"

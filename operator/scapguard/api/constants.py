@@ -20,6 +20,10 @@ IMAGESTREAM_PLURAL: Final = "imagestreams"
 IMAGE_PLURAL: Final = "images"
 
 PREFIX: Final = "scapguard.io"
+# kopf's own annotations (progress, last-handled configuration, its "kopf-managed" marker).
+# Not PREFIX: kopf drops every annotation under a prefix that carries its marker from the diff
+# it runs update handlers on, so scapguard.io/rescan and the result poke would go unnoticed.
+KOPF_STORAGE_PREFIX: Final = f"kopf.{PREFIX}"
 
 # Annotations a person (or the operator) sets to ask for a rescan; any new value rescans.
 RESCAN_ANNOTATION: Final = f"{PREFIX}/rescan"

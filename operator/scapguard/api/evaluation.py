@@ -1,4 +1,8 @@
-"""Pass/Fail from a scan result and a policy: failOn, failOnRules, unexpired exceptions.
+"""Pass/Fail from a scan result and a policy: failOn, failOnUnknown, failOnRules, exceptions.
+
+A finding of ``unknown`` severity (the feed gives none: every Debian finding) fails unless the
+policy says ``failOnUnknown: false`` or ``failOn: none``. A selected XCCDF rule that ended in
+``error`` fails unless ``failOnRules: none``: a rule oscap could not judge is not a pass.
 
 ``result`` is a ``scapguard.results.model.ScanResult`` or its ``to_dict()`` form (the JSON
 hand-off in docs/api-contracts.md); only the documented fields are read.
@@ -18,9 +22,11 @@ PASS: Final = "Pass"  # noqa: S105 -- a scan result, not a password
 FAIL: Final = "Fail"
 ERROR: Final = "Error"
 
-# Higher is worse; "unknown" never fails a policy on its own.
+# Higher is worse. "unknown" ranks lowest for sorting; whether it fails is failOnUnknown's call.
 SEVERITY_RANK: Final = {"none": 0, "unknown": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+UNKNOWN: Final = "unknown"
 FAILED_RULE_RESULTS: Final = frozenset({"fail"})
+ERRORED_RULE_RESULTS: Final = frozenset({"error"})
 
 
 @runtime_checkable
@@ -37,9 +43,11 @@ class Verdict:
     reason: str
     message: str
     failing_vulnerabilities: tuple[str, ...] = ()
-    failing_rules: tuple[str, ...] = ()
+    failing_rules: tuple[str, ...] = ()  # failed rules and, among them, errored_rules
     excepted: tuple[str, ...] = ()
     error_reason: str | None = None
+    unknown_vulnerabilities: tuple[str, ...] = ()  # the failing ones of unknown severity
+    errored_rules: tuple[str, ...] = ()
 
     @property
     def compliant(self) -> bool:
@@ -78,33 +86,51 @@ def evaluate(result: ResultLike, policy_spec: ScanPolicySpec, now: dt.datetime) 
     excepted: set[str] = set()
 
     vuln_limit = _threshold(policy_spec.fail_on)
+    unknown_fails = policy_spec.fail_on_unknown and policy_spec.fail_on != "none"
     failing_vulns: list[str] = []
+    unknown_vulns: list[str] = []
     vulns = doc.get("vulnerabilities")
     for finding in _seq(vulns.get("findings") if isinstance(vulns, Mapping) else None):
         ident = str(finding.get("id", ""))
-        if SEVERITY_RANK.get(str(finding.get("severity")), 0) < vuln_limit:
+        severity = str(finding.get("severity"))
+        unknown = severity not in SEVERITY_RANK or severity == UNKNOWN
+        if unknown and not unknown_fails:
+            continue
+        if not unknown and SEVERITY_RANK[severity] < vuln_limit:
             continue
         if ident in active:
             excepted.add(ident)
             continue
         failing_vulns.append(ident)
+        if unknown:
+            unknown_vulns.append(ident)
 
     rule_limit = _threshold(policy_spec.fail_on_rules)
+    errors_fail = policy_spec.fail_on_rules != "none"
     failing_rules: list[str] = []
+    errored_rules: list[str] = []
     comp = doc.get("compliance")
     for rule in _seq(comp.get("rules") if isinstance(comp, Mapping) else None):
-        if rule.get("result") not in FAILED_RULE_RESULTS:
+        outcome = rule.get("result")
+        errored = outcome in ERRORED_RULE_RESULTS
+        if not errored and outcome not in FAILED_RULE_RESULTS:
             continue
         ident = str(rule.get("id", ""))
-        if SEVERITY_RANK.get(str(rule.get("severity")), 0) < rule_limit:
+        if errored and not errors_fail:
+            continue
+        if not errored and SEVERITY_RANK.get(str(rule.get("severity")), 0) < rule_limit:
             continue
         if ident in active:
             excepted.add(ident)
             continue
         failing_rules.append(ident)
+        if errored:
+            errored_rules.append(ident)
 
     vulns_out = tuple(sorted(set(failing_vulns)))
     rules_out = tuple(sorted(set(failing_rules)))
+    unknown_out = tuple(sorted(set(unknown_vulns)))
+    errored_out = tuple(sorted(set(errored_rules)))
     if vulns_out and rules_out:
         reason = Reason.VULNERABILITIES_AND_RULES
     elif vulns_out:
@@ -116,22 +142,39 @@ def evaluate(result: ResultLike, policy_spec: ScanPolicySpec, now: dt.datetime) 
     return Verdict(
         result=FAIL if vulns_out or rules_out else PASS,
         reason=reason,
-        message=_message(vulns_out, rules_out, policy_spec, len(excepted)),
+        message=_message(
+            vulns_out, rules_out, policy_spec, len(excepted), len(unknown_out), len(errored_out)
+        ),
         failing_vulnerabilities=vulns_out,
         failing_rules=rules_out,
         excepted=tuple(sorted(excepted)),
+        unknown_vulnerabilities=unknown_out,
+        errored_rules=errored_out,
     )
 
 
 def _message(
-    vulns: tuple[str, ...], rules: tuple[str, ...], spec: ScanPolicySpec, excepted: int
+    vulns: tuple[str, ...],
+    rules: tuple[str, ...],
+    spec: ScanPolicySpec,
+    excepted: int,
+    unknown: int,
+    errored: int,
 ) -> str:
     parts: list[str] = []
     if vulns:
         shown = ", ".join(vulns[:5]) + (", ..." if len(vulns) > 5 else "")
-        parts.append(f"{len(vulns)} vulnerabilities at or above {spec.fail_on} ({shown})")
-    if rules:
-        parts.append(f"{len(rules)} failed rules at or above {spec.fail_on_rules}")
+        where = f"at or above {spec.fail_on}"
+        if unknown == len(vulns):
+            where = "of unknown severity (failOnUnknown)"
+        elif unknown:
+            where += f" or of unknown severity ({unknown}, failOnUnknown)"
+        parts.append(f"{len(vulns)} vulnerabilities {where} ({shown})")
+    failed = len(rules) - errored
+    if failed:
+        parts.append(f"{failed} failed rules at or above {spec.fail_on_rules}")
+    if errored:
+        parts.append(f"{errored} selected rules ended in error")
     text = "; ".join(parts) if parts else "no finding fails the policy"
     if excepted:
         text += f"; {excepted} accepted by exceptions"

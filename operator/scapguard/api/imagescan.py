@@ -21,6 +21,7 @@ COMPLETED: Final = "Completed"
 
 IMAGE_BY_DIGEST = re.compile(r"[^@\s]+@(sha256:[0-9a-f]{64})")
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ class ScanProgress:
     denied: bool
     finished_at: dt.datetime | None
     state: str | None = None
+    # sha256 (hex) of the stored result's gzip blob, recorded at ingest: the ConfigMap it lives
+    # in is editable by namespace users, the status is not.
+    result_sha256: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -202,6 +206,8 @@ def read_progress(status: Mapping[str, Any] | None) -> ScanProgress:
             finished_at=_str(last.get("finishedAt")),
         )
     result = _str(data.get("result"))
+    report = data.get("report")
+    sha = _str(report.get("resultSha256")) if isinstance(report, Mapping) else None
     return ScanProgress(
         request=request,
         attempts=_int(data.get("attempts")),
@@ -214,4 +220,5 @@ def read_progress(status: Mapping[str, Any] | None) -> ScanProgress:
         denied=data.get("denied") is True,
         finished_at=parse_time(data.get("finishedAt")),
         state=_str(data.get("state")),
+        result_sha256=sha if sha is not None and _SHA256.fullmatch(sha) else None,
     )

@@ -118,6 +118,8 @@ class ScanPolicySpec:
     compliance: Compliance = field(default_factory=Compliance)
     fail_on: str = "high"
     fail_on_rules: str = "high"
+    # Findings whose severity the feed does not give (all of Debian's) fail unless this is False.
+    fail_on_unknown: bool = True
     exceptions: tuple[PolicyException, ...] = ()
     action: str = "Report"
     on_error: str = "Allow"
@@ -144,6 +146,7 @@ class ScanPolicySpec:
             {
                 "failOn": self.fail_on,
                 "failOnRules": self.fail_on_rules,
+                "failOnUnknown": self.fail_on_unknown,
                 "exceptions": active,
                 "action": self.action,
                 "onError": self.on_error,
@@ -174,6 +177,7 @@ def parse_policy_spec(spec: object) -> ScanPolicySpec:
         compliance=_compliance(data.get("compliance")),
         fail_on=f.enum(data, "failOn", "spec", FAIL_ON, "high"),
         fail_on_rules=f.enum(data, "failOnRules", "spec", FAIL_ON_RULES, "high"),
+        fail_on_unknown=f.opt_bool(data, "failOnUnknown", "spec", True),
         exceptions=_exceptions(data.get("exceptions")),
         action=f.enum(data, "action", "spec", ACTIONS, "Report"),
         on_error=f.enum(data, "onError", "spec", ON_ERROR, "Allow"),

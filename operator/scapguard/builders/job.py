@@ -5,6 +5,12 @@ Job cannot have the ImageScan as owner (cross-namespace owner references are inv
 carries the scan's uid as a label and its namespace/name as annotations; the operator deletes it
 once the attempt is recorded, ``ttlSecondsAfterFinished`` is a backstop, and a sweep deletes Jobs
 whose ImageScan is gone. The Secret is owned by the Job (same namespace) and goes with it.
+
+The scanner pod runs in the operator's namespace holding the scan's results token, so whoever
+picks its image can post any result for any digest. ``spec.scanner.image`` (and the pod's
+placement, ``nodeSelector`` and ``tolerations``) are therefore honoured only for policies in the
+operator's own namespace, which only cluster admins write; elsewhere the operator's configured
+scanner image runs and the ScanPolicy's Ready message names the ignored fields.
 """
 
 from __future__ import annotations
@@ -60,6 +66,22 @@ class ScanJobInput:
     # (configmap, key) pairs, in the order the policy names them.
     content_refs: tuple[tuple[str, str], ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def ignored_scanner_fields(
+    policy: ScanPolicySpec, policy_namespace: str, operator_namespace: str
+) -> tuple[str, ...]:
+    """The admin-only ``spec.scanner`` fields ``policy`` sets that its scan Jobs do not honour
+    (all of them, unless the policy lives in the operator's namespace)."""
+    if policy_namespace == operator_namespace:
+        return ()
+    scanner = policy.scanner
+    set_fields = (
+        ("image", scanner.image is not None),
+        ("nodeSelector", bool(scanner.node_selector)),
+        ("tolerations", bool(scanner.tolerations)),
+    )
+    return tuple(f"spec.scanner.{name}" for name, is_set in set_fields if is_set)
 
 
 def job_labels(inp: ScanJobInput) -> dict[str, str]:
@@ -177,6 +199,8 @@ def _env(inp: ScanJobInput) -> list[dict[str, str]]:
 
 def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
     scanner = inp.policy.scanner
+    # A scan's policy lives in the scan's namespace.
+    admin_policy = inp.scan_namespace == inp.namespace
     volumes: list[dict[str, Any]] = [
         {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH_SIZE_LIMIT}},
         {
@@ -219,7 +243,7 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         "containers": [
             {
                 "name": CONTAINER_NAME,
-                "image": scanner.image or inp.scanner_image,
+                "image": (scanner.image if admin_policy else None) or inp.scanner_image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": [SCANNER_COMMAND],
                 "args": [inp.image, "--policy-file", f"{CREDENTIALS_DIR}/{c.POLICY_KEY}"],
@@ -236,9 +260,9 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         pod_spec["serviceAccountName"] = inp.service_account
     if inp.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in inp.image_pull_secrets]
-    if scanner.node_selector:
+    if admin_policy and scanner.node_selector:
         pod_spec["nodeSelector"] = dict(scanner.node_selector)
-    if scanner.tolerations:
+    if admin_policy and scanner.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in scanner.tolerations]
     return {
         "apiVersion": "batch/v1",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from scapguard.builders.admission import NAMESPACE_NAME_LABEL, webhook_configuration
+from scapguard.builders.job import CA_KEY
 from scapguard.devcluster.binaries import repo_root
 from scapguard.devcluster.cluster import ClusterError, DevCluster, free_port
 
@@ -66,9 +67,10 @@ class OperatorProcess:
         if existing.returncode != 0:
             self._kubectl("create", "namespace", self.namespace)
         self._kubectl("apply", "-f", str(deploy / "rbac"))
+        ca_file = f"--from-file={CA_KEY}={self.cluster.ca.cert_path}"
         cm = self.cluster.kubectl(
-            "-n", self.namespace, "create", "configmap", RESULTS_CA_CONFIGMAP,
-            f"--from-file=service-ca.crt={self.cluster.ca.cert_path}", "--dry-run=client", "-o", "yaml",
+            "-n", self.namespace, "create", "configmap", RESULTS_CA_CONFIGMAP, ca_file,
+            "--dry-run=client", "-o", "yaml",
         )  # fmt: skip
         self._kubectl("apply", "-f", "-", input_text=cm.stdout)
         self.results_cert = self.cluster.ca.issue(

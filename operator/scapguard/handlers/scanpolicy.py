@@ -7,11 +7,15 @@ from typing import Any, Final
 import kopf
 
 from scapguard.api.constants import GROUP, SCANPOLICY_PLURAL, VERSION
-from scapguard.handlers.context import conflict_retry, context, finish, in_scope
+from scapguard.handlers.context import Logger, conflict_retry, context, finish, in_scope
 from scapguard.k8s.api import Conflict
+from scapguard.reconcile.enforcement import repair_denies
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 
 TIMER_INTERVAL: Final = 30.0
+# Orphaned denies (an ImageScan deletion the operator missed). Any policy's timer will do: the
+# repair itself runs at most once per interval per process, only in the active replica.
+DENY_REPAIR_INTERVAL: Final = 300.0
 
 
 @kopf.on.resume(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
@@ -30,3 +34,17 @@ def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
         reconcile_scanpolicy(context(memo), dict(body))
     except Conflict as exc:
         raise conflict_retry(exc) from exc
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    SCANPOLICY_PLURAL,
+    interval=DENY_REPAIR_INTERVAL,
+    initial_delay=TIMER_INTERVAL,
+    when=in_scope,
+)
+def repair_orphaned_denies(memo: Any, logger: Logger, **_: Any) -> None:
+    lifted = repair_denies(context(memo))
+    if lifted:
+        logger.info("lifted %s deny-execution annotations no ImageScan wants", lifted)

@@ -11,7 +11,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import start_http_server
 
-from scapguard.api.constants import PREFIX
+from scapguard.api.constants import KOPF_STORAGE_PREFIX, PREFIX
 from scapguard.config import Settings, SettingsError
 from scapguard.handlers.admission import AdmissionOptions, configure_admission
 from scapguard.handlers.context import MEMO_KEY, Logger
@@ -38,9 +38,11 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
     except SettingsError as exc:
         raise kopf.PermanentError(f"invalid setting {exc}") from exc
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=KOPF_STORAGE_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
+        prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = config.max_workers

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from scapguard.builders.events import build_event
 from scapguard.config import Settings
@@ -17,6 +17,8 @@ from scapguard.k8s.api import EVENT, Kube, KubeError
 from scapguard.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+DENY_REPAIR_SECONDS: Final = 240.0  # at most one re-judging of all marked Images this often
 
 
 def utcnow() -> dt.datetime:
@@ -55,6 +57,7 @@ class OperatorContext:
     # Serialises queue admission so the concurrency limits hold (one active replica: peering).
     admission_lock: threading.Lock = field(default_factory=threading.Lock)
     sweep_throttle: Throttle = field(default_factory=lambda: Throttle(60.0))
+    deny_repair_throttle: Throttle = field(default_factory=lambda: Throttle(DENY_REPAIR_SECONDS))
 
     def now(self) -> dt.datetime:
         return self.clock()

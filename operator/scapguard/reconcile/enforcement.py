@@ -13,6 +13,7 @@ from scapguard.api.annotations import (
     enforcement_patch,
     quality_annotation,
 )
+from scapguard.api.conditions import Reason
 from scapguard.api.naming import digest_label
 from scapguard.k8s.api import IMAGE, IMAGESCAN, NotFound, Obj, annotations_of, name_of, namespace_of
 from scapguard.reconcile.context import OperatorContext
@@ -116,6 +117,34 @@ def enforce_digest(
     if newly:
         _announce_denial(ctx, image, denying, denied_by)
     return result
+
+
+def repair_denies(ctx: OperatorContext) -> int:
+    """Re-judge every Image carrying scapguard's deny marker; return how many denies it lifted.
+
+    The level-based backstop for a missed ImageScan deletion (a failed handler, the operator
+    down): a deny no live scan wants is lifted; a person's (no marker) is never touched. One
+    list of Images, at most once per ``ctx.deny_repair_throttle`` interval.
+    """
+    if not ctx.deny_repair_throttle.ready():
+        return 0
+    lifted = 0
+    for image in ctx.kube.list(IMAGE):
+        if annotations_of(image).get(c.DENY_MARKER_ANNOTATION) != "true":
+            continue
+        try:
+            result = enforce_digest(ctx, name_of(image))
+        except NotFound:
+            continue  # deleted meanwhile
+        if result.lifted:
+            lifted += 1
+            logger.info(
+                "lifted scapguard's deny of Image %s: no ImageScan wants it", name_of(image)
+            )
+            ctx.event(
+                image, "Normal", Reason.DENY_LIFTED, "deny-execution lifted: no ImageScan wants it"
+            )
+    return lifted
 
 
 def _announce_denial(

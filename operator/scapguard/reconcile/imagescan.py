@@ -49,6 +49,7 @@ from scapguard.reconcile.jobs import delete_job, observe_job
 from scapguard.reconcile.queue import pump_queue, queued_fields
 from scapguard.reconcile.status import differs, with_conditions, write_status
 from scapguard.reconcile.verdicts import (
+    UntrustedResult,
     apply_verdict,
     completed_fields,
     conditions_for,
@@ -80,12 +81,9 @@ def reconcile_imagescan(
         policy_obj = ctx.kube.get(SCANPOLICY, spec.policy, namespace_of(scan))
         policy = parse_policy_spec(policy_obj.get("spec"))
     except NotFound:
-        _not_ready(
-            ctx,
-            scan,
-            Reason.POLICY_NOT_FOUND,
-            f"ScanPolicy {namespace_of(scan)}/{spec.policy} not found",
-        )
+        message = f"ScanPolicy {namespace_of(scan)}/{spec.policy} not found"
+        _not_ready(ctx, scan, Reason.POLICY_NOT_FOUND, message)
+        _release_deny(ctx, scan, spec, message)
         return Outcome(retry_after=POLICY_RETRY_SECONDS)
     except SpecError as exc:
         _not_ready(ctx, scan, Reason.INVALID_POLICY, f"ScanPolicy {spec.policy}: {exc}")
@@ -131,6 +129,35 @@ def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> No
     if differs(scan, patch):
         write_status(ctx, scan, patch)
         ctx.event(scan, "Warning", reason, message)
+
+
+def _release_deny(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, message: str) -> None:
+    """No policy, no deny: a scan whose policy is gone (a hand-made one) wants nothing.
+
+    The evaluation is forgotten too, so a policy of that name, if it comes back, judges the
+    stored result again.
+    """
+    status = scan.get("status") or {}
+    if status.get("denied") is not True:
+        return
+    fresh = {**scan, "status": {**status, "denied": False}}
+    enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
+    patch = with_conditions(
+        ctx,
+        scan,
+        {"denied": False, "evaluationHash": None},
+        [
+            (
+                cond.ENFORCED,
+                cond.FALSE,
+                Reason.POLICY_NOT_FOUND,
+                f"{message}: this scan denies nothing",
+            )
+        ],
+    )
+    write_status(ctx, scan, patch)
+    if enforcement.lifted:
+        ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
 
 
 def _new_request(
@@ -299,15 +326,16 @@ def _complete(
     request: ScanRequest,
     outcome: AttemptOutcome,
 ) -> Outcome:
-    doc = load_result(ctx, scan)
+    missing_cm = f"ConfigMap {result_config_map_name(name_of(scan))} is missing"
+    reason, message = "ResultMissing", missing_cm
+    try:
+        doc = load_result(ctx, scan)
+    except UntrustedResult as exc:  # changed since it was posted: this attempt proves nothing
+        doc, reason, message = None, Reason.STORED_RESULT_TAMPERED, str(exc)
+        ctx.event(scan, "Warning", reason, f"{message}; the attempt counts as failed")
     if doc is None:
         missing = AttemptOutcome(
-            outcome.request,
-            outcome.attempt,
-            "Error",
-            "ResultMissing",
-            f"ConfigMap {result_config_map_name(name_of(scan))} is missing",
-            format_time(ctx.now()),
+            outcome.request, outcome.attempt, "Error", reason, message, format_time(ctx.now())
         )
         write_status(ctx, scan, {"lastAttempt": _outcome_dict(missing)})
         return Outcome(retry_after=1.0)

@@ -167,6 +167,9 @@ def _store(
     info: dict[str, Any] = {
         "configMap": result_config_map_name(str(meta(scan).get("name"))),
         "resultKey": c.RESULT_KEY,
+        # The ConfigMap is editable by the namespace's users; this status is not. Re-evaluation
+        # trusts the stored result only when it still has this digest.
+        "resultSha256": hashlib.sha256(result_gz).hexdigest(),
         "reportKey": c.REPORT_KEY,
         "available": report_gz is not None,
         "message": "" if report_gz is not None else "the scanner sent no report",

@@ -76,6 +76,10 @@ def waiting(scan: Obj, now: dt.datetime) -> bool:
         return False
     if progress.state not in (QUEUED, RETRYING):
         return False
+    if progress.state == QUEUED and progress.current_outcome() is not None:
+        # A Job started before a crash and not yet recorded posted its result: the scan's
+        # reconcile judges it (or schedules the retry); starting another attempt would rerun it.
+        return False
     return progress.next_attempt_at is None or progress.next_attempt_at <= now
 
 

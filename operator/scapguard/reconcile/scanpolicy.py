@@ -20,6 +20,7 @@ from scapguard.api.imagescan import (
     read_progress,
 )
 from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
+from scapguard.builders.job import ignored_scanner_fields
 from scapguard.k8s.api import (
     IMAGESCAN,
     SCANPOLICY,
@@ -62,6 +63,12 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
     note = ""
     if spec.namespace_selector is not None and namespace != ctx.settings.namespace:
         note = f"; namespaceSelector is ignored outside {ctx.settings.namespace}"
+    ignored = ignored_scanner_fields(spec, namespace, ctx.settings.namespace)
+    if ignored:
+        note += (
+            f"; {', '.join(ignored)} ignored outside {ctx.settings.namespace} "
+            "(the operator's scanner image and placement apply)"
+        )
     _write_status(
         ctx,
         policy,

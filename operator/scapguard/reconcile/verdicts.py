@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
-import gzip
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -12,16 +14,26 @@ from typing import Any, Final
 
 from scapguard.api import conditions as cond
 from scapguard.api.conditions import Reason
-from scapguard.api.constants import RESULT_KEY
+from scapguard.api.constants import RESCAN_ANNOTATION, RESULT_KEY
 from scapguard.api.evaluation import ERROR, FAIL, PASS, ResultLike, Verdict, evaluate
-from scapguard.api.imagescan import ImageScanSpec, format_time
+from scapguard.api.imagescan import ImageScanSpec, format_time, read_progress
 from scapguard.api.naming import result_config_map_name
 from scapguard.api.policy import ScanPolicySpec
 from scapguard.api.summary import result_status
-from scapguard.k8s.api import CONFIGMAP, NotFound, Obj, name_of, namespace_of, uid_of
+from scapguard.k8s.api import (
+    CONFIGMAP,
+    IMAGESCAN,
+    NotFound,
+    Obj,
+    annotations_of,
+    name_of,
+    namespace_of,
+    uid_of,
+)
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import Enforcement, enforce_digest
 from scapguard.reconcile.status import with_conditions, write_status
+from scapguard.results.model import _gunzip_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +41,90 @@ MAX_FAILING_IDS: Final = 100
 MAX_STORED_RESULT: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
 
+class UntrustedResult(Exception):
+    """The stored result is not the one the operator stored (edited, replaced or a bomb)."""
+
+
+def max_result_bytes(ctx: OperatorContext) -> int:
+    """Bound of a stored result once inflated: it came from a post of at most
+    ``results_max_bytes``, and re-encoding (``\\u`` escapes) at most triples a JSON text."""
+    return 4 * ctx.settings.results_max_bytes
+
+
 def load_result(ctx: OperatorContext, scan: Obj) -> dict[str, Any] | None:
-    """The full stored result (gzip JSON in the scan's result ConfigMap), if there is one."""
+    """The full stored result (gzip JSON in the scan's result ConfigMap), if there is one.
+
+    Namespace users who may edit ConfigMaps may edit this one, so it is trusted only when its
+    blob has the sha256 ingest recorded in ``status.report`` (which only the operator writes).
+    ``None`` when nothing is stored or no digest was recorded: the status is then the record.
+    Raises :class:`UntrustedResult` when the blob differs or inflates past the bound.
+    """
+    name = result_config_map_name(name_of(scan))
+    recorded = read_progress(scan.get("status")).result_sha256
     try:
-        cm = ctx.kube.get(CONFIGMAP, result_config_map_name(name_of(scan)), namespace_of(scan))
+        cm = ctx.kube.get(CONFIGMAP, name, namespace_of(scan))
     except NotFound:
         return None
     packed = (cm.get("binaryData") or {}).get(RESULT_KEY)
-    if not isinstance(packed, str):
+    if not isinstance(packed, str) or recorded is None:
         return None
-    doc = json.loads(gzip.decompress(base64.b64decode(packed)))
+    try:
+        blob = base64.b64decode(packed, validate=True)
+    except binascii.Error as exc:
+        raise UntrustedResult(f"ConfigMap {name}: {RESULT_KEY} is not base64") from exc
+    actual = hashlib.sha256(blob).hexdigest()
+    if not hmac.compare_digest(actual, recorded):
+        raise UntrustedResult(
+            f"ConfigMap {name}: {RESULT_KEY} has sha256 {actual[:12]}..., not the "
+            f"{recorded[:12]}... recorded when the operator stored it"
+        )
+    try:
+        doc = json.loads(_gunzip_bounded(blob, max_result_bytes(ctx), RESULT_KEY))
+    except ValueError as exc:  # ScanResultError (not gzip, over the bound), bad JSON
+        raise UntrustedResult(f"ConfigMap {name}: {exc}") from exc
     return doc if isinstance(doc, dict) else None
+
+
+def distrust(ctx: OperatorContext, scan: Obj, exc: UntrustedResult, *, rescan: bool) -> None:
+    """Report a stored result that is not the operator's; ask for a rescan if ``rescan``.
+
+    The rescan value is keyed by the current request, so asking again is a no-op.
+    """
+    message = f"{exc}; not judged from it"
+    request = read_progress(scan.get("status")).request
+    if rescan and request is not None:
+        value = f"OnDemand:stored-result/{request.number}"
+        if annotations_of(scan).get(RESCAN_ANNOTATION) != value:
+            scan.update(
+                ctx.kube.patch(
+                    IMAGESCAN,
+                    name_of(scan),
+                    namespace_of(scan),
+                    {"metadata": {"annotations": {RESCAN_ANNOTATION: value}}},
+                )
+            )
+        message += "; verdict kept, rescan requested"
+    logger.warning("ImageScan %s/%s: %s", namespace_of(scan), name_of(scan), message)
+    ctx.event(scan, "Warning", Reason.STORED_RESULT_TAMPERED, message)
+
+
+def last_completed_fails(
+    ctx: OperatorContext, scan: Obj, policy: ScanPolicySpec, now: dt.datetime
+) -> bool:
+    """Whether the scan's last completed result (if it has one) fails ``policy`` now.
+
+    A scan ending in Error says nothing about the image. Lifting a failing image's deny on it
+    (onError Allow) would free a known-vulnerable image for anyone who can break a scan
+    (delete a pull secret, break the registry): the deny stands until a scan completes.
+    """
+    try:
+        stored: ResultLike | None = load_result(ctx, scan)
+    except UntrustedResult as exc:
+        distrust(ctx, scan, exc, rescan=False)
+        stored = None
+    if stored is None:  # the operator-written status keeps the last completed findings
+        stored = result_from_status(scan.get("status") or {})
+    return evaluate(stored, policy, now).result == FAIL
 
 
 def result_from_status(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,11 +183,15 @@ def conditions_for(
             "no image.openshift.io Image for this digest to annotate",
         )
     elif denied:
+        held = verdict.result == ERROR and policy.on_error != "Deny"
         enforced = (
             cond.ENFORCED,
             cond.TRUE if enforcement.denied else cond.FALSE,
             Reason.DENIED,
-            "image denied execution",
+            "image denied execution: this scan did not complete, the deny stands from the "
+            "last completed scan, which fails the policy"
+            if held
+            else "image denied execution",
         )
     elif enforcement.by_person:
         enforced = (
@@ -143,6 +232,8 @@ def apply_verdict(
     """Write ``verdict`` (plus ``extra`` status fields) and bring the Image in line with it."""
     now = ctx.now()
     fields = {**extra, **verdict_fields(policy, verdict, now), "displayImage": spec.display_image()}
+    if verdict.result == ERROR and policy.enforcing and not fields["denied"]:
+        fields["denied"] = last_completed_fails(ctx, scan, policy, now)
     fresh = {**scan, "status": {**(scan.get("status") or {}), **fields}}
     enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
     patch = with_conditions(
@@ -161,8 +252,12 @@ def apply_verdict(
 
 def reevaluate(
     ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, policy: ScanPolicySpec
-) -> Verdict:
-    """Judge the stored findings again (failOn, exceptions, action, onError changed)."""
+) -> Verdict | None:
+    """Judge the stored findings again (failOn, exceptions, action, onError changed).
+
+    ``None`` when the stored result is not the operator's: the last verdict is kept and a
+    rescan asked for.
+    """
     status = scan.get("status") or {}
     now = ctx.now()
     if status.get("result") == ERROR:
@@ -174,7 +269,11 @@ def reevaluate(
             error_reason=str(error.get("reason") or Reason.SCAN_FAILED),
         )
     else:
-        stored: ResultLike | None = load_result(ctx, scan)
+        try:
+            stored: ResultLike | None = load_result(ctx, scan)
+        except UntrustedResult as exc:
+            distrust(ctx, scan, exc, rescan=True)
+            return None
         if stored is None:
             stored = result_from_status(status)
         verdict = evaluate(stored, policy, now)

@@ -53,6 +53,12 @@ class ProbeError:
     kind: str  # "definition" or the object element's local name, e.g. "dpkginfo_object"
     id: str
     message: str
+    definition_class: str | None = None  # for a definition: "vulnerability", "patch", ...
+
+    @property
+    def finding_definition(self) -> bool:
+        """A definition that would have been a finding had it evaluated."""
+        return self.kind == "definition" and self.definition_class in _FINDING_CLASSES
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,10 @@ def _errors(index: _Index, results_defs: etree._Element | None) -> list[ProbeErr
     if results_defs is not None:
         for d in results_defs:
             if d.get("result") == "error":
-                errors.append(ProbeError("definition", d.get("definition_id", "?"), "result error"))
+                def_id = d.get("definition_id", "?")
+                definition = index.definitions.get(def_id)
+                cls = definition.get("class") if definition is not None else None
+                errors.append(ProbeError("definition", def_id, "result error", cls))
     if index.collected is not None:
         for obj in index.collected:
             if obj.get("flag") != "error":

@@ -28,8 +28,10 @@ XCCDF rules (``@severity``) high, medium, low                   as named
                             unknown, (absent)                   unknown
 ==========================  ==================================  ===========
 
-``unknown`` is kept apart on purpose: a policy decides whether unknown fails (see
-``scapguard.api.evaluation``); it is never silently counted as ``low``.
+``unknown`` is kept apart on purpose: it is never silently counted as ``low``, and a finding
+of unknown severity fails the image unless the policy says ``failOnUnknown: false`` or
+``failOn: none`` (see ``scapguard.api.evaluation``), so a Debian image with fixable CVEs is not
+a Pass just because its feed ranks nothing.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ kernel then climbs only real directories of the tree and never above its root, a
 meets on the way is itself canonical. Absolute targets become the same path inside the tree, as
 a chroot would see them; ``..`` beyond the root is clamped at the root like in a chroot.
 
+A directory that cannot be listed (a rootless unpack of a ``0111`` directory) may hold links
+nobody checked, so it stops the scan (:class:`ContainmentError`, exit 1 naming the directory:
+``UnpackFailed``) rather than being skipped.
+
 Run inside the scan's user namespace (the tree's owners are mapped there):
 ``python -m scapguard.scanner.contain ROOTFS``.
 """
@@ -22,6 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+class ContainmentError(Exception):
+    """Part of the tree could not be walked, so its symlinks could not be contained."""
 
 
 def canonical_target(link_dir: str, target: str) -> str:
@@ -41,7 +49,17 @@ def contain_tree(root: Path) -> int:
     """Rewrite the symlinks of ``root`` that are not canonical; return how many were changed."""
     changed = 0
     root_s = os.fspath(root)
-    for dirpath, dirnames, filenames in os.walk(root_s, followlinks=False):
+
+    def unlistable(exc: OSError) -> None:
+        rel = os.path.relpath(os.fspath(exc.filename or root_s), root_s)
+        where = "/" if rel == "." else "/" + rel
+        hint = " (--id-mapping=userns can read it)" if isinstance(exc, PermissionError) else ""
+        raise ContainmentError(
+            f"cannot list {where} in the image ({exc.strerror}): "
+            f"symlinks under it cannot be contained{hint}"
+        ) from exc
+
+    for dirpath, dirnames, filenames in os.walk(root_s, onerror=unlistable, followlinks=False):
         rel_dir = os.path.relpath(dirpath, root_s)
         rel_dir = "" if rel_dir == "." else rel_dir
         for name in (*dirnames, *filenames):
@@ -67,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("usage: python -m scapguard.scanner.contain ROOTFS\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    count = contain_tree(Path(args[0]))
+    try:
+        count = contain_tree(Path(args[0]))
+    except ContainmentError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     log.info("rewrote %s symlinks under %s", count, args[0])
     return 0
 

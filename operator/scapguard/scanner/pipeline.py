@@ -30,7 +30,7 @@ from scapguard.results.model import (
     ScanResult,
     Vulnerabilities,
 )
-from scapguard.results.oval import parse_oval_results
+from scapguard.results.oval import OvalResults, parse_oval_results
 from scapguard.results.xccdf import parse_xccdf_results
 from scapguard.results.xmlsafe import XMLContentError
 from scapguard.scanner import content, oscap, osdetect, sandbox, unpack
@@ -45,6 +45,8 @@ OWNERSHIP_RULE: Final = re.compile(
     r"(file_owner|file_groupowner|file_permissions|dir_perms|dir_owner|dir_groupowner|"
     r"_ownership|permissions_|_perms_|unowned|world_writable|sticky|_suid|_sgid|setuid|setgid)"
 )
+#: Definition ids named in a ProbeFailed message; the rest are counted.
+MAX_NAMED_DEFINITIONS: Final = 3
 ROOTLESS_REASON: Final = (
     "rootless unpack: file owners were not preserved, so rules on ownership and permissions "
     "are reported notchecked (run with a subordinate id range for --id-mapping=userns)"
@@ -233,12 +235,36 @@ def _vulnerabilities(
     if feed is None:
         return None
     parsed = parse_oval_results(scratch / "oval-results.xml")
+    failure = oval_failure(parsed)
+    if failure is not None:
+        raise failure
+    reports.append(("Vulnerabilities (OVAL)", (scratch / "oval-report.html").read_bytes()))
+    return Vulnerabilities(feed.info, parsed.findings, parsed.truncated)
+
+
+def oval_failure(parsed: OvalResults) -> ScanFailure | None:
+    """``ProbeFailed`` when the OVAL results cannot be trusted as findings.
+
+    A package database oscap could not read (an ``*info_object`` error) or a vulnerability/patch
+    definition that evaluated to ``error``: that definition is neither a finding nor a clean
+    bill, so the scan is an Error naming it (and the first probe error behind it), never
+    "no finding".
+    """
     package_errors = [e for e in parsed.errors if e.kind.endswith("info_object")]
     if package_errors:
         first = package_errors[0]
-        raise ScanFailure(ErrorReason.PROBE_FAILED, f"{first.kind} {first.id}: {first.message}")
-    reports.append(("Vulnerabilities (OVAL)", (scratch / "oval-report.html").read_bytes()))
-    return Vulnerabilities(feed.info, parsed.findings, parsed.truncated)
+        return ScanFailure(ErrorReason.PROBE_FAILED, f"{first.kind} {first.id}: {first.message}")
+    definitions = [e.id for e in parsed.errors if e.finding_definition]
+    if not definitions:
+        return None
+    shown = ", ".join(definitions[:MAX_NAMED_DEFINITIONS])
+    if len(definitions) > MAX_NAMED_DEFINITIONS:
+        shown += f" and {len(definitions) - MAX_NAMED_DEFINITIONS} more"
+    message = f"{len(definitions)} OVAL vulnerability definitions evaluated to error: {shown}"
+    cause = next((e for e in parsed.errors if e.kind != "definition"), None)
+    if cause is not None:
+        message += f" (first probe error: {cause.kind} {cause.id}: {cause.message})"
+    return ScanFailure(ErrorReason.PROBE_FAILED, message)
 
 
 def _compliance(
