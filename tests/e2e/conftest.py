@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +22,8 @@ from urllib3.exceptions import ProtocolError
 from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
 from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.images import PushedImage
+from scapguard.devcluster.fixtureimages import Distro, FixtureImages, Variant, make_fixture_rootfs
+from scapguard.devcluster.images import PushedImage, build_and_push
 from scapguard.devcluster.imagestreams import GROUP as IMAGE_GROUP
 from scapguard.devcluster.imagestreams import VERSION as IMAGE_VERSION
 from scapguard.devcluster.imagestreams import tag_image
@@ -56,11 +59,23 @@ def operator(
         assert "Traceback" not in log, log[-5000:]
 
 
+def job_finished(job: Any) -> bool:
+    """Whether a Job's pod is done. Since Kubernetes 1.31 the Job controller says so with
+    SuccessCriteriaMet / FailureTarget first and Complete / Failed only after the pod's
+    tracking finalizer is gone; a failed Job's pod may still be terminating."""
+    true = {c.type for c in (job.status.conditions or []) if c.status == "True"}
+    if true & {"Complete", "Failed", "SuccessCriteriaMet"}:
+        return True
+    pods = (job.status.active or 0) + (job.status.terminating or 0)
+    return "FailureTarget" in true and pods == 0
+
+
 @dataclass
 class JobRecord:
     """Every scanner Job the operator created, seen through a watch (they are deleted later)."""
 
     created: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> annotations
+    seen_at: dict[str, float] = field(default_factory=dict)  # name -> time.time() of its ADDED
     active: set[str] = field(default_factory=set)
     max_active: dict[str, int] = field(default_factory=dict)  # policy key -> peak
     max_active_total: int = 0
@@ -70,18 +85,31 @@ class JobRecord:
         with self.lock:
             return [n for n, a in self.created.items() if a.get("scapguard.io/policy") == key]
 
+    def for_scan(self, namespace: str, name: str) -> list[str]:
+        """The Jobs created for one ImageScan, in creation order."""
+        with self.lock:
+            return [
+                n
+                for n, a in self.created.items()
+                if a.get(c.SCAN_NAMESPACE_ANNOTATION) == namespace
+                and a.get(c.SCAN_NAME_ANNOTATION) == name
+            ]
+
+    def active_for(self, key: str) -> set[str]:
+        """The policy's Jobs that are neither finished nor deleted right now."""
+        with self.lock:
+            return {n for n in self.active if self._policy_of(n) == key}
+
     def _policy_of(self, name: str) -> str:
         return self.created.get(name, {}).get("scapguard.io/policy", "")
 
     def observe(self, kind: str, job: Any) -> None:
         name = job.metadata.name
-        finished = any(
-            c.type in ("Complete", "Failed") and c.status == "True"
-            for c in (job.status.conditions or [])
-        )
+        finished = job_finished(job)
         with self.lock:
             if kind == "ADDED" and name not in self.created:
                 self.created[name] = dict(job.metadata.annotations or {})
+                self.seen_at[name] = time.time()
             if kind == "DELETED" or finished:
                 self.active.discard(name)
             else:
@@ -90,6 +118,13 @@ class JobRecord:
             key = self._policy_of(name)
             now = sum(1 for n in self.active if self._policy_of(n) == key)
             self.max_active[key] = max(self.max_active.get(key, 0), now)
+
+
+def scrape_metrics(operator: OperatorProcess, timeout: float = 5.0) -> str:
+    """The operator's Prometheus exposition (raises when the port does not answer)."""
+    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return str(answer.read().decode())
 
 
 @pytest.fixture(scope="session")
@@ -191,6 +226,14 @@ class E2E:
             ),
         )
 
+    def policy_object(self, name: str = "policy") -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            self.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, "scanpolicies", name
+            ),
+        )
+
     def patch_policy(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
             c.GROUP, c.VERSION, self.namespace, "scanpolicies", name, {"spec": spec}
@@ -202,6 +245,41 @@ class E2E:
         repository = f"{self.registry.host}/{image.repository}"
         tag_image(self.api, self.namespace, stream, tag, repository, image.digest)
         return image.digest
+
+    def tag_pull_spec(self, stream: str, tag: str, repository: str, digest: str) -> str:
+        """Point ``stream:tag`` at ``repository@digest`` in any registry (even one that is down)."""
+        tag_image(self.api, self.namespace, stream, tag, repository, digest)
+        return digest
+
+    def distinct_images(
+        self,
+        count: int,
+        distro: Distro = "ubuntu2204",
+        variant: Variant = "patched",
+        *,
+        registry: Registry | None = None,
+    ) -> list[PushedImage]:
+        """``count`` images of one fixture tree, each with its own file: distinct digests
+        (pushed to the session registry unless another, maybe with basic auth, is given)."""
+        target = registry or self.registry
+        build = self.workdir / f"distinct-{distro}-{variant}-{target.port}"
+        root = make_fixture_rootfs(build / "rootfs", distro, variant, workdir=build)
+        marker = root / "etc/scapguard-e2e-id"
+        images = []
+        for index in range(count):
+            marker.write_text(f"{self.namespace}-{index}\n", encoding="utf-8")
+            images.append(
+                build_and_push(
+                    root,
+                    target.host,
+                    f"e2e/{self.namespace}",
+                    f"n{index}",
+                    workdir=build / "images",
+                    creds=target.auth,
+                )
+            )
+        shutil.rmtree(build, ignore_errors=True)
+        return images
 
     def image_object(self, digest: str) -> dict[str, Any]:
         return cast(
@@ -226,15 +304,48 @@ class E2E:
             ),
         )  # fmt: skip
 
-    def wait_result(
-        self, digest: str, policy: str = "policy", timeout: float = 180, request: int = 1
-    ) -> dict[str, Any]:
-        """Wait until the scan of ``digest`` has settled request ``request``; return it."""
+    def scan(self, name: str) -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            self.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, "imagescans", name
+            ),
+        )
+
+    def make_scan(self, name: str, image: str, policy: str = "policy") -> dict[str, Any]:
+        """A hand-made ImageScan: any pull spec by digest, checked under ``policy``."""
+        body = {
+            "apiVersion": f"{c.GROUP}/{c.VERSION}",
+            "kind": "ImageScan",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {"image": image, "policy": policy},
+        }
+        return cast(
+            dict[str, Any],
+            self.custom.create_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, "imagescans", body
+            ),
+        )
+
+    def annotate_scan(self, name: str, annotations: dict[str, str]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, self.namespace, "imagescans", name,
+            {"metadata": {"annotations": annotations}},
+        )  # fmt: skip
+
+    def annotate_policy(self, name: str, annotations: dict[str, str]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, self.namespace, "scanpolicies", name,
+            {"metadata": {"annotations": annotations}},
+        )  # fmt: skip
+
+    def wait_settled(self, name: str, timeout: float = 180, request: int = 1) -> dict[str, Any]:
+        """Wait until ImageScan ``name`` has settled request ``request``; return it."""
         found: dict[str, Any] = {}
 
         def settled() -> bool:
             try:
-                scan = self.scan_for(digest, policy)
+                scan = self.scan(name)
             except ApiException as e:
                 if e.status == 404:
                     return False
@@ -246,8 +357,15 @@ class E2E:
                 return True
             return False
 
-        wait_for(f"ImageScan of {digest[:19]} to settle request {request}", settled, timeout, 0.5)
+        wait_for(f"ImageScan {name} to settle request {request}", settled, timeout, 0.5)
         return found
+
+    def wait_result(
+        self, digest: str, policy: str = "policy", timeout: float = 180, request: int = 1
+    ) -> dict[str, Any]:
+        """Wait until the scan of ``digest`` has settled request ``request``; return it."""
+        name = scan_name(digest, self.namespace, policy)
+        return self.wait_settled(name, timeout, request)
 
     def scapguard(self, *args: str) -> bytes:
         """Run the ``scapguard`` CLI as an admin would; returns its stdout."""

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from scapguard.devcluster.binaries import repo_root
@@ -25,7 +26,10 @@ from scapguard.devcluster.binaries import repo_root
 log = logging.getLogger(__name__)
 
 VENV_ENV = "SCAPGUARD_SCANNER_VENV"
-DEFAULT_VENV = Path("/var/lib/scapguard-dev/scanner-venv")
+# One virtualenv per source hash: a session rebuilding for its sources never pulls the
+# runtime from under another session's running pods. Stale ones are pruned after a day.
+VENV_ROOT = Path("/var/lib/scapguard-dev")
+_PRUNE_AFTER = 86400.0
 # Debian's interpreter lives in /usr, readable by every user.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
@@ -58,11 +62,26 @@ def ensure_scanner_venv(venv: Path | None = None) -> Path:
 
     Safe when several test sessions call it at once: a lock file serialises them.
     """
-    venv = venv or Path(os.environ.get(VENV_ENV, DEFAULT_VENV))
+    if venv is None and os.environ.get(VENV_ENV):
+        venv = Path(os.environ[VENV_ENV])
+    if venv is None:
+        VENV_ROOT.mkdir(parents=True, exist_ok=True)
+        _prune(VENV_ROOT)
+        venv = VENV_ROOT / f"scanner-venv-{_source_hash(repo_root())[:12]}"
     venv.parent.mkdir(parents=True, exist_ok=True)
     with (venv.parent / f".{venv.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _ensure_locked(venv)
+
+
+def _prune(root: Path) -> None:
+    """Remove per-hash runtimes nobody has built or used for a day."""
+    now = time.time()
+    for old in root.glob("scanner-venv-*"):
+        stamp = old / ".scapguard-source"
+        used = stamp.stat().st_mtime if stamp.exists() else old.stat().st_mtime
+        if now - used > _PRUNE_AFTER:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _ensure_locked(venv: Path) -> Path:
@@ -74,6 +93,7 @@ def _ensure_locked(venv: Path) -> Path:
         and stamp.read_text() == wanted
         and (venv / "bin" / "scapguard-scan").exists()
     ):
+        stamp.touch()  # in use: keep it from being pruned
         return venv / "bin"
     if not SYSTEM_PYTHON.exists():
         raise ScannerEnvError(f"{SYSTEM_PYTHON} is missing (Debian's python3 and python3-venv)")

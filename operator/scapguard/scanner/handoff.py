@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE: Final = "result.json"
 REPORT_FILE: Final = "report.html"
-_ATTEMPTS: Final = 4
+# About two minutes of retries (2+4+8+16+30+30+30 s): long enough to ride out an operator
+# restart or a leader change, within the share of the Job's deadline kept for reporting.
+_ATTEMPTS: Final = 8
 _BACKOFF: Final = 2.0
+_BACKOFF_MAX: Final = 30.0
 
 
 class HandoffError(RuntimeError):
@@ -85,5 +88,5 @@ def post(result: ScanResult, report_html: bytes | None, endpoint: Endpoint) -> N
             last = str(exc)
         log.warning("delivering to %s failed (attempt %s): %s", endpoint.url, attempt, last)
         if attempt < _ATTEMPTS:
-            time.sleep(_BACKOFF * attempt)
+            time.sleep(min(_BACKOFF**attempt, _BACKOFF_MAX))
     raise HandoffError(f"{endpoint.url}: not delivered after {_ATTEMPTS} attempts: {last}")

@@ -1,0 +1,109 @@
+"""Scans that cannot succeed: a registry that refuses the pull, an unsupported OS. Each ends
+in `Error` with the scanner's reason after the policy's retries (one Job per attempt), and
+the policy's onError decides whether the Image is denied."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scapguard.devcluster.cluster import free_port
+from scapguard.devcluster.images import build_and_push
+from scapguard.devcluster.ovalgen import ubuntu_oval
+from scapguard.devcluster.registry import BasicAuth, Registry
+from tests.e2e.conftest import E2E, JobRecord
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+DENY = "images.openshift.io/deny-execution"
+MARKER = "scapguard.io/deny-execution"
+
+
+def image_marks(e2e: E2E, digest: str) -> dict[str, str]:
+    return dict(e2e.image_object(digest)["metadata"].get("annotations") or {})
+
+
+def attempts(e2e: E2E, jobs: JobRecord, scan: dict[str, Any]) -> list[tuple[str, str]]:
+    """(request, attempt) of every Job created for ``scan``."""
+    names = jobs.for_scan(e2e.namespace, scan["metadata"]["name"])
+    return [(r, a) for r, a in (n.rsplit("-", 2)[1:] for n in names)]
+
+
+def assert_error(
+    e2e: E2E, jobs: JobRecord, scan: dict[str, Any], reason: str, retries: int
+) -> dict[str, Any]:
+    status: dict[str, Any] = scan["status"]
+    assert status["result"] == "Error", status
+    assert status["error"]["reason"] == reason, status["error"]
+    assert status["reason"] == reason
+    assert f"after {retries + 1} attempts" in status["error"]["message"], status["error"]
+    assert status["attempts"] == retries + 1
+    assert attempts(e2e, jobs, scan) == [("1", str(n)) for n in range(1, retries + 2)]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Scanned"]["status"] == "False"
+    assert conditions["Scanned"]["reason"] == reason
+    events = e2e.events_for("ImageScan", scan["metadata"]["name"])
+    assert "Retrying" in events and "ScanFailed" in events, events
+    return status
+
+
+def test_registry_nobody_listens_on_is_an_error_after_retries_and_denied(
+    e2e: E2E, jobs: JobRecord
+) -> None:
+    xml, _ = ubuntu_oval()
+    e2e.feed(xml)
+    dead = f"127.0.0.1:{free_port()}"
+    e2e.policy(onError="Deny", scanner={"insecureRegistries": [dead], "retries": 2})
+    digest = f"sha256:{hashlib.sha256(e2e.namespace.encode()).hexdigest()}"
+    e2e.tag_pull_spec("app", "v1", f"{dead}/nowhere/app", digest)
+
+    status = assert_error(e2e, jobs, e2e.wait_result(digest, timeout=150), "PullFailed", 2)
+    assert status["denied"] is True
+    marks = image_marks(e2e, digest)
+    assert marks[DENY] == "true" and MARKER in marks, marks
+
+
+def test_registry_refusing_a_pull_without_credentials_with_on_error_allow(
+    e2e: E2E, jobs: JobRecord, tmp_path: Path
+) -> None:
+    xml, _ = ubuntu_oval()
+    e2e.feed(xml)
+    with Registry(tmp_path / "private", auth=BasicAuth("scapguard", "e2e-only-secret")) as private:
+        (image,) = e2e.distinct_images(1, registry=private)
+        # No imagePullSecrets: the registry answers 401 to the scanner.
+        e2e.policy(onError="Allow", scanner={"insecureRegistries": [private.host], "retries": 1})
+        digest = e2e.tag_pull_spec("app", "v1", f"{private.host}/{image.repository}", image.digest)
+        scan = e2e.wait_result(digest, timeout=150)
+    status = assert_error(e2e, jobs, scan, "PullFailed", 1)
+    assert "unauthorized" in status["error"]["message"].lower(), status["error"]
+    assert status["denied"] is False
+    assert DENY not in image_marks(e2e, digest)
+
+
+def test_unsupported_os_is_an_error_with_its_reason_and_denied(
+    e2e: E2E, jobs: JobRecord, tmp_path: Path
+) -> None:
+    xml, _ = ubuntu_oval()
+    e2e.feed(xml)
+    e2e.policy(onError="Deny")  # retries: 1
+    root = tmp_path / "alpine"
+    (root / "etc").mkdir(parents=True)
+    (root / "lib/apk/db").mkdir(parents=True)
+    (root / "etc/os-release").write_text(
+        'NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.20.3\nPRETTY_NAME="Alpine Linux v3.20"\n',
+        encoding="utf-8",
+    )
+    (root / "etc/scapguard-e2e-id").write_text(e2e.namespace, encoding="utf-8")
+    (root / "lib/apk/db/installed").write_text("P:musl\nV:1.2.5-r0\n\n", encoding="utf-8")
+    image = build_and_push(
+        root, e2e.registry.host, f"e2e/{e2e.namespace}-alpine", "3.20", workdir=tmp_path / "b"
+    )
+    digest = e2e.tag("app", "v1", image)
+
+    status = assert_error(e2e, jobs, e2e.wait_result(digest, timeout=150), "UnsupportedOS", 1)
+    assert "Alpine" in status["error"]["message"], status["error"]
+    assert status["denied"] is True
+    assert image_marks(e2e, digest)[DENY] == "true"
