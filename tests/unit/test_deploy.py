@@ -26,13 +26,16 @@ def load_all(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-# The operator's own manifests (deploy/admission and deploy/rbac/admission.yaml belong to the
-# admission webhook and have their own checks).
+# Everything the chart installs (deploy/admission/*.yaml and rbac/admission.yaml are the Pod
+# admission webhook; deploy/prometheus is optional in the chart and checked on its own).
 OPERATOR_FILES = (
     "rbac/serviceaccount.yaml",
     "rbac/clusterrole.yaml",
     "rbac/role.yaml",
+    "rbac/admission.yaml",
     "operator.yaml",
+    "admission/service.yaml",
+    "admission/validatingwebhookconfiguration.yaml",
 )
 
 
@@ -108,6 +111,19 @@ def test_chart_renders_what_deploy_holds() -> None:
                 e for e in env if e["name"] in names
             ]
         assert got == want, k
+
+
+def test_chart_admission_webhook_is_optional_and_follows_values() -> None:
+    kinds = {
+        o["kind"] for o in chart_objects(admission={"enabled": False, "failurePolicy": "Fail"})
+    }
+    assert "ValidatingWebhookConfiguration" not in kinds
+    (hook,) = [
+        o
+        for o in chart_objects(admission={"enabled": True, "failurePolicy": "Ignore"})
+        if o["kind"] == "ValidatingWebhookConfiguration"
+    ]
+    assert {w["failurePolicy"] for w in hook["webhooks"]} == {"Ignore"}
 
 
 def test_chart_prometheus_rule_is_optional_and_identical() -> None:
