@@ -29,7 +29,7 @@ def load_all(text: str) -> list[dict[str, Any]]:
 # Everything the chart installs (deploy/admission/*.yaml and rbac/admission.yaml are the Pod
 # admission webhook; deploy/prometheus is optional in the chart and checked on its own).
 OPERATOR_FILES = (
-    "rbac/serviceaccount.yaml",
+    "rbac/00-namespace-serviceaccount.yaml",
     "rbac/clusterrole.yaml",
     "rbac/role.yaml",
     "rbac/admission.yaml",

@@ -63,9 +63,7 @@ class OperatorProcess:
         self._kubectl("apply", "-f", str(deploy / "crds"))
         for crd in ("scanpolicies.scapguard.io", "imagescans.scapguard.io"):
             self._kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-        existing = self.cluster.kubectl("get", "namespace", self.namespace)
-        if existing.returncode != 0:
-            self._kubectl("create", "namespace", self.namespace)
+        # Exactly the documented install: deploy/rbac creates the namespace itself.
         self._kubectl("apply", "-f", str(deploy / "rbac"))
         ca_file = f"--from-file={CA_KEY}={self.cluster.ca.cert_path}"
         cm = self.cluster.kubectl(
