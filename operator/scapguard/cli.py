@@ -69,22 +69,34 @@ def _rescan(kube: KubeClient, name: str, namespace: str, *, policy: bool) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scapguard", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's own default must not overwrite "scapguard -n NS report X".
+    common.add_argument(
+        "-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="scapguard", description=__doc__.split("\n\n")[0], parents=[common]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="the OpenSCAP HTML report of an ImageScan")
+    report = sub.add_parser(
+        "report", parents=[common], help="the OpenSCAP HTML report of an ImageScan"
+    )
     report.add_argument("name")
     report.add_argument("-o", "--output", help="file to write (default: stdout)")
-    result = sub.add_parser("result", help="the full result document of an ImageScan (JSON)")
+    result = sub.add_parser(
+        "result", parents=[common], help="the full result document of an ImageScan (JSON)"
+    )
     result.add_argument("name")
     result.add_argument("-o", "--output", help="file to write (default: stdout)")
-    rescan = sub.add_parser("rescan", help="rescan an ImageScan, or every image of a policy")
+    rescan = sub.add_parser(
+        "rescan", parents=[common], help="rescan an ImageScan, or every image of a policy"
+    )
     rescan.add_argument("name")
     rescan.add_argument("--policy", action="store_true", help="NAME is a ScanPolicy")
     args = parser.parse_args(argv)
     try:
         kube = load_client()
-        namespace = args.namespace or current_namespace()
+        namespace = getattr(args, "namespace", None) or current_namespace()
         if args.command == "report":
             _write(_stored(kube, args.name, namespace, "reportKey"), args.output)
         elif args.command == "result":

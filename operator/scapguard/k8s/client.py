@@ -22,10 +22,13 @@ _MERGE_PATCH = "application/merge-patch+json"
 def load_client() -> KubeClient:
     """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
     configuration = k8s_client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    else:
-        k8s_config.load_kube_config(client_configuration=configuration)
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        else:
+            k8s_config.load_kube_config(client_configuration=configuration)
+    except k8s_config.ConfigException as exc:
+        raise KubeError(0, "NoConfiguration", f"no usable kubeconfig ($KUBECONFIG): {exc}") from exc
     return KubeClient(k8s_client.ApiClient(configuration))
 
 
