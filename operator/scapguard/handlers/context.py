@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any, Final
 
 import kopf
@@ -35,5 +37,12 @@ def finish(outcome: Outcome) -> None:
         raise kopf.TemporaryError(outcome.message or "not done yet", delay=outcome.retry_after)
 
 
-def conflict_retry(exc: Conflict) -> kopf.TemporaryError:
-    return kopf.TemporaryError(f"changed concurrently: {exc}", delay=CONFLICT_RETRY_SECONDS)
+@contextlib.contextmanager
+def conflicts_retried() -> Iterator[None]:
+    """An optimistic-concurrency conflict is "not yet": kopf runs the handler again shortly."""
+    try:
+        yield
+    except Conflict as exc:
+        raise kopf.TemporaryError(
+            f"changed concurrently: {exc}", delay=CONFLICT_RETRY_SECONDS
+        ) from exc

@@ -7,8 +7,7 @@ from typing import Any, Final
 import kopf
 
 from scapguard.api.constants import GROUP, IMAGESCAN_PLURAL, VERSION
-from scapguard.handlers.context import Logger, conflict_retry, context, finish, in_scope
-from scapguard.k8s.api import Conflict
+from scapguard.handlers.context import Logger, conflicts_retried, context, finish, in_scope
 from scapguard.reconcile.cleanup import scan_deleted
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 
@@ -20,10 +19,8 @@ REPAIR_INTERVAL: Final = 600.0  # finished scans: bring the Image back in line i
 @kopf.on.create(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
 @kopf.on.update(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
 def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
-    try:
+    with conflicts_retried():
         finish(reconcile_imagescan(context(memo), dict(body)))
-    except Conflict as exc:
-        raise conflict_retry(exc) from exc
 
 
 @kopf.timer(
@@ -37,10 +34,8 @@ def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
 def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
     if not in_progress(dict(body)):
         return  # finished scans cost no API call here
-    try:
+    with conflicts_retried():
         reconcile_imagescan(context(memo), dict(body), pump=False)
-    except Conflict as exc:
-        raise conflict_retry(exc) from exc
 
 
 @kopf.timer(
@@ -52,10 +47,8 @@ def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
     when=in_scope,
 )
 def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
-    try:
+    with conflicts_retried():
         reconcile_imagescan(context(memo), dict(body), repair=True)
-    except Conflict as exc:
-        raise conflict_retry(exc) from exc
 
 
 @kopf.on.event(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope)

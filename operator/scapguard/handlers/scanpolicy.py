@@ -7,8 +7,7 @@ from typing import Any, Final
 import kopf
 
 from scapguard.api.constants import GROUP, SCANPOLICY_PLURAL, VERSION
-from scapguard.handlers.context import Logger, conflict_retry, context, finish, in_scope
-from scapguard.k8s.api import Conflict
+from scapguard.handlers.context import Logger, conflicts_retried, context, finish, in_scope
 from scapguard.reconcile.enforcement import repair_denies
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 
@@ -22,18 +21,14 @@ DENY_REPAIR_INTERVAL: Final = 300.0
 @kopf.on.create(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
 @kopf.on.update(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
 def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
-    try:
+    with conflicts_retried():
         finish(reconcile_scanpolicy(context(memo), dict(body)))
-    except Conflict as exc:
-        raise conflict_retry(exc) from exc
 
 
 @kopf.timer(GROUP, VERSION, SCANPOLICY_PLURAL, interval=TIMER_INTERVAL, when=in_scope)
 def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
-    try:
+    with conflicts_retried():
         reconcile_scanpolicy(context(memo), dict(body))
-    except Conflict as exc:
-        raise conflict_retry(exc) from exc
 
 
 @kopf.timer(
