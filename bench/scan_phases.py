@@ -37,7 +37,6 @@ from scapguard.results.oval import parse_oval_results
 from scapguard.results.xccdf import parse_xccdf_results
 
 PROFILE = "xccdf_org.ssgproject.content_profile_standard"
-USER = "scapguard-scan"
 
 PHASES = ("pull", "unpack", "content", "oscap", "parse")
 
