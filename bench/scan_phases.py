@@ -179,7 +179,13 @@ def by_hand(image: str, work: Path, feed: Path, ds: Path) -> dict[str, float]:
 
 
 def scanner(
-    image: str, host: str, base: Path, feed: Path, ds: Path, pw: pwd.struct_passwd
+    scan_bin: Path,
+    image: str,
+    host: str,
+    base: Path,
+    feed: Path,
+    ds: Path,
+    pw: pwd.struct_passwd,
 ) -> dict[str, float]:
     for name in ("work", "out", "home"):
         (base / name).mkdir()
@@ -189,7 +195,7 @@ def scanner(
         f"--reuid={pw.pw_uid}",
         f"--regid={pw.pw_gid}",
         "--clear-groups",
-        str(ensure_scanner_venv() / "scapguard-scan"),
+        str(scan_bin),
         image,
         "--insecure-registry",
         host,
@@ -223,7 +229,7 @@ def main() -> None:
         sys.stderr.write("run as root (creates the scanning user, unpacks by hand as root)\n")
         raise SystemExit(2)
     pw = ensure_user()
-    ensure_scanner_venv()
+    scan_bin = ensure_scanner_venv() / "scapguard-scan"
     top = Path(tempfile.mkdtemp(prefix="scapguard-bench-scan-", dir="/var/tmp"))
     top.chmod(0o755)
     try:
@@ -244,7 +250,7 @@ def main() -> None:
                 base = top / f"scan-{i}"
                 base.mkdir()
                 base.chmod(0o755)
-                scans.append(scanner(image, registry.host, base, feed, ds, pw))
+                scans.append(scanner(scan_bin, image, registry.host, base, feed, ds, pw))
                 hand = top / f"hand-{i}"
                 hand.mkdir()
                 hands.append(by_hand(image, hand, feed, ds))
