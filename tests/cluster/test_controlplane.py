@@ -95,7 +95,7 @@ def test_crd_with_printer_columns_is_served(cluster: DevCluster, namespace: str)
         got = cluster.api_request(
             "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.{group}"
         )
-        conds = got.get("status", {}).get("conditions", [])
+        conds = (got.get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
     wait_for("the Widget CRD to be Established", established, 30)

@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from scapguard.api.constants import TOKEN_KEY
+from scapguard.api.constants import KOPF_STORAGE_PREFIX, TOKEN_KEY
 from scapguard.devcluster.cluster import DevCluster, wait_for
 from scapguard.devcluster.operatorproc import NAMESPACE, OperatorProcess
 from scapguard.devcluster.ovalgen import ubuntu_oval

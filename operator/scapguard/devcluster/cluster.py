@@ -502,7 +502,7 @@ class DevCluster:
                 )
             except ClusterError:
                 return False
-            conditions = svc.get("status", {}).get("conditions", [])
+            conditions = (svc.get("status") or {}).get("conditions") or []
             return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
 
         self._wait_alive(proc, "APIService v1.image.openshift.io Available", available, timeout)
@@ -537,7 +537,7 @@ class DevCluster:
                     node = self.api_request("GET", f"/api/v1/nodes/{NODE_NAME}")
                 except ClusterError:
                     return False
-                conditions = node.get("status", {}).get("conditions", [])
+                conditions = (node.get("status") or {}).get("conditions") or []
                 return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
             wait_for(f"Node {NODE_NAME} Ready", node_ready, timeout)
