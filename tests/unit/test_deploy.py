@@ -1,8 +1,9 @@
 """deploy/ manifests and the Helm chart.
 
 Helm is not installed here, so the chart is checked without it: its templates use only plain
-value substitutions, which this test renders and compares with deploy/ (the chart must not
-drift from the plain manifests), and its crds/ is the deploy/crds directory itself.
+value substitutions and ``if`` blocks on lines of their own, which this test renders and compares
+with deploy/ (the chart must not drift from the plain manifests), and its crds/ is the
+deploy/crds directory itself.
 """
 
 from __future__ import annotations
@@ -52,14 +53,20 @@ def lookup(values: dict[str, Any], path: str) -> Any:
 
 
 def render(template: str, values: dict[str, Any]) -> str:
-    """The subset of Helm the chart uses: whole-file ``if``, values, ``quote``, escapes."""
-    lines = template.splitlines(keepends=True)
-    head = ACTION.fullmatch(lines[0].strip()) if lines else None
-    if head and head.group(1).startswith("if "):
-        assert ACTION.fullmatch(lines[-1].strip()).group(1) == "end"  # type: ignore[union-attr]
-        if not lookup(values, head.group(1)[len("if .Values.") :]):
-            return ""
-        template = "".join(lines[1:-1])
+    """The subset of Helm the chart uses: ``if``/``end`` on lines of their own, values,
+    ``quote``, escapes."""
+    kept: list[str] = []
+    conditions: list[bool] = []
+    for line in template.splitlines(keepends=True):
+        control = ACTION.fullmatch(line.strip())
+        if control and control.group(1).startswith("if .Values."):
+            conditions.append(bool(lookup(values, control.group(1)[len("if .Values.") :])))
+        elif control and control.group(1) == "end":
+            conditions.pop()
+        elif all(conditions):
+            kept.append(line)
+    assert not conditions, "an if without its end"
+    template = "".join(kept)
 
     def action(match: re.Match[str]) -> str:
         expr = match.group(1)
@@ -118,6 +125,18 @@ def test_chart_admission_webhook_is_optional_and_follows_values() -> None:
         o["kind"] for o in chart_objects(admission={"enabled": False, "failurePolicy": "Fail"})
     }
     assert "ValidatingWebhookConfiguration" not in kinds
+    # Without the webhook the operator neither serves it nor waits for its certificate Secret.
+    (dep,) = [
+        o
+        for o in chart_objects(admission={"enabled": False, "failurePolicy": "Fail"})
+        if o["kind"] == "Deployment"
+    ]
+    pod = dep["spec"]["template"]["spec"]
+    assert "webhook-tls" not in {v["name"] for v in pod["volumes"]}
+    (container,) = pod["containers"]
+    assert "webhook-tls" not in {m["name"] for m in container["volumeMounts"]}
+    assert not [e for e in container["env"] if e["name"].startswith("SCAPGUARD_ADMISSION_")]
+    assert "webhook" not in {p["name"] for p in container["ports"]}
     (hook,) = [
         o
         for o in chart_objects(admission={"enabled": True, "failurePolicy": "Ignore"})
