@@ -71,8 +71,18 @@ def rejected(operator: OperatorProcess, reason: str) -> float:
 
 
 def snapshot(e2e: E2E, name: str) -> dict[str, Any]:
+    """What a result could change: the status and every annotation but kopf's bookkeeping.
+
+    kopf writes its last-handled annotation when its handlers finish, on its own schedule,
+    whatever reaches the results endpoint.
+    """
     scan = e2e.scan(name)
-    return {"status": scan.get("status"), "annotations": scan["metadata"].get("annotations")}
+    annotations = {
+        key: value
+        for key, value in (scan["metadata"].get("annotations") or {}).items()
+        if not key.startswith(f"{KOPF_STORAGE_PREFIX}/")
+    }
+    return {"status": scan.get("status"), "annotations": annotations}
 
 
 def result_config_map_exists(e2e: E2E, name: str) -> bool:
