@@ -1,10 +1,12 @@
 """Rescans end to end: on demand (annotation on an ImageScan or a ScanPolicy, a hand-made
-ImageScan) and by the policy's cron schedule. Each rescan is a new request with its own Job.
+ImageScan), by the policy's cron schedule, and when its feed ConfigMap changes. Each rescan is a
+new request with its own Job.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from typing import Any
 
@@ -141,3 +143,39 @@ def test_cron_schedule_rescans_within_the_window(e2e: E2E, jobs: JobRecord) -> N
     assert all(attempt == "1" for _, attempt in runs), runs
     policy = e2e.policy_object()
     assert policy["status"]["nextScheduledRescan"] > policy["status"]["lastScheduledRescan"]
+
+
+def test_a_new_feed_in_the_config_map_rescans_and_denies(e2e: E2E, jobs: JobRecord) -> None:
+    # The first feed rates every CVE negligible: the vulnerable image passes `failOn: high`.
+    mild, _ = ubuntu_oval([("negligible", "low")])
+    e2e.feed(mild)
+    e2e.policy()
+    digest = e2e.tag("app", "v1", e2e.images.get("ubuntu2204", "vulnerable"))
+    first = e2e.wait_result(digest)
+    assert first["status"]["result"] == "Pass" and first["status"]["denied"] is False
+    name = first["metadata"]["name"]
+
+    # The air-gapped admin loads a newer feed into the same ConfigMap.
+    severe, expected = ubuntu_oval()
+    e2e.core.patch_namespaced_config_map("feed", e2e.namespace, {"data": {"oval.xml": severe}})
+    changed = time.monotonic()
+    # The policy's timer looks every 30 s; then a scan.
+    rescanned = e2e.wait_result(digest, request=2, timeout=150)
+    print(f"feed ConfigMap changed -> rescan settled: {time.monotonic() - changed:.1f}s")
+    request = request_of(rescanned)
+    assert request["trigger"] == "ContentUpdate", request
+    status = rescanned["status"]
+    assert status["result"] == "Fail" and status["denied"] is True
+    assert sorted(f["id"] for f in status["findings"]) == sorted({x.cve for x in expected})
+    assert len(job_names(e2e, jobs, rescanned)) == 2
+    events = e2e.events_for("ScanPolicy", "policy")
+    assert "ContentUpdated" in events, events
+    sources = e2e.policy_object()["status"]["contentSources"]
+    assert sources == [
+        {
+            "configMap": "feed",
+            "key": "oval.xml",
+            "sha256": hashlib.sha256(severe.encode()).hexdigest(),
+        }
+    ]
+    assert name == rescanned["metadata"]["name"]

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from scapguard.api import constants as c
-from scapguard.k8s.api import IMAGE, IMAGESCAN, SCANPOLICY, Conflict, Kind, Obj
+from scapguard.k8s.api import (
+    CONFIGMAP,
+    EVENT,
+    IMAGE,
+    IMAGESCAN,
+    SCANPOLICY,
+    SECRET,
+    Conflict,
+    Kind,
+    NotFound,
+    Obj,
+)
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.imagestream import reconcile_imagestream
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -265,3 +279,105 @@ def test_only_policies_in_the_operator_namespace_choose_the_scanner_image() -> N
     assert "spec.scanner.image, spec.scanner.nodeSelector ignored" in ready["message"]
     (admin_ready,) = h.kube.get(SCANPOLICY, "admin", operator_ns)["status"]["conditions"]
     assert "spec.scanner" not in admin_ready["message"]
+
+
+FEED_REF = {"configMapRef": {"name": "feed", "key": "oval.xml"}}
+
+
+def set_feed(h: Harness, text: str | None) -> None:
+    """The policy's feed ConfigMap holds ``text``; None deletes it."""
+    body = {"metadata": {"name": "feed", "namespace": "apps"}, "data": {"oval.xml": text}}
+    try:
+        h.kube.get(CONFIGMAP, "feed", "apps")
+    except NotFound:
+        if text is not None:
+            h.kube.create(CONFIGMAP, body)
+        return
+    if text is None:
+        h.kube.delete(CONFIGMAP, "feed", "apps")
+    else:
+        h.kube.patch(CONFIGMAP, "feed", "apps", {"data": {"oval.xml": text}})
+
+
+def test_a_changed_feed_config_map_rescans_every_image_as_content_update() -> None:
+    h = harness()
+    set_feed(h, "<oval>1</oval>")
+    add_policy(h, vulnerabilities={"enabled": True, "feed": FEED_REF})
+    add_stream(h, "app", "apps", {"a": [digest(1)], "b": [digest(2)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    reconcile_scanpolicy(h.ctx, policy(h))
+    (source,) = policy(h)["status"]["contentSources"]
+    assert source == {
+        "configMap": "feed",
+        "key": "oval.xml",
+        "sha256": hashlib.sha256(b"<oval>1</oval>").hexdigest(),
+    }
+    assert len(h.kube.created("jobs")) == 2
+
+    # An unrelated key of the same ConfigMap changes nothing.
+    h.kube.patch(CONFIGMAP, "feed", "apps", {"data": {"README": "not a feed"}})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    assert len(h.kube.created("jobs")) == 2
+
+    set_feed(h, "<oval>2</oval>")
+    reconcile_scanpolicy(h.ctx, policy(h))
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)
+    # The new bytes go to the scanner: the rescan Jobs' Secrets carry them.
+    for name in h.kube.created("jobs")[2:]:
+        secret = h.kube.get(SECRET, name, h.ctx.settings.namespace)
+        assert base64.b64decode(secret["data"]["content.feed.oval.xml"]) == b"<oval>2</oval>"
+    complete_all(h)
+    assert sorted(requests(h).values()) == [(2, "ContentUpdate"), (2, "ContentUpdate")]
+    assert len(h.kube.created("jobs")) == 4
+    (event,) = [e for e in h.kube.list(EVENT, "apps") if e["reason"] == "ContentUpdated"]
+    assert "feed/oval.xml" in event["message"] and event["involvedObject"]["kind"] == "ScanPolicy"
+
+    reconcile_scanpolicy(h.ctx, policy(h))  # recorded: no second rescan
+    complete_all(h)
+    assert len(h.kube.created("jobs")) == 4
+
+
+def test_a_feed_config_map_that_appears_later_rescans_and_one_missing_is_recorded() -> None:
+    h = harness()
+    add_policy(h, vulnerabilities={"enabled": True, "feed": FEED_REF})
+    add_stream(h, "app", "apps", {"a": [digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    reconcile_scanpolicy(h.ctx, policy(h))
+    assert policy(h)["status"]["contentSources"] == [
+        {"configMap": "feed", "key": "oval.xml", "missing": True}
+    ]
+    # The admin creates the ConfigMap the scans were missing: every image is scanned again.
+    set_feed(h, "<oval/>")
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)
+    assert list(requests(h).values()) == [(2, "ContentUpdate")]
+
+
+def test_a_scan_under_way_is_rescanned_after_a_content_update() -> None:
+    h = harness()
+    set_feed(h, "<oval>1</oval>")
+    add_policy(h, vulnerabilities={"enabled": True, "feed": FEED_REF})
+    add_stream(h, "app", "apps", {"a": [digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)  # its Job runs with the old feed
+    set_feed(h, "<oval>2</oval>")
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h)  # the old attempt's result lands, then the rescan starts
+    complete_all(h)
+    assert list(requests(h).values()) == [(2, "ContentUpdate")]
+    assert len(h.kube.created("jobs")) == 2
+
+
+def test_a_policy_without_config_map_content_records_none() -> None:
+    h = harness()
+    add_policy(h, vulnerabilities={"enabled": True, "feed": FEED_REF})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    assert policy(h)["status"]["contentSources"]
+    h.kube.patch(SCANPOLICY, "default", "apps", {"spec": {"vulnerabilities": {"feed": None}}})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    assert policy(h)["status"].get("contentSources") is None

@@ -49,6 +49,7 @@ class Reason:
     # Policies.
     RECONCILED: Final = "Reconciled"
     RESCAN_REQUESTED: Final = "RescanRequested"
+    CONTENT_UPDATED: Final = "ContentUpdated"
     SCAN_CREATED: Final = "ScanCreated"
     SCAN_DELETED: Final = "ScanDeleted"
     RESULT_REJECTED: Final = "ResultRejected"

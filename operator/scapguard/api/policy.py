@@ -135,14 +135,27 @@ class ScanPolicySpec:
     def active_exceptions(self, now: dt.datetime) -> tuple[PolicyException, ...]:
         return tuple(e for e in self.exceptions if e.active(now))
 
+    def config_map_refs(self) -> tuple[ConfigMapRef, ...]:
+        """The ConfigMap content the scans use: feed, datastream, tailoring (in that order)."""
+        refs: list[ConfigMapRef] = []
+        feed = self.vulnerabilities.feed
+        if self.vulnerabilities.enabled and feed is not None and feed.config_map is not None:
+            refs.append(feed.config_map)
+        ds = self.compliance.datastream
+        if self.compliance.enabled and ds is not None and ds.config_map is not None:
+            refs.append(ds.config_map)
+        if self.compliance.enabled and self.compliance.tailoring is not None:
+            refs.append(self.compliance.tailoring)
+        return tuple(dict.fromkeys(refs))
+
     def content_hash(self) -> str:
         """Identity of what a scan looks for: a change here needs a rescan."""
-        return _digest({"v": self.raw.get("vulnerabilities"), "c": self.raw.get("compliance")})
+        return fingerprint({"v": self.raw.get("vulnerabilities"), "c": self.raw.get("compliance")})
 
     def evaluation_hash(self, now: dt.datetime) -> str:
         """Identity of how stored findings are judged: a change here only re-evaluates."""
         active = sorted(e.id for e in self.active_exceptions(now))
-        return _digest(
+        return fingerprint(
             {
                 "failOn": self.fail_on,
                 "failOnRules": self.fail_on_rules,
@@ -154,7 +167,8 @@ class ScanPolicySpec:
         )
 
 
-def _digest(data: object) -> str:
+def fingerprint(data: object) -> str:
+    """A short, stable hash of JSON-able data (16 hex digits)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -38,7 +38,6 @@ from scapguard.builders.job import (
     owner_reference,
 )
 from scapguard.k8s.api import (
-    CONFIGMAP,
     IMAGESCAN,
     JOB,
     SCANPOLICY,
@@ -52,6 +51,7 @@ from scapguard.k8s.api import (
     namespace_of,
     uid_of,
 )
+from scapguard.reconcile.content import read_content
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
 from scapguard.reconcile.scans import parsed
@@ -216,39 +216,21 @@ def policy_content(
     A missing ConfigMap or key is left out: the scanner then reports ``ContentUnavailable``
     naming the file, through the ordinary error path (retries, onError).
     """
-    refs = []
-    feed = policy.vulnerabilities.feed
-    if policy.vulnerabilities.enabled and feed is not None and feed.config_map is not None:
-        refs.append(feed.config_map)
-    ds = policy.compliance.datastream
-    if policy.compliance.enabled and ds is not None and ds.config_map is not None:
-        refs.append(ds.config_map)
-    if policy.compliance.enabled and policy.compliance.tailoring is not None:
-        refs.append(policy.compliance.tailoring)
     content: dict[tuple[str, str], bytes] = {}
     total = 0
-    for ref in refs:
-        try:
-            cm = ctx.kube.get(CONFIGMAP, ref.name, namespace)
-        except NotFound:
-            logger.warning("ConfigMap %s/%s named by the policy is missing", namespace, ref.name)
+    for item in read_content(ctx, namespace, policy):
+        if item.data is None:
+            logger.warning("%s (named by the policy)", item.problem)
             continue
-        if ref.key in (cm.get("binaryData") or {}):
-            raw = base64.b64decode(cm["binaryData"][ref.key])
-        elif ref.key in (cm.get("data") or {}):
-            raw = str(cm["data"][ref.key]).encode()
-        else:
-            logger.warning("ConfigMap %s/%s has no key %s", namespace, ref.name, ref.key)
-            continue
-        total += len(raw)
+        total += len(item.data)
         if total > _CONTENT_BUDGET:
             logger.warning(
                 "ConfigMap content for %s exceeds %d bytes; left out (use a URL)",
-                ref.name,
+                item.ref.name,
                 _CONTENT_BUDGET,
             )
             continue
-        content[(ref.name, ref.key)] = raw
+        content[(item.ref.name, item.ref.key)] = item.data
     return content
 
 

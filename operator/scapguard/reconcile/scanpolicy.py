@@ -19,7 +19,7 @@ from scapguard.api.imagescan import (
     parse_time,
     read_progress,
 )
-from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
+from scapguard.api.policy import ScanPolicySpec, fingerprint, parse_policy_spec
 from scapguard.builders.job import ignored_scanner_fields
 from scapguard.k8s.api import (
     IMAGESCAN,
@@ -32,6 +32,7 @@ from scapguard.k8s.api import (
     name_of,
     namespace_of,
 )
+from scapguard.reconcile.content import changed_sources, read_content
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.jobs import sweep
 from scapguard.reconcile.queue import pump_queue
@@ -105,23 +106,34 @@ def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
 def _rescans(
     ctx: OperatorContext, policy: Obj, spec: ScanPolicySpec, scans: list[Obj]
 ) -> dict[str, Any]:
-    """Ask scans for rescans (by annotation): policy rescan, content change, schedule."""
+    """Ask scans for rescans (by annotation): policy rescan, policy change, content update,
+    schedule."""
     now = ctx.now()
     fields: dict[str, Any] = {}
+    status = policy.get("status") or {}
     wanted = annotations_of(policy).get(c.RESCAN_ANNOTATION)
-    observed = (policy.get("status") or {}).get("observedRescan")
+    observed = status.get("observedRescan")
     content = spec.content_hash()
+    sources = read_content(ctx, namespace_of(policy) or "", spec)
+    records = [s.record() for s in sources]
+    updated = changed_sources(status.get("contentSources"), sources)
+    # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
+    update = f"ContentUpdate:{fingerprint(records)}" if updated else None
     for scan in scans:
         progress = read_progress(scan.get("status"))
         if wanted and wanted != observed:
             _annotate_rescan(ctx, scan, f"OnDemand:policy/{wanted}")
             continue
-        if progress.request is None or not progress.finished:
+        if progress.request is None:
             continue
-        if progress.request.content_hash != content:
+        if progress.finished and progress.request.content_hash != content:
             _annotate_rescan(ctx, scan, f"PolicyChange:{content}")
             continue
-        if spec.schedule:
+        if update is not None:
+            # Scans under way too: their attempt may have started with the old content.
+            _annotate_rescan(ctx, scan, update)
+            continue
+        if progress.finished and spec.schedule:
             due = due_rescan(
                 name_of(scan), spec.schedule, parse_time(progress.request.requested_at), now
             )
@@ -132,6 +144,14 @@ def _rescans(
         ctx.event(
             policy, "Normal", Reason.RESCAN_REQUESTED, f"rescan of {len(scans)} images requested"
         )
+    if updated:
+        ctx.event(
+            policy,
+            "Normal",
+            Reason.CONTENT_UPDATED,
+            f"content changed in {', '.join(updated)}: rescan of {len(scans)} images requested",
+        )
+    fields["contentSources"] = records or None
     if spec.schedule:
         win = window(spec.schedule, now)
         fields["lastScheduledRescan"] = format_time(win.start)
