@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -167,6 +168,15 @@ def jobs(admin_api: client.ApiClient, operator: OperatorProcess) -> Iterator[Job
     yield record
     done.set()
     w.stop()
+
+
+@pytest.fixture
+def silent_registry() -> Iterator[str]:
+    """``127.0.0.1:PORT`` that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture

@@ -1,17 +1,21 @@
-"""Scans that cannot succeed: a registry that refuses the pull, an unsupported OS. Each ends
-in `Error` with the scanner's reason after the policy's retries (one Job per attempt), and
-the policy's onError decides whether the Image is denied."""
+"""Scans that cannot succeed: a registry that refuses the pull, an unsupported OS, a scanner
+pod killed before it posts. Each ends in `Error` with its reason after the policy's retries
+(one Job per attempt), and the policy's onError decides whether the Image is denied."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scapguard.devcluster.cluster import free_port
+from scapguard.api.constants import JOB_ENDED_ANNOTATION
+from scapguard.api.naming import scan_name
+from scapguard.devcluster.cluster import free_port, wait_for
 from scapguard.devcluster.images import build_and_push
+from scapguard.devcluster.operatorproc import NAMESPACE
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import BasicAuth, Registry
 from tests.e2e.conftest import E2E, JobRecord
@@ -107,3 +111,39 @@ def test_unsupported_os_is_an_error_with_its_reason_and_denied(
     assert "Alpine" in status["error"]["message"], status["error"]
     assert status["denied"] is True
     assert image_marks(e2e, digest)[DENY] == "true"
+
+
+def test_a_scanner_pod_killed_before_its_post_is_noticed_through_the_job_watch(
+    e2e: E2E, jobs: JobRecord, silent_registry: str
+) -> None:
+    xml, _ = ubuntu_oval()
+    e2e.feed(xml)
+    # The registry never answers: the scanner waits in its pull until its pod is deleted.
+    e2e.policy(
+        scanner={"insecureRegistries": [silent_registry], "retries": 0, "timeoutSeconds": 300}
+    )
+    digest = "sha256:" + "7a" * 32
+    e2e.tag_pull_spec("app", "v1", f"{silent_registry}/quiet/app", digest)
+    name = scan_name(digest, e2e.namespace, "policy")
+    pods: list[Any] = []
+
+    def scanner_running() -> bool:
+        job = jobs.for_scan(e2e.namespace, name)
+        if not job:
+            return False
+        found = e2e.core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={job[0]}")
+        pods[:] = [p for p in found.items if p.status and p.status.phase == "Running"]
+        return bool(pods)
+
+    wait_for("the scanner pod to run", scanner_running, 60, 0.2)
+    e2e.core.delete_namespaced_pod(pods[0].metadata.name, NAMESPACE, grace_period_seconds=0)
+    killed = time.monotonic()
+    # The ImageScan progress timer first looks 30 s after the scan was created: an end recorded
+    # before then came through the watch of scanner Jobs.
+    scan = e2e.wait_result(digest, timeout=60)
+    print(f"scanner pod deleted -> Error recorded: {time.monotonic() - killed:.1f}s")
+    status = scan["status"]
+    assert (status["result"], status["reason"]) == ("Error", "ScannerFailed"), status
+    (job,) = jobs.for_scan(e2e.namespace, name)
+    assert scan["metadata"]["annotations"][JOB_ENDED_ANNOTATION] == job
+    assert "ScanFailed" in e2e.events_for("ImageScan", name)

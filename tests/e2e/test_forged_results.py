@@ -9,11 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,15 +29,6 @@ from tests.e2e.conftest import E2E, JobRecord, scrape_metrics
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 DIGEST = "sha256:" + "5e" * 32
-
-
-@pytest.fixture
-def silent_registry() -> Iterator[str]:
-    """``127.0.0.1:PORT`` that accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def post(

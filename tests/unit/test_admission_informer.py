@@ -1,4 +1,5 @@
-"""The informer's list/watch loop against a scripted API: relist on 410, resume, stop, fail."""
+"""The informer's list/watch loop against a scripted API: relist on 410, resume, stop, fail;
+cluster-wide or in one namespace with a label selector."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from scapguard.k8s import informer as informer_module
-from scapguard.k8s.api import IMAGE, Obj
+from scapguard.k8s.api import IMAGE, JOB, Obj
 from scapguard.k8s.informer import Informer
 
 
@@ -26,9 +27,16 @@ class Script:
         self.listings = listings
         self.watches = watches
         self.watched_from: list[str] = []
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.last_started = threading.Event()
 
     def list_cluster_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("cluster", args, kwargs))
+        items, version = self.listings.pop(0)
+        return {"items": items, "metadata": {"resourceVersion": version}}
+
+    def list_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("namespaced", args, kwargs))
         items, version = self.listings.pop(0)
         return {"items": items, "metadata": {"resourceVersion": version}}
 
@@ -44,6 +52,7 @@ class FakeWatch:
 
     def stream(self, func: Any, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         self.script.watched_from.append(str(kwargs["resource_version"]))
+        self.script.calls.append((f"watch:{func.__name__}", args, kwargs))
         step = self.script.watches.pop(0)
         if isinstance(step, BaseException):
             raise step
@@ -61,7 +70,7 @@ def run(monkeypatch: pytest.MonkeyPatch) -> Any:
             informer_module, "k8s_client", SimpleNamespace(CustomObjectsApi=lambda api: script)
         )
         monkeypatch.setattr(informer_module, "k8s_watch", SimpleNamespace(Watch=FakeWatch))
-        inf = Informer(object(), IMAGE, **callbacks)
+        inf = Informer(object(), callbacks.pop("kind", IMAGE), **callbacks)
         inf.start()
         return inf
 
@@ -112,3 +121,38 @@ def test_a_bug_in_the_sink_marks_failure_and_stops(run: Any) -> None:
     assert done.wait(10)
     inf.stop()
     assert failures == ["KeyError: 'metadata'"]
+
+
+def test_one_namespace_with_a_label_selector(run: Any) -> None:
+    seen: list[str] = []
+    script = Script(
+        listings=[([obj("j1", "1")], "1")],
+        watches=[[{"type": "MODIFIED", "object": obj("j1", "2")}]],
+    )
+    inf = run(
+        script,
+        kind=JOB,
+        namespace="scapguard",
+        label_selector="app.kubernetes.io/managed-by=scapguard",
+        on_replace=lambda items: seen.extend(i["metadata"]["name"] for i in items),
+        on_event=lambda kind, o: seen.append(f"{kind}:{o['metadata']['name']}"),
+        on_failure=lambda reason: seen.append(reason),
+    )
+    assert script.last_started.wait(10)
+    inf.stop()
+    assert seen == ["j1", "MODIFIED:j1"]
+    where = ("batch", "v1", "scapguard", "jobs")
+    (listed, args, kwargs), (watched, wargs, wkwargs) = script.calls
+    assert (listed, args, watched, wargs) == (
+        "namespaced",
+        where,
+        "watch:list_namespaced_custom_object",
+        where,
+    )
+    for options in (kwargs, wkwargs):
+        assert options["label_selector"] == "app.kubernetes.io/managed-by=scapguard"
+
+
+def test_a_cluster_scoped_kind_has_no_namespace() -> None:
+    with pytest.raises(ValueError, match="cluster-scoped"):
+        Informer(object(), IMAGE, namespace="x", on_replace=print, on_event=print, on_failure=print)

@@ -21,6 +21,28 @@ from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.context import OperatorContext
 
 
+class JobWatch:
+    """Stands in for the watch of scanner Jobs (a thread on a real API server: tests/e2e)."""
+
+    def __init__(self) -> None:
+        self.ctx: OperatorContext | None = None
+        self.stopped = False
+
+    def __call__(self, ctx: OperatorContext) -> JobWatch:
+        self.ctx = ctx
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.fixture
+def job_watch(monkeypatch: pytest.MonkeyPatch) -> JobWatch:
+    watch = JobWatch()
+    monkeypatch.setattr(startup, "watch_scanner_jobs", watch)
+    return watch
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -28,7 +50,9 @@ def free_port() -> int:
         return port
 
 
-def test_startup_configures_kopf_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_startup_configures_kopf_and_serves(
+    monkeypatch: pytest.MonkeyPatch, job_watch: JobWatch
+) -> None:
     results, metrics = free_port(), free_port()
     for name, value in {
         "SCAPGUARD_NAMESPACE": "scapguard",
@@ -66,6 +90,7 @@ def test_startup_configures_kopf_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.peering.name == "scapguard" and settings.peering.mandatory
     assert settings.peering.priority > 0
     assert isinstance(memo[MEMO_KEY], OperatorContext)
+    assert job_watch.ctx is memo[MEMO_KEY] and job_watch.stopped
     assert in_scope(namespace="apps", memo=memo) and in_scope(namespace="scapguard", memo=memo)
     assert not in_scope(namespace="other", memo=memo)
 
@@ -81,7 +106,9 @@ def test_bad_setting_stops_the_operator_naming_the_variable(
         )
 
 
-def test_scapguard_annotations_reach_update_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scapguard_annotations_reach_update_handlers(
+    monkeypatch: pytest.MonkeyPatch, job_watch: JobWatch
+) -> None:
     """kopf leaves out of its diff every annotation under a prefix marked ``kopf-managed``:
     its own storage must not use scapguard.io, or rescans and result pokes go unnoticed."""
     monkeypatch.setenv("SCAPGUARD_NAMESPACE", "scapguard")

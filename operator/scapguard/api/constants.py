@@ -32,6 +32,8 @@ RESCAN_ANNOTATION: Final = f"{PREFIX}/rescan"
 UNTAGGED_SINCE_ANNOTATION: Final = f"{PREFIX}/untagged-since"
 # Poke written by the results endpoint so the active operator reconciles the scan at once.
 RESULT_RECEIVED_ANNOTATION: Final = f"{PREFIX}/result-received"
+# Poke written when the scan's scanner Job ended without posting a result (names the Job).
+JOB_ENDED_ANNOTATION: Final = f"{PREFIX}/job-ended"
 
 # On the Image: scapguard set the deny (a deny without this marker belongs to a person).
 DENY_MARKER_ANNOTATION: Final = f"{PREFIX}/deny-execution"

@@ -11,7 +11,7 @@ from scapguard.handlers.context import Logger, conflicts_retried, context, finis
 from scapguard.reconcile.cleanup import scan_deleted
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 
-PROGRESS_INTERVAL: Final = 30.0  # scans under way: notice Jobs that ended without a post
+PROGRESS_INTERVAL: Final = 30.0  # scans under way: the fallback for the Job watch (handlers.jobs)
 REPAIR_INTERVAL: Final = 600.0  # finished scans: bring the Image back in line if it drifted
 
 

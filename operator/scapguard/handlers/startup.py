@@ -15,6 +15,7 @@ from scapguard.api.constants import KOPF_STORAGE_PREFIX, PREFIX
 from scapguard.config import Settings, SettingsError
 from scapguard.handlers.admission import AdmissionOptions, configure_admission
 from scapguard.handlers.context import MEMO_KEY, Logger
+from scapguard.handlers.jobs import watch_scanner_jobs
 from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
 from scapguard.reconcile.context import OperatorContext
@@ -63,6 +64,7 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         )
         memo["scapguard_metrics_server"] = server
     memo["scapguard_results_runner"] = await start_results_server(ctx)
+    memo["scapguard_job_watch"] = await asyncio.to_thread(watch_scanner_jobs, ctx)
     await asyncio.to_thread(
         configure_admission,
         settings,
@@ -89,6 +91,9 @@ async def stop_operator(memo: Any, logger: Logger) -> None:
     runner = memo.get("scapguard_results_runner")
     if isinstance(runner, web.AppRunner):
         await runner.cleanup()
+    watch = memo.get("scapguard_job_watch")
+    if watch is not None:
+        await asyncio.to_thread(watch.stop)
     server = memo.get("scapguard_metrics_server")
     if server is not None:
         await asyncio.to_thread(server.shutdown)

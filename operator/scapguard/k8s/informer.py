@@ -1,10 +1,13 @@
-"""List+watch of one cluster-wide custom resource in a thread, feeding an in-memory index.
+"""List+watch of one resource kind in a thread, feeding an in-memory index or a callback.
 
 Why not kopf's own watches (``@kopf.on.event``): with kopf peering, standby replicas pause their
-watches, yet every replica behind the webhook Service answers admission requests; and kopf does
-not tell a handler when the initial listing is complete. This informer runs on every replica,
-hands the index a complete listing (``on_replace``) before any event (``on_event``), relists
-after a watch expires (410 Gone) and reconnects with backoff after network errors.
+watches, yet every replica behind the webhook Service answers admission requests; kopf does
+not tell a handler when the initial listing is complete; and kopf watches every resource in the
+same namespaces (all of them), while scanner Jobs live in the operator's namespace only. This
+informer hands ``on_replace`` a complete listing before any event (``on_event``), relists after a
+watch expires (410 Gone) and reconnects with backoff after network errors. Any resource with an
+API group works (CustomObjectsApi only builds ``/apis/<group>/<version>/...`` paths), cluster-wide
+or in one namespace, optionally with a label selector.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ def load_api_client() -> Any:
 
 
 class Informer:
-    """Keep ``on_replace``/``on_event`` fed with the objects of ``kind`` (all namespaces)."""
+    """Keep ``on_replace``/``on_event`` fed with the objects of ``kind``.
+
+    All namespaces unless ``namespace`` is given; only objects matching ``label_selector``.
+    """
 
     def __init__(
         self,
@@ -55,11 +61,17 @@ class Informer:
         on_replace: Callable[[list[Obj]], None],
         on_event: Callable[[str, Obj], None],
         on_failure: Callable[[str], None],
+        namespace: str | None = None,
+        label_selector: str | None = None,
         watch_seconds: int = 300,
         page_size: int = 500,
     ) -> None:
         if not kind.group:
-            raise ValueError("Informer watches custom (grouped) resources only")
+            raise ValueError("Informer watches resources of an API group only")
+        if namespace is not None and not kind.namespaced:
+            raise ValueError(f"{kind.plural} are cluster-scoped: no namespace")
+        self._namespace = namespace
+        self._selector = {"label_selector": label_selector} if label_selector else {}
         self._api = k8s_client.CustomObjectsApi(api_client)
         self._kind = kind
         self._on_replace = on_replace
@@ -74,7 +86,20 @@ class Informer:
 
     @property
     def name(self) -> str:
-        return f"{self._kind.plural}.{self._kind.group}"
+        where = f" in {self._namespace}" if self._namespace else ""
+        return f"{self._kind.plural}.{self._kind.group}{where}"
+
+    def _call(self) -> tuple[Any, tuple[str, ...]]:
+        """The list function and its leading arguments (a list, or a watch with watch=True)."""
+        kind = self._kind
+        if self._namespace is None:
+            return self._api.list_cluster_custom_object, (kind.group, kind.version, kind.plural)
+        return self._api.list_namespaced_custom_object, (
+            kind.group,
+            kind.version,
+            self._namespace,
+            kind.plural,
+        )
 
     def start(self) -> None:
         if self._thread is not None:
@@ -135,13 +160,8 @@ class Informer:
             kwargs: dict[str, Any] = {"limit": self._page_size}
             if token:
                 kwargs["_continue"] = token
-            page: Any = self._api.list_cluster_custom_object(
-                self._kind.group,
-                self._kind.version,
-                self._kind.plural,
-                _request_timeout=60,
-                **kwargs,
-            )
+            func, args = self._call()
+            page: Any = func(*args, _request_timeout=60, **self._selector, **kwargs)
             for item in page.get("items") or []:
                 if isinstance(item, dict):
                     items.append(item)
@@ -159,12 +179,12 @@ class Informer:
             stream = k8s_watch.Watch()
             with self._lock:
                 self._watch = stream
+            func, args = self._call()
             try:
                 for event in stream.stream(
-                    self._api.list_cluster_custom_object,
-                    self._kind.group,
-                    self._kind.version,
-                    self._kind.plural,
+                    func,
+                    *args,
+                    **self._selector,
                     resource_version=version,
                     allow_watch_bookmarks=True,
                     timeout_seconds=self._watch_seconds,

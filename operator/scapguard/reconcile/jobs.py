@@ -21,6 +21,7 @@ from scapguard.k8s.api import (
     labels_of,
     meta,
     name_of,
+    namespace_of,
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext
@@ -91,28 +92,68 @@ def running_jobs(ctx: OperatorContext) -> list[Obj]:
     return [j for j in jobs if not job_finished(j) and not meta(j).get("deletionTimestamp")]
 
 
-def _stale(ctx: OperatorContext, job: Obj) -> str | None:
-    """Why a scanner Job is no longer wanted, or None if it still serves its scan."""
+def _serving(ctx: OperatorContext, job: Obj) -> tuple[Obj | None, str]:
+    """The ImageScan whose current attempt ``job`` runs, or None and why it serves none."""
     notes = annotations_of(job)
     namespace = notes.get(c.SCAN_NAMESPACE_ANNOTATION)
     name = notes.get(c.SCAN_NAME_ANNOTATION)
     if not namespace or not name:
-        return "it names no ImageScan"
+        return None, "it names no ImageScan"
     try:
         scan = ctx.kube.get(IMAGESCAN, name, namespace)
     except NotFound:
-        return f"ImageScan {namespace}/{name} is gone"
+        return None, f"ImageScan {namespace}/{name} is gone"
     if uid_of(scan) != labels_of(job).get(c.SCAN_UID_LABEL):
-        return f"ImageScan {namespace}/{name} was replaced"
+        return None, f"ImageScan {namespace}/{name} was replaced"
     progress = read_progress(scan.get("status"))
     request = progress.request
     if request is None or notes.get(c.REQUEST_ANNOTATION) != str(request.number):
-        return "it belongs to an earlier request"
+        return None, "it belongs to an earlier request"
     if notes.get(c.ATTEMPT_ANNOTATION) != str(progress.attempts):
-        return "a later attempt superseded it"
+        return None, "a later attempt superseded it"
     if progress.finished:
-        return "its scan has a result"
-    return None  # the current attempt: the scan's reconcile records how it ended
+        return None, "its scan has a result"
+    return scan, ""  # the current attempt: the scan's reconcile records how it ended
+
+
+def _stale(ctx: OperatorContext, job: Obj) -> str | None:
+    """Why a scanner Job is no longer wanted, or None if it still serves its scan."""
+    scan, why = _serving(ctx, job)
+    return None if scan is not None else why
+
+
+def nudge_scan_of_ended_job(ctx: OperatorContext, job: Obj) -> bool:
+    """A scanner Job ended without its result: poke the scan so the attempt's end is recorded now.
+
+    Otherwise only the 30 s progress timer notices a scanner that was OOM-killed, timed out or
+    crashed before posting. Like the results endpoint, this only pokes (an annotation naming the
+    Job): the active replica's reconcile reads the Job and decides. Returns whether it poked.
+    """
+    if not job_finished(job) or meta(job).get("deletionTimestamp"):
+        return False
+    scan, _ = _serving(ctx, job)
+    if scan is None:
+        return False
+    if read_progress(scan.get("status")).current_outcome() is not None:
+        return False  # the result (or a recorded end) arrived: nothing to hurry
+    if annotations_of(scan).get(c.JOB_ENDED_ANNOTATION) == name_of(job):
+        return False
+    try:
+        ctx.kube.patch(
+            IMAGESCAN,
+            name_of(scan),
+            namespace_of(scan),
+            {"metadata": {"annotations": {c.JOB_ENDED_ANNOTATION: name_of(job)}}},
+        )
+    except NotFound:
+        return False
+    logger.info(
+        "scanner Job %s ended without a result; ImageScan %s/%s reconciles now",
+        name_of(job),
+        namespace_of(scan),
+        name_of(scan),
+    )
+    return True
 
 
 def sweep(ctx: OperatorContext) -> int:
