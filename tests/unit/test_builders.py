@@ -13,6 +13,7 @@ from scapguard.api.policy import parse_policy_spec
 from scapguard.builders.imagescan import build_result_config_map
 from scapguard.builders.job import (
     CREDENTIALS_DIR,
+    DEFAULT_RESOURCES,
     ScanJobInput,
     build_scan_job,
     build_scan_secret,
@@ -66,7 +67,7 @@ def test_job_pod_is_hardened_and_tokenless() -> None:
     assert container["command"] == ["scapguard-scan"]
     assert container["args"][0] == f"r/x@{digest(1)}"
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}} in pod["volumes"]
-    assert container["resources"] == {"limits": {"memory": "1Gi"}}
+    assert container["resources"] == DEFAULT_RESOURCES  # a tenant policy: the defaults
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["SCAPGUARD_RESULTS_URL"] == (
         "https://scapguard-results.scapguard-system.svc:8443/v1/results/"
@@ -80,30 +81,35 @@ def test_job_pod_is_hardened_and_tokenless() -> None:
     assert "ownerReferences" not in job["metadata"], "no cross-namespace owner"
 
 
-def test_scanner_image_and_placement_only_from_the_operator_namespace() -> None:
-    """The scanner pod holds the scan's results token: a tenant's policy must not pick it."""
+def test_scanner_image_placement_and_resources_only_from_the_operator_namespace() -> None:
+    """The scanner pod holds the scan's results token and spends the operator namespace's
+    quota: a tenant's policy must not pick its image, placement or size."""
     policy = parse_policy_spec(
         {
             "scanner": {
                 "image": "evil.example/scanner:1",
                 "nodeSelector": {"pool": "scan"},
                 "tolerations": [{"key": "k", "operator": "Exists"}],
+                "resources": {"requests": {"cpu": "64", "memory": "512Gi"}},
             }
         }
     )
     tenant = build_scan_job(job_input(policy=policy))["spec"]["template"]["spec"]
     assert tenant["containers"][0]["image"] == "quay.io/scapguard/scanner:0.1.0"
     assert "nodeSelector" not in tenant and "tolerations" not in tenant
+    assert tenant["containers"][0]["resources"] == DEFAULT_RESOURCES
     assert ignored_scanner_fields(policy, "apps", "scapguard-system") == (
         "spec.scanner.image",
         "spec.scanner.nodeSelector",
         "spec.scanner.tolerations",
+        "spec.scanner.resources",
     )
     admin_input = job_input(policy=policy, scan_namespace="scapguard-system")
     admin = build_scan_job(admin_input)["spec"]["template"]["spec"]
     assert admin["containers"][0]["image"] == "evil.example/scanner:1"
     assert admin["nodeSelector"] == {"pool": "scan"}
     assert admin["tolerations"] == [{"key": "k", "operator": "Exists"}]
+    assert admin["containers"][0]["resources"] == {"requests": {"cpu": "64", "memory": "512Gi"}}
     assert ignored_scanner_fields(policy, "scapguard-system", "scapguard-system") == ()
     assert ignored_scanner_fields(parse_policy_spec({}), "apps", "scapguard-system") == ()
 

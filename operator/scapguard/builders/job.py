@@ -8,9 +8,10 @@ whose ImageScan is gone. The Secret is owned by the Job (same namespace) and goe
 
 The scanner pod runs in the operator's namespace holding the scan's results token, so whoever
 picks its image can post any result for any digest. ``spec.scanner.image`` (and the pod's
-placement, ``nodeSelector`` and ``tolerations``) are therefore honoured only for policies in the
-operator's own namespace, which only cluster admins write; elsewhere the operator's configured
-scanner image runs and the ScanPolicy's Ready message names the ignored fields.
+placement, ``nodeSelector`` and ``tolerations``, and its ``resources``, which spend the operator
+namespace's quota) are therefore honoured only for policies in the operator's own namespace,
+which only cluster admins write; elsewhere the operator's configured scanner image and the
+defaults apply, and the ScanPolicy's Ready message names the ignored fields.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def ignored_scanner_fields(
         ("image", scanner.image is not None),
         ("nodeSelector", bool(scanner.node_selector)),
         ("tolerations", bool(scanner.tolerations)),
+        ("resources", bool(scanner.resources)),
     )
     return tuple(f"spec.scanner.{name}" for name, is_set in set_fields if is_set)
 
@@ -248,7 +250,8 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
                 "command": [SCANNER_COMMAND],
                 "args": [inp.image, "--policy-file", f"{CREDENTIALS_DIR}/{c.POLICY_KEY}"],
                 "env": _env(inp),
-                "resources": dict(scanner.resources) or dict(DEFAULT_RESOURCES),
+                "resources": (dict(scanner.resources) if admin_policy else {})
+                or dict(DEFAULT_RESOURCES),
                 "securityContext": _container_security(),
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
