@@ -394,6 +394,21 @@ class E2E:
         )
         return [e.reason or "" for e in events.items]
 
+    def wait_events(self, kind: str, name: str, *reasons: str, timeout: float = 30) -> list[str]:
+        """Wait until the object has Events with all ``reasons``; return every reason seen.
+
+        The operator posts an Event after the status write it reports, so a test that has just
+        seen the status must wait for the Event.
+        """
+        seen: list[str] = []
+
+        def arrived() -> bool:
+            seen[:] = self.events_for(kind, name)
+            return set(reasons) <= set(seen)
+
+        wait_for(f"Events {reasons} on {kind} {name}", arrived, timeout, 0.2)
+        return seen
+
 
 @pytest.fixture
 def e2e(

@@ -49,8 +49,7 @@ def assert_error(
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Scanned"]["status"] == "False"
     assert conditions["Scanned"]["reason"] == reason
-    events = e2e.events_for("ImageScan", scan["metadata"]["name"])
-    assert "Retrying" in events and "ScanFailed" in events, events
+    e2e.wait_events("ImageScan", scan["metadata"]["name"], "Retrying", "ScanFailed")
     return status
 
 
@@ -146,4 +145,4 @@ def test_a_scanner_pod_killed_before_its_post_is_noticed_through_the_job_watch(
     assert (status["result"], status["reason"]) == ("Error", "ScannerFailed"), status
     (job,) = jobs.for_scan(e2e.namespace, name)
     assert scan["metadata"]["annotations"][JOB_ENDED_ANNOTATION] == job
-    assert "ScanFailed" in e2e.events_for("ImageScan", name)
+    e2e.wait_events("ImageScan", name, "ScanFailed")

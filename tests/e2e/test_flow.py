@@ -69,13 +69,13 @@ def test_vulnerable_fails_and_is_denied_patched_passes(e2e: E2E, jobs: JobRecord
     assert str(labels["high"]["data"]) == "1" and str(labels["medium"]["data"]) == "2"
     assert all(isinstance(s["severityIndex"], int) for s in quality["summary"])
     assert any(k.startswith("scapguard.io/") for k in marks), marks
-    assert "VulnerabilitiesFound" in e2e.events_for("ImageScan", scan["metadata"]["name"])
+    e2e.wait_events("ImageScan", scan["metadata"]["name"], "VulnerabilitiesFound")
     # The full report and result are retrievable with the scapguard CLI.
     report = e2e.scapguard("report", scan["metadata"]["name"])
     assert b"<html" in report[:2000].lower()
     result = json.loads(e2e.scapguard("result", scan["metadata"]["name"]))
     assert result["image"]["digest"] == bad
-    assert "Denied" in e2e.events_for("ImageStream", "app")
+    e2e.wait_events("ImageStream", "app", "Denied")
 
     # The patched image, tagged into the same stream: its own scan passes, no deny.
     good = e2e.tag("app", "latest", e2e.images.get("ubuntu2204", "patched"))

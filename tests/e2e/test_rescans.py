@@ -62,7 +62,7 @@ def test_rescan_by_annotation_on_a_scan_then_on_its_policy(e2e: E2E, jobs: JobRe
     assert again["status"]["trigger"] == "OnDemand"
     assert again["status"]["result"] == "Pass"
     assert job_names(e2e, jobs, first)[1].endswith("-2-1")
-    assert "RescanRequested" in e2e.events_for("ImageScan", name)
+    e2e.wait_events("ImageScan", name, "RescanRequested")
     assert len(job_names(e2e, jobs, other)) == 1, "only the annotated scan is rescanned"
 
     # The policy's annotation (here through the CLI) rescans every image it selects.
@@ -168,8 +168,7 @@ def test_a_new_feed_in_the_config_map_rescans_and_denies(e2e: E2E, jobs: JobReco
     assert status["result"] == "Fail" and status["denied"] is True
     assert sorted(f["id"] for f in status["findings"]) == sorted({x.cve for x in expected})
     assert len(job_names(e2e, jobs, rescanned)) == 2
-    events = e2e.events_for("ScanPolicy", "policy")
-    assert "ContentUpdated" in events, events
+    e2e.wait_events("ScanPolicy", "policy", "ContentUpdated")
     sources = e2e.policy_object()["status"]["contentSources"]
     assert sources == [
         {
