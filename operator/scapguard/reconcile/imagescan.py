@@ -46,7 +46,7 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.jobs import delete_job, observe_job
-from scapguard.reconcile.queue import pump_queue, queued_fields
+from scapguard.reconcile.queue import pump_queue, queued_fields, sync_queue_label
 from scapguard.reconcile.status import differs, with_conditions, write_status
 from scapguard.reconcile.verdicts import (
     UntrustedResult,
@@ -71,6 +71,12 @@ def reconcile_imagescan(
     ctx: OperatorContext, scan: Obj, *, repair: bool = False, pump: bool = True
 ) -> Outcome:
     """``pump=False`` (the progress timer) leaves queue admission to the policies' timers."""
+    outcome = _reconcile(ctx, scan, repair=repair, pump=pump)
+    sync_queue_label(ctx, scan)
+    return outcome
+
+
+def _reconcile(ctx: OperatorContext, scan: Obj, *, repair: bool, pump: bool) -> Outcome:
     try:
         spec = parse_imagescan_spec(scan.get("spec"))
     except SpecError as exc:
@@ -95,6 +101,7 @@ def reconcile_imagescan(
     request = progress.request
     if request is None or (progress.finished and rescan is not None and rescan != request.rescan):
         _new_request(ctx, scan, spec, policy, progress, rescan, now)
+        sync_queue_label(ctx, scan)
         pump_queue(ctx)
         return Outcome()
     if progress.finished:
@@ -276,6 +283,7 @@ def _advance(
     elif progress.state not in (QUEUED, RETRYING):
         write_status(ctx, scan, queued_fields(ctx.now()))
     if pump:
+        sync_queue_label(ctx, scan)
         pump_queue(ctx)
     return Outcome()
 

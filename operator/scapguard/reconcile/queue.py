@@ -47,6 +47,7 @@ from scapguard.k8s.api import (
     NotFound,
     Obj,
     annotations_of,
+    labels_of,
     name_of,
     namespace_of,
     uid_of,
@@ -119,11 +120,40 @@ def admit(
 
 def _queued_scans(ctx: OperatorContext, now: dt.datetime) -> dict[tuple[str, str], Obj]:
     found: dict[tuple[str, str], Obj] = {}
+    selector = f"{c.QUEUED_LABEL}=true"
     for namespace in ctx.scan_namespaces():
-        for scan in ctx.kube.list(IMAGESCAN, namespace):
+        for scan in ctx.kube.list(IMAGESCAN, namespace, label_selector=selector):
             if waiting(scan, now):
                 found[(namespace_of(scan) or "", name_of(scan))] = scan
     return found
+
+
+def sync_queue_label(ctx: OperatorContext, scan: Obj) -> None:
+    """Label a scan that waits in the queue, unlabel one that does not (from its status).
+
+    Every reconcile of the scan ends here, and a scan entering the queue is labelled before
+    the queue is pumped, so a waiting scan is never left out of admission for long (a crash
+    in between is healed by the resume or progress reconcile).
+    """
+    progress = read_progress(scan.get("status"))
+    wanted = (
+        progress.request is not None
+        and not progress.finished
+        and progress.state in (QUEUED, RETRYING)
+    )
+    if wanted == (labels_of(scan).get(c.QUEUED_LABEL) == "true"):
+        return
+    try:
+        scan.update(
+            ctx.kube.patch(
+                IMAGESCAN,
+                name_of(scan),
+                namespace_of(scan),
+                {"metadata": {"labels": {c.QUEUED_LABEL: "true" if wanted else None}}},
+            )
+        )
+    except NotFound:
+        return
 
 
 def pump_queue(ctx: OperatorContext) -> int:
@@ -329,6 +359,7 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
             name,
         )
         return True
+    sync_queue_label(ctx, scan)
     requested = parse_time(progress.request.requested_at)
     if attempt == 1 and requested is not None:
         ctx.metrics.queue_wait.observe(max(0.0, (now - requested).total_seconds()))
