@@ -33,7 +33,6 @@ from scapguard.api.imagescan import (
 from scapguard.api.naming import digest_label, job_name, result_config_map_name
 from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
 from scapguard.k8s.api import (
-    IMAGESCAN,
     SCANPOLICY,
     NotFound,
     Obj,
@@ -47,7 +46,7 @@ from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.jobs import delete_job, observe_job
 from scapguard.reconcile.queue import pump_queue, queued_fields, sync_queue_label
-from scapguard.reconcile.status import differs, with_conditions, write_status
+from scapguard.reconcile.status import differs, mark_scan, with_conditions, write_status
 from scapguard.reconcile.verdicts import (
     UntrustedResult,
     apply_verdict,
@@ -124,11 +123,7 @@ def _ensure_labels(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec) -> None
     labels = labels_of(scan)
     missing = {k: v for k, v in wanted.items() if labels.get(k) != v}
     if missing:
-        scan.update(
-            ctx.kube.patch(
-                IMAGESCAN, name_of(scan), namespace_of(scan), {"metadata": {"labels": missing}}
-            )
-        )
+        mark_scan(ctx, scan, labels=missing)
 
 
 def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> None:

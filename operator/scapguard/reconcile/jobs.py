@@ -25,6 +25,7 @@ from scapguard.k8s.api import (
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.status import mark_scan
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +139,7 @@ def nudge_scan_of_ended_job(ctx: OperatorContext, job: Obj) -> bool:
         return False  # the result (or a recorded end) arrived: nothing to hurry
     if annotations_of(scan).get(c.JOB_ENDED_ANNOTATION) == name_of(job):
         return False
-    try:
-        ctx.kube.patch(
-            IMAGESCAN,
-            name_of(scan),
-            namespace_of(scan),
-            {"metadata": {"annotations": {c.JOB_ENDED_ANNOTATION: name_of(job)}}},
-        )
-    except NotFound:
+    if not mark_scan(ctx, scan, annotations={c.JOB_ENDED_ANNOTATION: name_of(job)}):
         return False
     logger.info(
         "scanner Job %s ended without a result; ImageScan %s/%s reconciles now",

@@ -56,7 +56,7 @@ from scapguard.reconcile.content import read_content
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
 from scapguard.reconcile.scans import parsed
-from scapguard.reconcile.status import with_conditions, write_status
+from scapguard.reconcile.status import mark_scan, with_conditions, write_status
 
 logger = logging.getLogger(__name__)
 
@@ -141,19 +141,8 @@ def sync_queue_label(ctx: OperatorContext, scan: Obj) -> None:
         and not progress.finished
         and progress.state in (QUEUED, RETRYING)
     )
-    if wanted == (labels_of(scan).get(c.QUEUED_LABEL) == "true"):
-        return
-    try:
-        scan.update(
-            ctx.kube.patch(
-                IMAGESCAN,
-                name_of(scan),
-                namespace_of(scan),
-                {"metadata": {"labels": {c.QUEUED_LABEL: "true" if wanted else None}}},
-            )
-        )
-    except NotFound:
-        return
+    if wanted != (labels_of(scan).get(c.QUEUED_LABEL) == "true"):
+        mark_scan(ctx, scan, labels={c.QUEUED_LABEL: "true" if wanted else None})
 
 
 def pump_queue(ctx: OperatorContext) -> int:

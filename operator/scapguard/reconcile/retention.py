@@ -29,6 +29,7 @@ from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.scans import from_imagestream, parsed
 from scapguard.reconcile.selection import Selection
+from scapguard.reconcile.status import mark_scan
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,7 @@ def policy_keep(policy: Obj) -> object:
 
 
 def _annotate(ctx: OperatorContext, scan: Obj, value: str | None) -> None:
-    try:
-        ctx.kube.patch(
-            IMAGESCAN,
-            name_of(scan),
-            namespace_of(scan),
-            {"metadata": {"annotations": {c.UNTAGGED_SINCE_ANNOTATION: value}}},
-        )
-    except NotFound:
-        logger.info("ImageScan %s/%s is gone", namespace_of(scan), name_of(scan))
+    mark_scan(ctx, scan, annotations={c.UNTAGGED_SINCE_ANNOTATION: value})
 
 
 def _delete(ctx: OperatorContext, scan: Obj, why: str) -> bool:

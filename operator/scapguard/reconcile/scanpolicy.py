@@ -22,10 +22,8 @@ from scapguard.api.imagescan import (
 from scapguard.api.policy import ScanPolicySpec, fingerprint, parse_policy_spec
 from scapguard.builders.job import ignored_scanner_fields
 from scapguard.k8s.api import (
-    IMAGESCAN,
     SCANPOLICY,
     Conflict,
-    NotFound,
     Obj,
     annotations_of,
     generation_of,
@@ -40,6 +38,7 @@ from scapguard.reconcile.retention import collect
 from scapguard.reconcile.scans import ensure_scans, parsed, policy_scans
 from scapguard.reconcile.scheduling import due_rescan, window
 from scapguard.reconcile.selection import Selection, select
+from scapguard.reconcile.status import mark_scan
 from scapguard.reconcile.verdicts import reevaluate
 
 logger = logging.getLogger(__name__)
@@ -88,19 +87,8 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
 
 
 def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
-    if annotations_of(scan).get(c.RESCAN_ANNOTATION) == value:
-        return
-    try:
-        scan.update(
-            ctx.kube.patch(
-                IMAGESCAN,
-                name_of(scan),
-                namespace_of(scan),
-                {"metadata": {"annotations": {c.RESCAN_ANNOTATION: value}}},
-            )
-        )
-    except NotFound:
-        logger.info("ImageScan %s/%s is gone", namespace_of(scan), name_of(scan))
+    if annotations_of(scan).get(c.RESCAN_ANNOTATION) != value:
+        mark_scan(ctx, scan, annotations={c.RESCAN_ANNOTATION: value})
 
 
 def _rescans(

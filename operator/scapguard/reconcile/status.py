@@ -1,14 +1,54 @@
-"""Writing ImageScan status: optimistic (resourceVersion-guarded) merge patches, conditions."""
+"""Writing ImageScans: optimistic (resourceVersion-guarded) status merge patches, conditions,
+and the labels and annotations scapguard marks them with."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from scapguard.api import conditions as cond
 from scapguard.api.imagescan import format_time
-from scapguard.k8s.api import IMAGESCAN, Obj, generation_of, meta, name_of, namespace_of
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    NotFound,
+    Obj,
+    generation_of,
+    meta,
+    name_of,
+    namespace_of,
+)
 from scapguard.reconcile.context import OperatorContext
+
+logger = logging.getLogger(__name__)
+
+
+def mark_scan(
+    ctx: OperatorContext,
+    scan: Obj,
+    *,
+    labels: Mapping[str, str | None] | None = None,
+    annotations: Mapping[str, str | None] | None = None,
+) -> bool:
+    """Merge-patch labels/annotations (None removes one); updates ``scan`` in place.
+
+    No resourceVersion precondition: each mark is idempotent and level-based. Returns False
+    when the scan is gone.
+    """
+    metadata: dict[str, Any] = {}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    try:
+        updated = ctx.kube.patch(
+            IMAGESCAN, name_of(scan), namespace_of(scan), {"metadata": metadata}
+        )
+    except NotFound:
+        logger.info("ImageScan %s/%s is gone", namespace_of(scan), name_of(scan))
+        return False
+    scan.update(updated)
+    return True
 
 
 def write_status(ctx: OperatorContext, scan: Obj, patch: Mapping[str, Any]) -> Obj:
