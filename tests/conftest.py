@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from kubernetes import client
@@ -15,6 +17,16 @@ from scapguard.devcluster.cluster import DevCluster
 from scapguard.devcluster.fixtureimages import FixtureImages
 from scapguard.devcluster.registry import Registry
 from scapguard.devcluster.scannerenv import ensure_scanner_venv
+
+
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, ``kill``) stops the run like Ctrl-C: the session's teardown still
+    stops the control plane, the operator and the registry instead of leaving them running."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session")
