@@ -18,6 +18,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
+from scapguard.k8s.api import CONFIGMAP, NotFound
+from scapguard.k8s.client import KubeClient
 
 pytestmark = pytest.mark.cluster
 
@@ -341,3 +343,18 @@ def test_validating_webhook_is_called_and_honoured(
         assert "plain" in _DenyLabelled.calls
     finally:
         admission.delete_validating_webhook_configuration(name)
+
+
+def test_the_operators_client_reads_metadata_without_data(
+    admin_api: client.ApiClient, namespace: str
+) -> None:
+    """``KubeClient.get_metadata``: the API server answers a PartialObjectMetadata."""
+    kube = KubeClient(admin_api)
+    body = {"metadata": {"name": "feed", "namespace": namespace}, "data": {"oval.xml": "x" * 4096}}
+    created = kube.create(CONFIGMAP, body)
+    partial = kube.get_metadata(CONFIGMAP, "feed", namespace)
+    assert partial["kind"] == "PartialObjectMetadata"
+    assert "data" not in partial
+    assert partial["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    with pytest.raises(NotFound):
+        kube.get_metadata(CONFIGMAP, "absent", namespace)

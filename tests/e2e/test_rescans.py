@@ -170,11 +170,14 @@ def test_a_new_feed_in_the_config_map_rescans_and_denies(e2e: E2E, jobs: JobReco
     assert len(job_names(e2e, jobs, rescanned)) == 2
     e2e.wait_events("ScanPolicy", "policy", "ContentUpdated")
     sources = e2e.policy_object()["status"]["contentSources"]
+    config_map = e2e.core.read_namespaced_config_map("feed", e2e.namespace).metadata
+    assert config_map is not None
     assert sources == [
         {
             "configMap": "feed",
             "key": "oval.xml",
             "sha256": hashlib.sha256(severe.encode()).hexdigest(),
+            "resourceVersion": config_map.resource_version,
         }
     ]
     assert name == rescanned["metadata"]["name"]

@@ -312,6 +312,7 @@ def test_a_changed_feed_config_map_rescans_every_image_as_content_update() -> No
         "configMap": "feed",
         "key": "oval.xml",
         "sha256": hashlib.sha256(b"<oval>1</oval>").hexdigest(),
+        "resourceVersion": h.kube.get(CONFIGMAP, "feed", "apps")["metadata"]["resourceVersion"],
     }
     assert len(h.kube.created("jobs")) == 2
 
@@ -338,6 +339,33 @@ def test_a_changed_feed_config_map_rescans_every_image_as_content_update() -> No
     reconcile_scanpolicy(h.ctx, policy(h))  # recorded: no second rescan
     complete_all(h)
     assert len(h.kube.created("jobs")) == 4
+
+
+def test_an_unchanged_feed_config_map_is_checked_by_its_metadata_only() -> None:
+    h = harness()
+    set_feed(h, "<oval>1</oval>")
+    add_policy(h, vulnerabilities={"enabled": True, "feed": FEED_REF})
+    h.kube.reads.clear()
+    reconcile_scanpolicy(h.ctx, policy(h))  # first record: the bytes are read
+    feed_reads = [r for r in h.kube.reads if r[1:] == ("configmaps", "apps", "feed")]
+    assert [verb for verb, *_ in feed_reads] == ["get"]
+
+    h.kube.reads.clear()
+    recorded = policy(h)["status"]["contentSources"]
+    reconcile_scanpolicy(h.ctx, policy(h))
+    reconcile_scanpolicy(h.ctx, policy(h))
+    feed_reads = [r for r in h.kube.reads if r[1:] == ("configmaps", "apps", "feed")]
+    assert [verb for verb, *_ in feed_reads] == ["get_metadata", "get_metadata"]
+    assert policy(h)["status"]["contentSources"] == recorded
+
+    # Deleted after it was recorded: its metadata says so, and it counts as a change.
+    set_feed(h, None)
+    reconcile_scanpolicy(h.ctx, policy(h))
+    assert policy(h)["status"]["contentSources"] == [
+        {"configMap": "feed", "key": "oval.xml", "missing": True}
+    ]
+    events = [e for e in h.kube.list(EVENT, "apps") if e["reason"] == "ContentUpdated"]
+    assert len(events) == 1 and "feed/oval.xml" in events[0]["message"]
 
 
 def test_a_feed_config_map_that_appears_later_rescans_and_one_missing_is_recorded() -> None:

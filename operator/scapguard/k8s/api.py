@@ -87,6 +87,10 @@ class Kube(Protocol):
 
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj: ...
 
+    def get_metadata(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        """The object's ``metadata`` only (a PartialObjectMetadata): no data, no status."""
+        ...
+
     def list(
         self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
     ) -> list[Obj]: ...

@@ -17,6 +17,7 @@ from scapguard.k8s.api import Kind, KubeError, Obj, error_for
 logger = logging.getLogger(__name__)
 
 _MERGE_PATCH = "application/merge-patch+json"
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
 def load_client() -> KubeClient:
@@ -86,13 +87,14 @@ class KubeClient:
         body: object = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Obj:
         try:
             method, url, headers, payload, post = self._api.param_serialize(
                 method=method,
                 resource_path=path,
                 query_params=query or None,
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params={"Accept": accept, "Content-Type": content_type},
                 body=body,
                 auth_settings=["BearerToken"],
             )
@@ -114,6 +116,10 @@ class KubeClient:
 
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
         return self._call("GET", _path(kind, namespace, name))
+
+    def get_metadata(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        # The API server strips data and status; plain JSON is the fallback it may choose.
+        return self._call("GET", _path(kind, namespace, name), accept=_METADATA_ONLY)
 
     def list(
         self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None

@@ -61,6 +61,7 @@ class FakeKube:
         self.objects: dict[Key, Obj] = {}
         self.kinds: dict[str, Kind] = {}
         self.actions: list[tuple[str, str, str, str]] = []  # (verb, plural, namespace, name)
+        self.reads: list[tuple[str, str, str, str]] = []  # gets, the same way
         self.clock = clock or (lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
         self._versions = itertools.count(1)
         # Called before each write; may raise to simulate API failures or crashes.
@@ -94,10 +95,23 @@ class FakeKube:
 
     # ------------------------------------------------------------------ Kube
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
-        obj = self.objects.get(self._key(kind, namespace, name))
+        return self._read("get", kind, name, namespace)
+
+    def _read(self, verb: str, kind: Kind, name: str, namespace: str | None) -> Obj:
+        key = self._key(kind, namespace, name)
+        self.reads.append((verb, kind.plural, key[1], name))
+        obj = self.objects.get(key)
         if obj is None:
             raise NotFound(404, "NotFound", f"{kind.plural} {namespace}/{name} not found")
         return copy.deepcopy(obj)
+
+    def get_metadata(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        obj = self._read("get_metadata", kind, name, namespace)
+        return {
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": obj["metadata"],
+        }
 
     def list(
         self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None

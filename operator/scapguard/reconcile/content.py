@@ -25,6 +25,7 @@ class Content:
     ref: ConfigMapRef
     data: bytes | None
     problem: str | None = None
+    resource_version: str | None = None  # of the ConfigMap the bytes were read from
 
     @property
     def source(self) -> str:
@@ -37,40 +38,77 @@ class Content:
             entry["missing"] = True
         else:
             entry["sha256"] = hashlib.sha256(self.data).hexdigest()
+        if self.resource_version:
+            entry["resourceVersion"] = self.resource_version
         return entry
 
 
+def _read_one(ctx: OperatorContext, namespace: str, ref: ConfigMapRef) -> Content:
+    try:
+        cm = ctx.kube.get(CONFIGMAP, ref.name, namespace)
+    except NotFound:
+        return Content(ref, None, f"ConfigMap {namespace}/{ref.name} is missing")
+    version = str((cm.get("metadata") or {}).get("resourceVersion") or "") or None
+    if ref.key in (cm.get("binaryData") or {}):
+        return Content(ref, base64.b64decode(cm["binaryData"][ref.key]), None, version)
+    if ref.key in (cm.get("data") or {}):
+        return Content(ref, str(cm["data"][ref.key]).encode(), None, version)
+    problem = f"ConfigMap {namespace}/{ref.name} has no key {ref.key}"
+    return Content(ref, None, problem, version)
+
+
 def read_content(ctx: OperatorContext, namespace: str, policy: ScanPolicySpec) -> list[Content]:
-    out: list[Content] = []
+    return [_read_one(ctx, namespace, ref) for ref in policy.config_map_refs()]
+
+
+def content_records(
+    ctx: OperatorContext, namespace: str, policy: ScanPolicySpec, recorded: object
+) -> list[dict[str, Any]]:
+    """The ``status.contentSources`` entries as the ConfigMaps are now.
+
+    A ConfigMap whose resourceVersion still equals the recorded one has not changed since its
+    bytes were hashed: only its metadata is read (a feed ConfigMap holds up to ~1 MiB, read
+    every policy timer otherwise). Any other change reads and hashes the key again.
+    """
+    before = _by_source(recorded)
+    out: list[dict[str, Any]] = []
     for ref in policy.config_map_refs():
-        try:
-            cm = ctx.kube.get(CONFIGMAP, ref.name, namespace)
-        except NotFound:
-            out.append(Content(ref, None, f"ConfigMap {namespace}/{ref.name} is missing"))
-            continue
-        if ref.key in (cm.get("binaryData") or {}):
-            out.append(Content(ref, base64.b64decode(cm["binaryData"][ref.key])))
-        elif ref.key in (cm.get("data") or {}):
-            out.append(Content(ref, str(cm["data"][ref.key]).encode()))
-        else:
-            out.append(Content(ref, None, f"ConfigMap {namespace}/{ref.name} has no key {ref.key}"))
+        old = before.get(f"{ref.name}/{ref.key}")
+        if old is not None and old.get("resourceVersion"):
+            try:
+                meta = ctx.kube.get_metadata(CONFIGMAP, ref.name, namespace)
+            except NotFound:
+                out.append(Content(ref, None).record())
+                continue
+            if (meta.get("metadata") or {}).get("resourceVersion") == old["resourceVersion"]:
+                out.append(dict(old))
+                continue
+        out.append(_read_one(ctx, namespace, ref).record())
     return out
 
 
-def changed_sources(recorded: object, current: Sequence[Content]) -> list[str]:
+def _by_source(recorded: object) -> dict[str, Mapping[str, Any]]:
+    if not isinstance(recorded, list):
+        return {}
+    return {f"{e.get('configMap')}/{e.get('key')}": e for e in recorded if isinstance(e, Mapping)}
+
+
+def identity(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A record without its resourceVersion, which also moves when another key changes."""
+    return {k: v for k, v in entry.items() if k != "resourceVersion"}
+
+
+def changed_sources(recorded: object, current: Sequence[Mapping[str, Any]]) -> list[str]:
     """Sources whose bytes differ from what the status recorded (``name/key``).
 
     Nothing counts as changed before a first record, nor a source the policy did not name
     before (a spec change: that is a PolicyChange rescan).
     """
-    if not isinstance(recorded, list):
-        return []
-    before: dict[str, Mapping[str, Any]] = {
-        f"{e.get('configMap')}/{e.get('key')}": e for e in recorded if isinstance(e, Mapping)
-    }
+    before = _by_source(recorded)
     changed = []
-    for content in current:
-        old = before.get(content.source)
-        if old is not None and dict(old) != content.record():
-            changed.append(content.source)
+    for entry in current:
+        source = f"{entry.get('configMap')}/{entry.get('key')}"
+        old = before.get(source)
+        if old is not None and identity(old) != identity(entry):
+            changed.append(source)
     return changed

@@ -30,7 +30,7 @@ from scapguard.k8s.api import (
     name_of,
     namespace_of,
 )
-from scapguard.reconcile.content import changed_sources, read_content
+from scapguard.reconcile.content import changed_sources, content_records, identity
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.jobs import sweep
 from scapguard.reconcile.queue import pump_queue
@@ -102,11 +102,11 @@ def _rescans(
     wanted = annotations_of(policy).get(c.RESCAN_ANNOTATION)
     observed = status.get("observedRescan")
     content = spec.content_hash()
-    sources = read_content(ctx, namespace_of(policy) or "", spec)
-    records = [s.record() for s in sources]
-    updated = changed_sources(status.get("contentSources"), sources)
+    recorded = status.get("contentSources")
+    records = content_records(ctx, namespace_of(policy) or "", spec, recorded)
+    updated = changed_sources(recorded, records)
     # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
-    update = f"ContentUpdate:{fingerprint(records)}" if updated else None
+    update = f"ContentUpdate:{fingerprint([identity(r) for r in records])}" if updated else None
     for scan in scans:
         progress = read_progress(scan.get("status"))
         if wanted and wanted != observed:
