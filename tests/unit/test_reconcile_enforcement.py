@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import threading
 from typing import Any
 
 import pytest
 
 from scapguard.api import constants as c
 from scapguard.k8s.api import CONFIGMAP, EVENT, IMAGE, IMAGESCAN, SCANPOLICY, Obj
+from scapguard.reconcile.cleanup import policy_deleted
 from scapguard.reconcile.enforcement import repair_denies
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -291,8 +293,9 @@ def test_hand_made_scan_whose_policy_is_deleted_stops_denying() -> None:
     post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "critical")]))
     reconcile_imagescan(h.ctx, the_scan(h))
     assert the_scan(h)["status"]["denied"] is True
+    policy = h.kube.get(SCANPOLICY, "default", "apps")
     h.kube.delete(SCANPOLICY, "default", "apps")
-    reconcile_imagescan(h.ctx, the_scan(h))
+    assert policy_deleted(h.ctx, policy) == 1  # the policy's DELETED event
     assert the_scan(h)["status"]["denied"] is False
     assert deny_annotations(h) == {}
     # The policy comes back: the stored findings are judged again, the deny returns.
@@ -300,3 +303,121 @@ def test_hand_made_scan_whose_policy_is_deleted_stops_denying() -> None:
     reconcile_imagescan(h.ctx, the_scan(h))
     assert the_scan(h)["status"]["denied"] is True
     assert deny_annotations(h)[c.OPENSHIFT_DENY_ANNOTATION] == "true"
+
+
+# ---------------------------------------------------------------- 5. races and people
+
+
+def test_a_policy_relaxed_while_a_rescan_waits_lifts_the_deny_at_once() -> None:
+    h = harness()
+    name = failed_and_denied(h)
+    h.kube.patch(IMAGESCAN, name, "apps", {"metadata": {"annotations": {c.RESCAN_ANNOTATION: "x"}}})
+    reconcile_imagescan(h.ctx, the_scan(h))
+    assert the_scan(h)["status"]["state"] == "Running"
+    scanned = next(x for x in the_scan(h)["status"]["conditions"] if x["type"] == "Scanned")
+
+    edit_policy(h, action="Report")  # the admin's emergency lever, before the rescan ends
+    scan = the_scan(h)
+    assert scan["status"]["denied"] is False and deny_annotations(h) == {}
+    assert enforced(scan)["reason"] == "ReportOnly"
+    # The rescan is still under way, and its Scanned condition says so.
+    assert scan["status"]["state"] == "Running"
+    assert next(x for x in scan["status"]["conditions"] if x["type"] == "Scanned") == scanned
+
+    # Back to Enforce, through the scan's own reconcile this time: denied again, still running.
+    h.kube.patch(SCANPOLICY, "default", "apps", {"spec": {"action": "Enforce"}})
+    reconcile_imagescan(h.ctx, the_scan(h))
+    assert the_scan(h)["status"]["denied"] is True
+    assert deny_annotations(h)[c.OPENSHIFT_DENY_ANNOTATION] == "true"
+    assert len(jobs(h)) == 1
+
+
+def test_two_scans_of_one_digest_finishing_at_once_keep_the_deny() -> None:
+    """strict (Fail) and lax (Pass) judged in two threads: lax must not lift strict's deny
+    between strict's Image patch and strict's status write."""
+    h = harness()
+    add_policy(h, "strict", action="Enforce", failOn="high", scanner={"retries": 0})
+    add_policy(h, "lax", action="Enforce", failOn="critical", scanner={"retries": 0})
+    add_image(h, VULN)
+    add_stream(h, "app", "apps", {"latest": [VULN]})
+    for policy in ("strict", "lax"):
+        reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, policy, "apps"))
+
+    def scan_of(policy: str) -> Obj:
+        (scan,) = h.kube.list(IMAGESCAN, "apps", label_selector=f"{c.POLICY_LABEL}={policy}")
+        return scan
+
+    for policy in ("strict", "lax"):
+        reconcile_imagescan(h.ctx, scan_of(policy))
+    for job in jobs(h):
+        post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "high")]))
+
+    original = h.kube.patch
+    racer: list[threading.Thread] = []
+
+    def patch_then_race(kind: Any, name: str, namespace: str | None, patch: Obj) -> Obj:
+        out = original(kind, name, namespace, patch)
+        if kind == IMAGE and not racer:
+            racer.append(threading.Thread(target=reconcile_imagescan, args=(h.ctx, scan_of("lax"))))
+            racer[0].start()
+            racer[0].join(0.5)  # without the digest lock, lax finishes here
+        return out
+
+    h.kube.patch = patch_then_race  # type: ignore[method-assign]
+    reconcile_imagescan(h.ctx, scan_of("strict"))
+    racer[0].join(10)
+    h.kube.patch = original  # type: ignore[method-assign]
+    assert scan_of("strict")["status"]["denied"] is True
+    assert scan_of("lax")["status"]["result"] == "Pass"
+    assert deny_annotations(h)[c.OPENSHIFT_DENY_ANNOTATION] == "true"
+    assert deny_annotations(h)[c.DENIED_BY_ANNOTATION] == "apps/strict"
+
+
+def test_a_persons_deny_added_while_scapguard_patches_is_never_adopted() -> None:
+    h = harness()
+    get = h.kube.get
+    person: list[bool] = []
+
+    def get_then_person(kind: Any, name: str, namespace: str | None = None) -> Obj:
+        out = get(kind, name, namespace)
+        if kind == IMAGE and not person:  # between scapguard's read and its patch
+            person.append(True)
+            annotations = {c.OPENSHIFT_DENY_ANNOTATION: "true"}
+            h.kube.patch(IMAGE, name, None, {"metadata": {"annotations": annotations}})
+        return out
+
+    add_policy(h, action="Enforce", failOn="high", scanner={"retries": 0})
+    add_image(h, VULN)
+    add_stream(h, "app", "apps", {"latest": [VULN]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    reconcile_imagescan(h.ctx, the_scan(h))
+    (job,) = jobs(h)
+    post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "critical")]))
+    h.kube.get = get_then_person  # type: ignore[method-assign]
+    reconcile_imagescan(h.ctx, the_scan(h))
+    h.kube.get = get  # type: ignore[method-assign]
+    assert deny_annotations(h) == {c.OPENSHIFT_DENY_ANNOTATION: "true"}  # no marker
+    assert enforced(the_scan(h))["status"] == "True"  # denied, by the person's annotation
+    edit_policy(h, action="Report")
+    assert deny_annotations(h) == {c.OPENSHIFT_DENY_ANNOTATION: "true"}
+
+
+@pytest.mark.parametrize("value", ["True", "false"])
+def test_a_persons_deny_execution_value_of_any_spelling_is_left_alone(value: str) -> None:
+    h = harness()
+    add_image(h, VULN, {c.OPENSHIFT_DENY_ANNOTATION: value})
+    add_policy(h, action="Enforce", failOn="high", scanner={"retries": 0})
+    add_stream(h, "app", "apps", {"latest": [VULN]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    reconcile_imagescan(h.ctx, the_scan(h))
+    (job,) = jobs(h)
+    post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "critical")]))
+    reconcile_imagescan(h.ctx, the_scan(h))
+    scan = the_scan(h)
+    assert scan["status"]["result"] == "Fail" and scan["status"]["denied"] is True
+    assert deny_annotations(h) == {c.OPENSHIFT_DENY_ANNOTATION: value}
+    condition = enforced(scan)
+    assert condition["status"] == "False" and condition["reason"] == "AllowedByPerson"
+    assert repr(value) in condition["message"]
+    edit_policy(h, action="Report")
+    assert deny_annotations(h) == {c.OPENSHIFT_DENY_ANNOTATION: value}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, Obj
+from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, Conflict, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
+from scapguard.reconcile.queue import pump_queue
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.results import model as m
 from scapguard.results_server import build_app
@@ -117,3 +119,36 @@ def test_oversized_post_is_refused_by_the_http_server() -> None:
     assert asyncio.run(exercise()) == (413, 401, 200)
     assert h.kube.get(IMAGESCAN, name, "apps")["status"]["lastAttempt"]["outcome"] == "Completed"
     assert h.kube.get(CONFIGMAP, f"{name}-result", "apps")["binaryData"]
+
+
+def test_a_retry_whose_start_was_never_recorded_is_not_started_twice() -> None:
+    """Attempt 2's Job is created but the scan's status write loses a race: its result
+    arrives while the scan still reads Retrying. No third attempt may start beside it."""
+    h, first, name = started(SCAPGUARD_RETRY_BACKOFF_SECONDS="10")
+    h.kube.patch(SCANPOLICY, "default", "apps", {"spec": {"scanner": {"retries": 3}}})
+    assert post(h, first, scan_result(D, error=("PullFailed", "refused"))).status == 200
+    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, name, "apps"))
+    assert h.kube.get(IMAGESCAN, name, "apps")["status"]["state"] == "Retrying"
+    h.clock.advance(60)
+
+    patch_status = h.kube.patch_status
+
+    def losing(kind: Any, name: str, namespace: str | None, patch: Obj) -> Obj:
+        if kind == IMAGESCAN and patch["status"].get("state") == "Running":
+            raise Conflict(409, "Conflict", "the object has been modified")
+        return patch_status(kind, name, namespace, patch)
+
+    h.kube.patch_status = losing  # type: ignore[method-assign]
+    assert pump_queue(h.ctx) == 1  # Job of attempt 2 created, its start not recorded
+    h.kube.patch_status = patch_status  # type: ignore[method-assign]
+    second = jobs(h)[-1]["metadata"]["name"]
+    assert second.endswith("-1-2")
+
+    assert post(h, second, scan_result(D, [("CVE-1", "critical")])).status == 200
+    status = h.kube.get(IMAGESCAN, name, "apps")["status"]
+    assert (status["state"], status["attempts"], status["job"]) == ("Running", 2, second)
+    pump_queue(h.ctx)  # another scan's reconcile, or the policy timer
+    assert [j["metadata"]["name"] for j in jobs(h)][-1] == second
+    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, name, "apps"))
+    status = h.kube.get(IMAGESCAN, name, "apps")["status"]
+    assert status["result"] == "Fail" and status["attempts"] == 2

@@ -409,3 +409,28 @@ def test_a_policy_without_config_map_content_records_none() -> None:
     h.kube.patch(SCANPOLICY, "default", "apps", {"spec": {"vulnerabilities": {"feed": None}}})
     reconcile_scanpolicy(h.ctx, policy(h))
     assert policy(h)["status"].get("contentSources") is None
+
+
+def test_policy_counts_images_not_scans() -> None:
+    """A hand-made ImageScan of a selected digest is a second scan of one image."""
+    h = harness()
+    vulnerable = digest(11)
+    add_policy(h, action="Enforce", failOn="high", scanner={"retries": 0})
+    add_image(h, vulnerable)
+    add_stream(h, "app", "apps", {"latest": [vulnerable]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    image = f"registry.local:5000/apps/app@{vulnerable}"
+    by_hand = {"name": "by-hand", "namespace": "apps"}
+    h.kube.create(IMAGESCAN, {"metadata": by_hand, "spec": {"image": image, "policy": "default"}})
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)
+    for job in jobs(h):
+        post(h, job["metadata"]["name"], scan_result(vulnerable, [("CVE-1", "critical")]))
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)
+    assert len(h.kube.list(IMAGESCAN, "apps")) == 2
+    reconcile_scanpolicy(h.ctx, policy(h))
+    status = policy(h)["status"]
+    counts = {k: status[k] for k in ("imagesSelected", "imagesScanned", "imagesFailing")}
+    assert counts == {"imagesSelected": 1, "imagesScanned": 1, "imagesFailing": 1}
+    assert status["imagesDenied"] == 1

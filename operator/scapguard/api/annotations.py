@@ -68,11 +68,19 @@ def quality_annotation(data: QualityInput) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def person_deny_value(annotations: Mapping[str, str]) -> str | None:
+    """The deny-execution value a person set (any value, without scapguard's marker), or None.
+
+    scapguard never changes it: not a ``"true"`` (a person's deny), and not a ``"false"`` or any
+    other spelling either (a person's decision, which scapguard's marker must not adopt).
+    """
+    if annotations.get(DENY_MARKER_ANNOTATION) == "true":
+        return None
+    return annotations.get(OPENSHIFT_DENY_ANNOTATION)
+
+
 def deny_set_by_person(annotations: Mapping[str, str]) -> bool:
-    return (
-        annotations.get(OPENSHIFT_DENY_ANNOTATION) == "true"
-        and annotations.get(DENY_MARKER_ANNOTATION) != "true"
-    )
+    return person_deny_value(annotations) == "true"
 
 
 def enforcement_patch(
@@ -84,15 +92,15 @@ def enforcement_patch(
 ) -> dict[str, str | None]:
     """The annotation changes (None deletes) that bring an Image to the wanted state.
 
-    scapguard only ever lifts a deny that carries its marker; a deny a person set (no marker)
-    is left exactly as it is, and never gains the marker.
+    scapguard only ever lifts a deny that carries its marker; a deny-execution annotation a
+    person set (no marker, any value) is left exactly as it is, and never gains the marker.
     """
     wanted: dict[str, str | None] = {}
     if quality is not None:
         wanted[QUALITY_ANNOTATION] = quality
     ours = annotations.get(DENY_MARKER_ANNOTATION) == "true"
     if deny:
-        if not deny_set_by_person(annotations):
+        if person_deny_value(annotations) is None:
             wanted[OPENSHIFT_DENY_ANNOTATION] = "true"
             wanted[DENY_MARKER_ANNOTATION] = "true"
             wanted[DENIED_BY_ANNOTATION] = ",".join(sorted(denied_by))

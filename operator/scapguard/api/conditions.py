@@ -44,6 +44,7 @@ class Reason:
     NOT_DENIED: Final = "NotDenied"
     REPORT_ONLY: Final = "ReportOnly"
     DENIED_BY_PERSON: Final = "DeniedByPerson"
+    ALLOWED_BY_PERSON: Final = "AllowedByPerson"
     IMAGE_NOT_FOUND: Final = "ImageNotFound"
     STORED_RESULT_TAMPERED: Final = "StoredResultTampered"
     # Policies.

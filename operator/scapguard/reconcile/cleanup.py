@@ -1,4 +1,4 @@
-"""An ImageScan is gone: delete its scanner Jobs, re-judge the Image's deny."""
+"""An ImageScan or a ScanPolicy is gone: delete scanner Jobs, re-judge the Images' denies."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import logging
 
 from scapguard.api import constants as c
 from scapguard.builders.job import scanner_selector
-from scapguard.k8s.api import JOB, Obj, name_of, uid_of
+from scapguard.k8s.api import IMAGESCAN, JOB, Conflict, Obj, name_of, namespace_of, uid_of
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import enforce_digest
+from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.jobs import delete_job
 from scapguard.reconcile.scans import parsed
 
@@ -23,3 +24,20 @@ def scan_deleted(ctx: OperatorContext, scan: Obj) -> None:
     spec = parsed(scan)
     if spec is not None:
         enforce_digest(ctx, spec.digest)
+
+
+def policy_deleted(ctx: OperatorContext, policy: Obj) -> int:
+    """Reconcile the scans left of a deleted policy; return how many there were.
+
+    The scans the policy created are its children and go with it (each deletion re-judges its
+    Image); hand-made ones are not, and without their policy they must stop denying now, not
+    at their next repair timer.
+    """
+    selector = f"{c.POLICY_LABEL}={name_of(policy)}"
+    scans = ctx.kube.list(IMAGESCAN, namespace_of(policy), label_selector=selector)
+    for scan in scans:
+        try:
+            reconcile_imagescan(ctx, scan)
+        except Conflict:
+            logger.info("ImageScan %s changed meanwhile; its own reconcile follows", name_of(scan))
+    return len(scans)

@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -47,6 +48,21 @@ class Throttle:
             return True
 
 
+class DigestLocks:
+    """Re-entrant locks by image digest, striped so their number stays fixed.
+
+    Enforcement reads every scan of a digest, patches its Image, then writes the scan's own
+    status: two scans of one digest finishing at once in two handler threads must not
+    interleave those steps, or one lifts the deny the other is about to record.
+    """
+
+    def __init__(self, stripes: int = 64) -> None:
+        self._locks = tuple(threading.RLock() for _ in range(stripes))
+
+    def __call__(self, digest: str) -> threading.RLock:
+        return self._locks[zlib.crc32(digest.encode()) % len(self._locks)]
+
+
 @dataclass
 class OperatorContext:
     kube: Kube
@@ -58,6 +74,7 @@ class OperatorContext:
     admission_lock: threading.Lock = field(default_factory=threading.Lock)
     sweep_throttle: Throttle = field(default_factory=lambda: Throttle(60.0))
     deny_repair_throttle: Throttle = field(default_factory=lambda: Throttle(DENY_REPAIR_SECONDS))
+    digest_lock: DigestLocks = field(default_factory=DigestLocks)
 
     def now(self) -> dt.datetime:
         return self.clock()

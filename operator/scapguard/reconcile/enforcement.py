@@ -11,15 +11,27 @@ from scapguard.api.annotations import (
     QualityInput,
     deny_set_by_person,
     enforcement_patch,
+    person_deny_value,
     quality_annotation,
 )
 from scapguard.api.conditions import Reason
 from scapguard.api.naming import digest_label
-from scapguard.k8s.api import IMAGE, IMAGESCAN, NotFound, Obj, annotations_of, name_of, namespace_of
+from scapguard.k8s.api import (
+    IMAGE,
+    IMAGESCAN,
+    Conflict,
+    NotFound,
+    Obj,
+    annotations_of,
+    name_of,
+    namespace_of,
+)
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.scans import parsed
 
 logger = logging.getLogger(__name__)
+
+_IMAGE_PATCH_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,8 @@ class Enforcement:
     newly_denied: bool = False
     lifted: bool = False
     denied_by: tuple[str, ...] = ()
+    # A deny-execution annotation a person set, whatever its value (scapguard leaves it as is).
+    person_value: str | None = None
 
 
 def scans_for_digest(ctx: OperatorContext, digest: str) -> list[Obj]:
@@ -79,44 +93,78 @@ def enforce_digest(
 ) -> Enforcement:
     """Bring the Image named ``digest`` to what its scans want: denied if any scan denies.
 
-    ``overrides`` maps a scan uid to a fresher copy of that scan (its status about to be written).
+    ``overrides`` maps a scan uid to a fresher copy of that scan (its status about to be written:
+    the caller holds ``ctx.digest_lock(digest)`` until it is). The Image is patched with its
+    resourceVersion as a precondition, so an annotation a person adds meanwhile is seen, never
+    adopted.
     """
-    scans = scans_for_digest(ctx, digest)
-    fresh = dict(overrides or {})
-    scans = [fresh.pop(str(s["metadata"].get("uid")), s) for s in scans] + list(fresh.values())
-    denying = [s for s in scans if (s.get("status") or {}).get("denied") is True]
-    denied_by = tuple(
-        sorted({f"{namespace_of(s)}/{spec.policy}" for s in denying if (spec := parsed(s))})
-    )
-    evaluated = [s for s in scans if (s.get("status") or {}).get("evaluatedAt")]
-    evaluated.sort(key=lambda s: str(s["status"]["evaluatedAt"]), reverse=True)
-    representative = denying[0] if denying else (evaluated[0] if evaluated else None)
-    quality = _quality(ctx, representative) if representative is not None else None
-    try:
-        image = ctx.kube.get(IMAGE, digest)
-    except NotFound:
-        return Enforcement(image_found=False, denied=False, by_person=False, denied_by=denied_by)
-    current = annotations_of(image)
-    patch = enforcement_patch(current, deny=bool(denying), denied_by=denied_by, quality=quality)
-    if patch:
-        ctx.kube.patch(IMAGE, digest, None, {"metadata": {"annotations": patch}})
+    with ctx.digest_lock(digest):
+        scans = scans_for_digest(ctx, digest)
+        fresh = dict(overrides or {})
+        scans = [fresh.pop(str(s["metadata"].get("uid")), s) for s in scans] + list(fresh.values())
+        denying = [s for s in scans if (s.get("status") or {}).get("denied") is True]
+        denied_by = tuple(
+            sorted({f"{namespace_of(s)}/{spec.policy}" for s in denying if (spec := parsed(s))})
+        )
+        evaluated = [s for s in scans if (s.get("status") or {}).get("evaluatedAt")]
+        evaluated.sort(key=lambda s: str(s["status"]["evaluatedAt"]), reverse=True)
+        representative = denying[0] if denying else (evaluated[0] if evaluated else None)
+        quality = _quality(ctx, representative) if representative is not None else None
+        annotated = _annotate(ctx, digest, bool(denying), denied_by, quality)
+        if annotated is None:
+            return Enforcement(
+                image_found=False, denied=False, by_person=False, denied_by=denied_by
+            )
+        image, current, patch = annotated
+        after = {**current, **{k: v for k, v in patch.items() if v is not None}}
+        for key, value in patch.items():
+            if value is None:
+                after.pop(key, None)
+        newly = patch.get(c.OPENSHIFT_DENY_ANNOTATION) == "true"
+        result = Enforcement(
+            image_found=True,
+            denied=after.get(c.OPENSHIFT_DENY_ANNOTATION) == "true",
+            by_person=deny_set_by_person(after),
+            newly_denied=newly,
+            lifted=c.OPENSHIFT_DENY_ANNOTATION in patch
+            and patch[c.OPENSHIFT_DENY_ANNOTATION] is None,
+            denied_by=denied_by,
+            person_value=person_deny_value(after),
+        )
+        if newly:
+            _announce_denial(ctx, image, denying, denied_by)
+        return result
+
+
+def _annotate(
+    ctx: OperatorContext, digest: str, deny: bool, denied_by: tuple[str, ...], quality: str | None
+) -> tuple[Obj, dict[str, str], dict[str, str | None]] | None:
+    """Patch the Image to the wanted annotations: (the Image read, its annotations, the patch).
+
+    None when there is no Image. The patch carries the resourceVersion read: on a Conflict
+    the Image changed meanwhile (a person's annotation, say) and is judged again.
+    """
+    conflicts = 0
+    while True:
+        try:
+            image = ctx.kube.get(IMAGE, digest)
+        except NotFound:
+            return None
+        current = annotations_of(image)
+        patch = enforcement_patch(current, deny=deny, denied_by=denied_by, quality=quality)
+        if not patch:
+            return image, current, patch
+        version = image["metadata"].get("resourceVersion")
+        body = {"metadata": {"annotations": patch, "resourceVersion": version}}
+        try:
+            ctx.kube.patch(IMAGE, digest, None, body)
+        except Conflict:
+            conflicts += 1
+            if conflicts == _IMAGE_PATCH_ATTEMPTS:
+                raise
+            continue
         logger.info("annotated Image %s: %s", digest, sorted(patch))
-    after = {**current, **{k: v for k, v in patch.items() if v is not None}}
-    for key, value in patch.items():
-        if value is None:
-            after.pop(key, None)
-    newly = patch.get(c.OPENSHIFT_DENY_ANNOTATION) == "true"
-    result = Enforcement(
-        image_found=True,
-        denied=after.get(c.OPENSHIFT_DENY_ANNOTATION) == "true",
-        by_person=deny_set_by_person(after),
-        newly_denied=newly,
-        lifted=c.OPENSHIFT_DENY_ANNOTATION in patch and patch[c.OPENSHIFT_DENY_ANNOTATION] is None,
-        denied_by=denied_by,
-    )
-    if newly:
-        _announce_denial(ctx, image, denying, denied_by)
-    return result
+        return image, current, patch
 
 
 def repair_denies(ctx: OperatorContext) -> int:

@@ -105,6 +105,10 @@ def _reconcile(ctx: OperatorContext, scan: Obj, *, repair: bool, pump: bool) -> 
         return Outcome()
     if progress.finished:
         return _settled(ctx, scan, spec, policy, progress, repair=repair)
+    if progress.result is not None and progress.evaluation_hash != policy.evaluation_hash(now):
+        # The rules changed while a rescan waits or runs: the last result is judged anew now.
+        reevaluate(ctx, scan, spec, policy)
+        progress = read_progress(scan.get("status"))
     return _advance(ctx, scan, spec, policy, progress, request, pump=pump)
 
 
@@ -143,21 +147,22 @@ def _release_deny(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, message:
     if status.get("denied") is not True:
         return
     fresh = {**scan, "status": {**status, "denied": False}}
-    enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
-    patch = with_conditions(
-        ctx,
-        scan,
-        {"denied": False, "evaluationHash": None},
-        [
-            (
-                cond.ENFORCED,
-                cond.FALSE,
-                Reason.POLICY_NOT_FOUND,
-                f"{message}: this scan denies nothing",
-            )
-        ],
-    )
-    write_status(ctx, scan, patch)
+    with ctx.digest_lock(spec.digest):
+        enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
+        patch = with_conditions(
+            ctx,
+            scan,
+            {"denied": False, "evaluationHash": None},
+            [
+                (
+                    cond.ENFORCED,
+                    cond.FALSE,
+                    Reason.POLICY_NOT_FOUND,
+                    f"{message}: this scan denies nothing",
+                )
+            ],
+        )
+        write_status(ctx, scan, patch)
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
 
@@ -233,12 +238,12 @@ def _repair_enforcement(
         reason=str(status.get("reason") or ""),
         message=str(status.get("message") or ""),
     )
-    enforcement = enforce_digest(ctx, spec.digest)
-    patch = with_conditions(
-        ctx, scan, {}, conditions_for(verdict, policy, enforcement, status.get("denied") is True)
-    )
-    if differs(scan, patch):
-        write_status(ctx, scan, patch)
+    with ctx.digest_lock(spec.digest):
+        enforcement = enforce_digest(ctx, spec.digest)
+        denied = status.get("denied") is True
+        patch = with_conditions(ctx, scan, {}, conditions_for(verdict, policy, enforcement, denied))
+        if differs(scan, patch):
+            write_status(ctx, scan, patch)
 
 
 def _advance(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from scapguard.api import constants as c
-from scapguard.api.imagescan import format_time, parse_imagescan_spec, read_progress
+from scapguard.api.imagescan import RUNNING, format_time, parse_imagescan_spec, read_progress
 from scapguard.api.naming import result_config_map_name
 from scapguard.builders.imagescan import build_result_config_map
 from scapguard.k8s.api import (
@@ -129,6 +129,11 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
     except Conflict:
         return _reject(ctx, job, 409, "Replayed", "this scan credential was used concurrently")
     status: dict[str, Any] = {"attempts": max(progress.attempts, attempt)}
+    if attempt == progress.attempts + 1:
+        # The attempt's start was never recorded (the operator crashed or lost a write race
+        # right after creating the Job): record it as start_attempt would have, or the queue
+        # would still see the scan waiting and start attempt + 1 next to this result.
+        status.update({"state": RUNNING, "job": job, "nextAttemptAt": None})
     if result.outcome == "Completed":
         status["report"] = _store(ctx, scan, result, report)
     error = result.error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 from scapguard.api import conditions as cond
@@ -156,7 +156,8 @@ def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) ->
     for scan in scans:
         progress = read_progress(scan.get("status"))
         scan_spec = parsed(scan)
-        if scan_spec is None or not progress.finished or progress.evaluation_hash == wanted:
+        # Scans with a rescan under way too: their last result is what enforcement acts on.
+        if scan_spec is None or progress.result is None or progress.evaluation_hash == wanted:
             continue
         try:
             reevaluate(ctx, scan, scan_spec, spec)
@@ -171,26 +172,33 @@ def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) ->
 def _aggregates(
     ctx: OperatorContext, policy: Obj, selection: Selection, scans: list[Obj]
 ) -> dict[str, Any]:
-    current = [s for s in scans if (sp := parsed(s)) and sp.digest in selection.current]
+    # Images are digests: a hand-made ImageScan of a selected digest is one more scan of it.
+    by_digest: dict[str, list[Obj]] = defaultdict(list)
+    for scan in scans:
+        if (sp := parsed(scan)) and sp.digest in selection.current:
+            by_digest[sp.digest].append(scan)
     counts: Counter[str] = Counter()
     critical: Counter[str] = Counter()
-    for scan in current:
-        status = scan.get("status") or {}
-        progress = read_progress(status)
-        counts["scanned"] += progress.result is not None
-        counts["failing"] += progress.result == "Fail"
-        counts["errored"] += progress.result == "Error"
-        counts["denied"] += progress.denied
-        if not progress.finished:
-            counts["queued"] += progress.state in (QUEUED, RETRYING)
-            counts["running"] += progress.state == RUNNING
-        if int((status.get("vulnerabilities") or {}).get("critical") or 0) > 0:
-            critical["true" if progress.denied else "false"] += 1
+    for of_digest in by_digest.values():
+        statuses = [s.get("status") or {} for s in of_digest]
+        progresses = [read_progress(status) for status in statuses]
+        results = {p.result for p in progresses}
+        denied = any(p.denied for p in progresses)
+        counts["scanned"] += bool(results - {None})
+        counts["failing"] += "Fail" in results
+        counts["errored"] += "Error" in results and "Fail" not in results
+        counts["denied"] += denied
+        for progress in progresses:  # scans, not images: each waits or runs on its own
+            if not progress.finished:
+                counts["queued"] += progress.state in (QUEUED, RETRYING)
+                counts["running"] += progress.state == RUNNING
+        if any(int((st.get("vulnerabilities") or {}).get("critical") or 0) for st in statuses):
+            critical["true" if denied else "false"] += 1
     key = f"{namespace_of(policy)}/{name_of(policy)}"
     ctx.metrics.images_failing.labels(key).set(counts["failing"])
     ctx.metrics.images_denied.labels(key).set(counts["denied"])
-    for denied in ("true", "false"):
-        ctx.metrics.images_critical.labels(key, denied).set(critical[denied])
+    for label in ("true", "false"):
+        ctx.metrics.images_critical.labels(key, label).set(critical[label])
     return {
         "imagesSelected": len(selection.current),
         "imagesScanned": counts["scanned"],

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from scapguard.api import conditions as cond
 from scapguard.api.conditions import Reason
-from scapguard.api.constants import RESCAN_ANNOTATION, RESULT_KEY
+from scapguard.api.constants import OPENSHIFT_DENY_ANNOTATION, RESCAN_ANNOTATION, RESULT_KEY
 from scapguard.api.evaluation import ERROR, FAIL, PASS, ResultLike, Verdict, evaluate
 from scapguard.api.imagescan import ImageScanSpec, format_time, read_progress
 from scapguard.api.naming import result_config_map_name
@@ -182,6 +182,14 @@ def conditions_for(
             Reason.IMAGE_NOT_FOUND,
             "no image.openshift.io Image for this digest to annotate",
         )
+    elif denied and enforcement.person_value is not None and not enforcement.denied:
+        enforced = (
+            cond.ENFORCED,
+            cond.FALSE,
+            Reason.ALLOWED_BY_PERSON,
+            f"the policy denies this image, but a person set {OPENSHIFT_DENY_ANNOTATION}="
+            f"{enforcement.person_value!r}; scapguard leaves it as it is",
+        )
     elif denied:
         held = verdict.result == ERROR and policy.on_error != "Deny"
         enforced = (
@@ -228,19 +236,25 @@ def apply_verdict(
     policy: ScanPolicySpec,
     verdict: Verdict,
     extra: Mapping[str, Any],
+    *,
+    pending: bool = False,
 ) -> Enforcement:
-    """Write ``verdict`` (plus ``extra`` status fields) and bring the Image in line with it."""
+    """Write ``verdict`` (plus ``extra`` status fields) and bring the Image in line with it.
+
+    ``pending``: the verdict is on the last result while a rescan is under way.
+    """
     now = ctx.now()
     fields = {**extra, **verdict_fields(policy, verdict, now), "displayImage": spec.display_image()}
     if verdict.result == ERROR and policy.enforcing and not fields["denied"]:
         fields["denied"] = last_completed_fails(ctx, scan, policy, now)
     fresh = {**scan, "status": {**(scan.get("status") or {}), **fields}}
-    enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
-    patch = with_conditions(
-        ctx, scan, dict(fields), conditions_for(verdict, policy, enforcement, fields["denied"])
-    )
     previous = (scan.get("status") or {}).get("result")
-    write_status(ctx, scan, patch)
+    with ctx.digest_lock(spec.digest):  # until the status other scans' enforcement reads
+        enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
+        conditions = conditions_for(verdict, policy, enforcement, fields["denied"])
+        if pending:  # a rescan is queued or running: its own Scanned condition stands
+            conditions = [x for x in conditions if x[0] != cond.SCANNED]
+        write_status(ctx, scan, with_conditions(ctx, scan, dict(fields), conditions))
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
     if previous and previous != verdict.result:
@@ -255,8 +269,9 @@ def reevaluate(
 ) -> Verdict | None:
     """Judge the stored findings again (failOn, exceptions, action, onError changed).
 
-    ``None`` when the stored result is not the operator's: the last verdict is kept and a
-    rescan asked for.
+    Also while a rescan is queued or running: an admin who switches a policy to Report or adds
+    an exception must not wait for the rescan to lift a deny. ``None`` when the stored result
+    is not the operator's: the last verdict is kept and a rescan asked for.
     """
     status = scan.get("status") or {}
     now = ctx.now()
@@ -278,7 +293,8 @@ def reevaluate(
             stored = result_from_status(status)
         verdict = evaluate(stored, policy, now)
     previous = status.get("result")
-    apply_verdict(ctx, scan, spec, policy, verdict, {})
+    pending = not read_progress(status).finished
+    apply_verdict(ctx, scan, spec, policy, verdict, {}, pending=pending)
     if previous != verdict.result:
         ctx.event(
             scan,
