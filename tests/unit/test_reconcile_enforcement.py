@@ -421,3 +421,17 @@ def test_a_persons_deny_execution_value_of_any_spelling_is_left_alone(value: str
     assert repr(value) in condition["message"]
     edit_policy(h, action="Report")
     assert deny_annotations(h) == {c.OPENSHIFT_DENY_ANNOTATION: value}
+
+
+def test_a_deleted_policy_reconciles_only_its_hand_made_scans() -> None:
+    """Its own scans go with it (garbage collection); reconciling them would race the GC."""
+    h = harness()
+    failed_and_denied(h)
+    image = f"registry.local:5000/apps/app@{OTHER}"
+    by_hand = {"name": "by-hand", "namespace": "apps", "labels": {c.POLICY_LABEL: "default"}}
+    h.kube.create(IMAGESCAN, {"metadata": by_hand, "spec": {"image": image, "policy": "default"}})
+    policy = h.kube.get(SCANPOLICY, "default", "apps")
+    h.kube.delete(SCANPOLICY, "default", "apps")
+    h.kube.actions.clear()
+    assert policy_deleted(h.ctx, policy) == 1
+    assert {name for _, plural, _, name in h.kube.actions if plural == "imagescans"} == {"by-hand"}

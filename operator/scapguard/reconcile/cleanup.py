@@ -6,7 +6,17 @@ import logging
 
 from scapguard.api import constants as c
 from scapguard.builders.job import scanner_selector
-from scapguard.k8s.api import IMAGESCAN, JOB, Conflict, Obj, name_of, namespace_of, uid_of
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    JOB,
+    Conflict,
+    NotFound,
+    Obj,
+    meta,
+    name_of,
+    namespace_of,
+    uid_of,
+)
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.imagescan import reconcile_imagescan
@@ -27,17 +37,23 @@ def scan_deleted(ctx: OperatorContext, scan: Obj) -> None:
 
 
 def policy_deleted(ctx: OperatorContext, policy: Obj) -> int:
-    """Reconcile the scans left of a deleted policy; return how many there were.
+    """Reconcile the hand-made scans of a deleted policy; return how many there were.
 
     The scans the policy created are its children and go with it (each deletion re-judges its
     Image); hand-made ones are not, and without their policy they must stop denying now, not
     at their next repair timer.
     """
     selector = f"{c.POLICY_LABEL}={name_of(policy)}"
-    scans = ctx.kube.list(IMAGESCAN, namespace_of(policy), label_selector=selector)
-    for scan in scans:
+    hand_made = [
+        scan
+        for scan in ctx.kube.list(IMAGESCAN, namespace_of(policy), label_selector=selector)
+        if not any(
+            ref.get("uid") == uid_of(policy) for ref in meta(scan).get("ownerReferences") or []
+        )
+    ]
+    for scan in hand_made:
         try:
             reconcile_imagescan(ctx, scan)
-        except Conflict:
+        except (Conflict, NotFound):
             logger.info("ImageScan %s changed meanwhile; its own reconcile follows", name_of(scan))
-    return len(scans)
+    return len(hand_made)
