@@ -14,7 +14,9 @@ fedora                                     any             fedora
 An image of a supported distribution without its package database (distroless:
 ``/var/lib/dpkg/status`` or an rpm database missing) is unsupported too: without packages there
 is nothing to judge, and "no vulnerabilities" would be a false pass. Files are read through
-:func:`resolve_in_root`, which follows symlinks inside the tree only (chroot semantics).
+:func:`resolve_in_root`, which follows symlinks inside the tree only (chroot semantics). The rpm
+database is looked for only at ``/usr/lib/sysimage/rpm`` and ``/var/lib/rpm``, and a symlink
+from one to anywhere but the other is no database: the path goes into rpm macros.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ _RELEASE_IDS: Final = {
     "AlmaLinux": "almalinux",
     "Fedora": "fedora",
 }
-RPMDB_PATHS: Final = ("usr/lib/sysimage/rpm", "var/lib/rpm")
+#: The only rpm database directories used, as literal in-image paths: an image never chooses the
+#: path (it ends up in rpm macros, which expand ``%(...)`` as shell commands).
+RPMDB_PATHS: Final = ("/usr/lib/sysimage/rpm", "/var/lib/rpm")
 _RPMDB_FILES: Final = ("rpmdb.sqlite", "Packages", "Packages.db")
 
 
@@ -178,12 +182,21 @@ def detect(root: Path) -> DetectedOS:
 
 
 def _find_rpmdb(root: Path) -> str | None:
+    """The literal path of the image's rpm database directory, or None.
+
+    A candidate counts only if it resolves (inside the tree) to one of :data:`RPMDB_PATHS`
+    itself: ``/var/lib/rpm -> ../../usr/lib/sysimage/rpm`` (RHEL 9, Fedora) gives
+    ``/usr/lib/sysimage/rpm``; a link anywhere else gives no database.
+    """
     for directory in RPMDB_PATHS:
         resolved = resolve_in_root(root, directory)
         if resolved is None or not resolved.is_dir():
             continue
+        canonical = "/" + resolved.relative_to(root).as_posix()
+        if canonical not in RPMDB_PATHS:
+            continue
         if any((resolved / name).is_file() for name in _RPMDB_FILES):
-            return "/" + str(resolved.relative_to(root))
+            return canonical
     return None
 
 
