@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from scapguard.devcluster.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 from scapguard.results.model import ErrorReason, OSFamily, OSInfo
-from scapguard.scanner import oscap, osdetect
+from scapguard.scanner import oscap, osdetect, unpack
 from scapguard.scanner.errors import ScanFailure
+from scapguard.scanner.pull import PulledImage
 
 RHEL9 = {"etc/os-release": 'ID="rhel"\nVERSION_ID="9.4"\n'}
 SHELL_DIR = "%(echo pwned>PWNED)"
@@ -84,3 +91,122 @@ def test_rpm_macros_are_always_written_and_only_with_plain_paths(tmp_path: Path)
         with pytest.raises(ScanFailure, match="rpm database path") as info:
             oscap.environment(tmp_path / "root", tmp_path / "w3", _detected(bad), "amd64")
         assert info.value.reason == ErrorReason.HOSTILE_IMAGE
+
+
+# -- tar headers that Python's tarfile and Go's archive/tar (umoci) would read differently -----
+
+FIELDS = {
+    "size": (124, 136),
+    "magic": (257, 265),
+    "devmajor": (329, 337),
+    "devminor": (337, 345),
+    "prefix": (345, 500),
+}
+END = bytes(1024)
+
+
+def _block(name: str, kind: bytes = tarfile.REGTYPE, length: int = 0, **raw: bytes) -> bytes:
+    """One ustar header block; ``raw`` overwrites fields by name (then the checksum is fixed)."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = length
+    info.mode = 0o644
+    info.mtime = 1_704_067_200
+    buf = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    for field, value in raw.items():
+        start, end = FIELDS[field]
+        buf[start:end] = value.ljust(end - start, b"\x00")
+    buf[148:156] = b" " * 8
+    buf[148:156] = b"%06o\x00 " % sum(buf)
+    return bytes(buf)
+
+
+def _file(name: str, content: bytes = b"x", **raw: bytes) -> bytes:
+    padding = -len(content) % 512
+    return _block(name, length=len(content), **raw) + content + bytes(padding)
+
+
+def _pulled(layout: Path, data: bytes) -> PulledImage:
+    layer = RawLayer(
+        gzip.compress(data, mtime=0),
+        MEDIA_TYPE_LAYER_GZIP,
+        diff_id="sha256:" + hashlib.sha256(data).hexdigest(),
+    )
+    digest = write_raw_oci_layout([layer], layout, "image")
+    manifest = json.loads((layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+    return PulledImage("h/r@" + digest, digest, digest, layout, manifest, {}, 0)
+
+
+def _inspect(tmp_path: Path, data: bytes) -> tuple[PulledImage, unpack.LayerStats]:
+    image = _pulled(tmp_path / "oci", data)
+    limits = unpack.UnpackLimits(max_unpacked_bytes=64 * 1024 * 1024)
+    return image, unpack.inspect_layers(image, limits)
+
+
+def _refused(tmp_path: Path, data: bytes, words: str) -> ScanFailure:
+    with pytest.raises(ScanFailure) as info:
+        _inspect(tmp_path, data)
+    assert info.value.reason == ErrorReason.HOSTILE_IMAGE, info.value.message
+    assert words in info.value.message
+    assert "layer sha256:" in info.value.message
+    return info.value
+
+
+def test_well_formed_gnu_ustar_and_pax_layers_pass(tmp_path: Path) -> None:
+    for n, fmt in enumerate((tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT)):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            long = "etc/" + "long-" * 30 if fmt != tarfile.USTAR_FORMAT else "etc/short"
+            for name in ("etc", long, "dev/null"):
+                info = tarfile.TarInfo(name)
+                info.type = tarfile.CHRTYPE if name == "dev/null" else tarfile.REGTYPE
+                tar.addfile(info, io.BytesIO(b""))
+        _, stats = _inspect(tmp_path / str(n), buf.getvalue())
+        assert stats.entries == 3
+    _, stats = _inspect(tmp_path / "blank-dev", _file("f", devmajor=b"", devminor=b"") + END)
+    assert stats.entries == 1  # GNU tar leaves devmajor/devminor all NUL
+
+
+@pytest.mark.parametrize(
+    ("size_field", "words"),
+    [
+        (b"\x00" + b"%011o" % 512, "size field that is not plain octal"),
+        (b" \x00" + b"%010o" % 512, "size field that is not plain octal"),
+        (b"0000000001x", "size field that is not plain octal"),
+    ],
+)
+def test_numbers_the_parsers_read_differently_are_refused(
+    tmp_path: Path, size_field: bytes, words: str
+) -> None:
+    """Python reads a size of '\\0...1000' as 0 and the next (zero) block as the end; Go reads
+    512 bytes of content and goes on to entries the inspection never saw (here ../escape)."""
+    data = _block("innocent", size=size_field) + bytes(512) + _file("../escape") + END
+    _refused(tmp_path, data, words)
+
+
+def test_data_after_the_end_of_archive_is_refused(tmp_path: Path) -> None:
+    data = _file("a") + bytes(512) + _file("../hidden") + END
+    message = _refused(tmp_path, data, "data after the end-of-archive marker").message
+    assert "offset 1536" in message  # the header after the first zero block
+
+
+def test_data_after_the_end_counts_against_the_size_limit(tmp_path: Path) -> None:
+    image = _pulled(tmp_path / "oci", _file("a") + bytes(8 * 1024 * 1024))
+    with pytest.raises(ScanFailure, match="more than") as info:
+        unpack.inspect_layers(image, unpack.UnpackLimits(max_unpacked_bytes=1024 * 1024))
+    assert info.value.reason == ErrorReason.IMAGE_TOO_LARGE
+
+
+def test_an_invalid_header_is_refused_not_taken_for_the_end(tmp_path: Path) -> None:
+    bad = bytearray(_file("hidden"))
+    bad[148:156] = b"0000000\x00"  # wrong checksum: tarfile would stop without a word
+    _refused(tmp_path, _file("a") + bytes(bad) + END, "has an invalid header")
+
+
+@pytest.mark.parametrize(
+    ("magic", "words"),
+    [(b"ustar  \x00", "name prefix outside a ustar header"), (b"", "name prefix outside")],
+)
+def test_a_prefix_go_does_not_read_is_refused(tmp_path: Path, magic: bytes, words: str) -> None:
+    """GNU (atime there) and v7 headers have no prefix for Go; tarfile joins it to the name."""
+    _refused(tmp_path, _file("passwd", prefix=b"etc", magic=magic) + END, words)
