@@ -210,3 +210,17 @@ def test_an_invalid_header_is_refused_not_taken_for_the_end(tmp_path: Path) -> N
 def test_a_prefix_go_does_not_read_is_refused(tmp_path: Path, magic: bytes, words: str) -> None:
     """GNU (atime there) and v7 headers have no prefix for Go; tarfile joins it to the name."""
     _refused(tmp_path, _file("passwd", prefix=b"etc", magic=magic) + END, words)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_extended_headers_are_bounded_before_they_are_read(tmp_path: Path, fmt: int) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        tar.addfile(tarfile.TarInfo("d/" * 40_000 + "f"), io.BytesIO(b""))
+    _refused(tmp_path, buf.getvalue(), "is an extended header of")
+
+
+def test_a_huge_pax_header_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """The size alone decides: the 1 GiB of the header is not even there."""
+    pax = _block("././@PaxHeader", tarfile.XHDTYPE, length=1 << 30)
+    _refused(tmp_path, pax + bytes(4096), "extended header of 1073741824 bytes")

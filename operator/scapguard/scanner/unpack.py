@@ -13,6 +13,7 @@ entry named (``HostileImage``):
   between optional leading spaces and trailing spaces/NULs (or GNU base-256), a header
   ``tarfile`` finds invalid (where it would silently stop), a name prefix where Go reads none
   (GNU, v7 and star headers), and any byte other than NUL after the end-of-archive block;
+* pax and GNU long-name headers larger than 64 KiB (``tarfile`` reads them whole into memory);
 * media types other than (gzip) tar.
 
 What remains is contained rather than refused: symlinks (absolute or escaping) are rewritten to
@@ -55,6 +56,11 @@ _TAR_TYPES: Final = frozenset(
 _WHITEOUT: Final = ".wh."
 _OPAQUE: Final = ".wh..wh..opq"
 _TAR_BLOCK: Final = 512
+MAX_EXTENDED_HEADER: Final = 64 * 1024
+_EXTENDED_TYPES: Final = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 #: (field, start, end) of the numeric fields of a tar header block.
 _NUMERIC_FIELDS: Final = (
     ("mode", 100, 108),
@@ -144,7 +150,7 @@ def _check_header_block(buf: bytes) -> None:
 
 
 class _GuardedTarInfo(tarfile.TarInfo):
-    """``tarfile``'s header parsing, refusing ambiguous headers before use."""
+    """``tarfile``'s header parsing, refusing ambiguous and oversized headers before use."""
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
@@ -155,6 +161,11 @@ class _GuardedTarInfo(tarfile.TarInfo):
             info = super().frombuf(buf, encoding, errors)
         except tarfile.HeaderError as exc:  # tarfile would stop there without a word
             raise _HeaderRefused(_raw_name(bytes(buf)), f"has an invalid header: {exc}") from exc
+        if info.type in _EXTENDED_TYPES and info.size > MAX_EXTENDED_HEADER:
+            raise _HeaderRefused(
+                info.name,
+                f"is an extended header of {info.size} bytes (more than {MAX_EXTENDED_HEADER})",
+            )
         return info
 
 
@@ -230,6 +241,7 @@ def _inspect_tar(counted: _Counting, digest: str, limits: UnpackLimits, tally: _
         fileobj=counted, mode="r|", tarinfo=_GuardedTarInfo
     ) as tar:
         while (member := tar.next()) is not None:
+            tar.members.clear()  # a stream is read once: keep no list of every entry
             tally.entries += 1
             if tally.entries > limits.max_entries:
                 raise ScanFailure(
