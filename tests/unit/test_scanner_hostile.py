@@ -224,3 +224,10 @@ def test_a_huge_pax_header_is_refused_without_reading_it(tmp_path: Path) -> None
     """The size alone decides: the 1 GiB of the header is not even there."""
     pax = _block("././@PaxHeader", tarfile.XHDTYPE, length=1 << 30)
     _refused(tmp_path, pax + bytes(4096), "extended header of 1073741824 bytes")
+
+
+@pytest.mark.parametrize("name", ["a/.wh..", "a/.wh...", ".wh...", "./.wh.."])
+def test_whiteouts_of_dot_and_dotdot_are_refused(tmp_path: Path, name: str) -> None:
+    """umoci would remove the directory holding the whiteout or its parent (at the top of the
+    tree: the bundle around it)."""
+    _refused(tmp_path, _file(name, b"") + END, "whites out '.' or '..'")

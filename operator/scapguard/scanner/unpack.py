@@ -5,7 +5,8 @@ entry named (``HostileImage``):
 
 * entry names that are absolute or contain ``..`` (``../`` escapes);
 * hardlinks whose target is absolute, contains ``..`` or was not seen earlier in the layer;
-* whiteout entries that are not plain files, and ``.wh..wh.`` names other than the opaque marker;
+* whiteout entries that are not plain files, ``.wh..wh.`` names other than the opaque marker,
+  and whiteouts of ``.`` or ``..`` (``.wh..``, ``.wh...``: the directory itself or its parent);
 * entries beyond the count limit, and more unpacked bytes than the limit (``ImageTooLarge``;
   the decompressed stream is counted as it is read, so a decompression bomb stops at the limit);
 * headers Python's ``tarfile`` and Go's ``archive/tar`` (umoci) could read differently, so that
@@ -269,6 +270,8 @@ def _check_member(digest: str, member: tarfile.TarInfo, seen: set[str]) -> None:
             raise _hostile(digest, member.name, "is an unknown whiteout")
         if base == _WHITEOUT:
             raise _hostile(digest, member.name, "whites out nothing")
+        if base.removeprefix(_WHITEOUT) in {".", ".."}:
+            raise _hostile(digest, member.name, "whites out '.' or '..'")
     if member.islnk():
         target = _check_path(digest, member.linkname, "hardlink target ")
         if str(target) not in seen:
