@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import hashlib
 import io
@@ -12,12 +13,22 @@ from pathlib import Path
 import pytest
 
 from scapguard.devcluster.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
-from scapguard.results.model import ErrorReason, OSFamily, OSInfo
-from scapguard.scanner import oscap, osdetect, unpack
+from scapguard.results.model import (
+    ErrorReason,
+    ImageRef,
+    OSFamily,
+    OSInfo,
+    ScanError,
+    ScannerInfo,
+    ScanResult,
+    validate_document,
+)
+from scapguard.scanner import oscap, osdetect, pipeline, sandbox, unpack
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.pull import PulledImage
 
 RHEL9 = {"etc/os-release": 'ID="rhel"\nVERSION_ID="9.4"\n'}
+RPMDB = {"var/lib/rpm/rpmdb.sqlite": "x"}
 SHELL_DIR = "%(echo pwned>PWNED)"
 
 
@@ -231,3 +242,60 @@ def test_whiteouts_of_dot_and_dotdot_are_refused(tmp_path: Path, name: str) -> N
     """umoci would remove the directory holding the whiteout or its parent (at the top of the
     tree: the bundle around it)."""
     _refused(tmp_path, _file(name, b"") + END, "whites out '.' or '..'")
+
+
+# -- os-release values: never a crash ----------------------------------------------------------
+
+
+def test_os_release_values_lose_control_characters_and_fit_the_schema(tmp_path: Path) -> None:
+    text = (
+        'ID="rhel\x01"\nVERSION_ID="9.4\x00\x1b[2J"\n'
+        f'PRETTY_NAME="Red\x00Hat\x7f{"x" * 400}"\nVERSION_CODENAME="{"c" * 100}"\n'
+    )
+    root = tree(tmp_path, {**RPMDB, "etc/os-release": text}, {})
+    found = osdetect.detect(root)
+    assert found.info.version_id == "9.4[2J"
+    assert found.info.pretty_name == ("RedHat" + "x" * 400)[:256]
+    assert found.codename == "c" * 64
+    result = ScanResult(
+        image=ImageRef("h/r@sha256:" + "0" * 64, "sha256:" + "0" * 64),
+        os=found.info,
+        outcome="Error",
+        error=ScanError(ErrorReason.PROBE_FAILED, "x"),
+        vulnerabilities=None,
+        compliance=None,
+        scanner=ScannerInfo("0.1.0", None),
+        started_at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        finished_at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        timings={},
+    )
+    validate_document(result.to_dict())
+    env = oscap.environment(root, tmp_path / "work", found, "amd64")
+    assert "\x00" not in env["OSCAP_PROBE_OS_NAME"] + env["OSCAP_PROBE_OS_VERSION"]
+
+
+def test_a_long_redhat_release_fits_the_schema(tmp_path: Path) -> None:
+    text = "Red Hat Enterprise Linux release 9.4 (Plow)\x00" + "y" * 1000 + "\n"
+    found = osdetect.detect(tree(tmp_path, {**RPMDB, "etc/redhat-release": text}, {}))
+    assert (found.info.id, found.info.version_id, len(found.info.pretty_name)) == (
+        "rhel",
+        "9.4",
+        256,
+    )
+
+
+def test_an_unexpected_exception_is_an_error_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(requested: str) -> sandbox.Sandbox:
+        raise ValueError("embedded null byte")
+
+    monkeypatch.setattr(sandbox, "select", broken)
+    output = pipeline.scan(
+        pipeline.ScanRequest(reference="h.io/r@sha256:" + "a" * 64, workdir=tmp_path)
+    )
+    error = output.result.error
+    assert output.result.outcome == "Error" and error is not None
+    assert error.reason == ErrorReason.SCANNER_ERROR
+    assert "ValueError" in error.message and "embedded null byte" in error.message
+    validate_document(output.result.to_dict())
