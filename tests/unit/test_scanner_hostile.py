@@ -23,7 +23,7 @@ from scapguard.results.model import (
     ScanResult,
     validate_document,
 )
-from scapguard.scanner import oscap, osdetect, pipeline, sandbox, unpack
+from scapguard.scanner import content, oscap, osdetect, pipeline, sandbox, unpack
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.pull import PulledImage
 
@@ -299,3 +299,40 @@ def test_an_unexpected_exception_is_an_error_result(
     assert error.reason == ErrorReason.SCANNER_ERROR
     assert "ValueError" in error.message and "embedded null byte" in error.message
     validate_document(output.result.to_dict())
+
+
+# -- content that would make oscap run scripts ------------------------------------------------
+
+XCCDF12 = "http://checklists.nist.gov/xccdf/1.2"
+DS = f"""<?xml version="1.0"?>
+<ds:data-stream-collection xmlns:ds="http://scap.nist.gov/schema/scap/source/1.2"
+    xmlns:x="{XCCDF12}" id="scap_x_collection_c" schematron-version="1.3">
+  <ds:component id="scap_x_comp_xccdf" timestamp="2024-01-01T00:00:00">
+    <x:Benchmark id="xccdf_x_benchmark_b"><x:version>1</x:version>
+      <x:Rule id="xccdf_x_rule_r"><x:check system="{{system}}">
+        <x:check-content-ref href="run.sh"/></x:check></x:Rule>
+    </x:Benchmark>
+  </ds:component>
+</ds:data-stream-collection>
+"""
+TAILORING = f"""<?xml version="1.0"?>
+<x:Tailoring xmlns:x="{XCCDF12}" id="xccdf_x_tailoring_t"><x:version time="2024-01-01T00:00:00">1
+  </x:version><x:Rule id="xccdf_x_rule_s"><x:check system=" {{system}} "/></x:Rule></x:Tailoring>
+"""
+
+
+@pytest.mark.parametrize(("kind", "doc"), [("datastream", DS), ("tailoring", TAILORING)])
+def test_content_using_the_script_check_engine_is_refused(
+    tmp_path: Path, kind: content.Kind, doc: str
+) -> None:
+    good = tmp_path / "good.xml"
+    good.write_text(
+        doc.format(system="http://oval.mitre.org/XMLSchema/oval-definitions-5"), encoding="utf-8"
+    )
+    content.resolve(kind, "n", tmp_path / "w1", override=content.ContentOverride(file=good))
+    bad = tmp_path / "sce.xml"
+    bad.write_text(doc.format(system="http://open-scap.org/page/sce"), encoding="utf-8")
+    with pytest.raises(ScanFailure, match="Script Check Engine") as info:
+        content.resolve(kind, "n", tmp_path / "w2", override=content.ContentOverride(file=bad))
+    assert info.value.reason == ErrorReason.CONTENT_INVALID
+    assert str(bad) in info.value.message

@@ -23,7 +23,9 @@ with :mod:`scapguard.results.xmlsafe` and must have ``oval_definitions`` as its 
 Datastreams come from the SCAP Security Guide shipped in the scanner image (``ssg_dir``,
 default ``/usr/share/xml/scap/ssg/content``): ``ssg-{debian12,ubuntu2204,rhel9,...}-ds.xml``.
 A datastream override (URL + sha256 or file) and an optional tailoring file are checked the
-same way (root ``data-stream-collection``; tailoring root ``Tailoring``).
+same way (root ``data-stream-collection``; tailoring root ``Tailoring``). Content naming the
+Script Check Engine as a check system (``http://open-scap.org/page/SCE``; Debian's oscap is
+built with it) is refused: oscap would run the scripts it names.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
+
+from lxml import etree
 
 from scapguard.results import oval as oval_results
 from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
@@ -60,6 +64,9 @@ _TAILORING_ROOTS: Final = frozenset(
         qname("http://checklists.nist.gov/xccdf/1.1", "Tailoring"),
     }
 )
+
+#: oscap runs a check of this system as a script (OpenSCAP's Script Check Engine).
+SCE_SYSTEM: Final = "http://open-scap.org/page/SCE"
 
 Kind = Literal["oval", "datastream", "tailoring"]
 
@@ -234,7 +241,7 @@ def resolve(
         )
     digest = sha256_file(raw)
     if expected_sha and digest != expected_sha.lower():
-        where = override.url or override.file if override else raw
+        where = _origin(override, raw)
         raise ScanFailure(
             ErrorReason.CONTENT_INVALID,
             f"{where}: sha256 {digest} does not match the expected {expected_sha}",
@@ -249,6 +256,7 @@ def resolve(
         root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
     except XMLContentError as exc:
         raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
+    _refuse_script_checks(root, _origin(override, raw))
     version: str | None
     if kind == "oval":
         version = oval_results.definitions_generator_timestamp(root)
@@ -266,3 +274,22 @@ def resolve(
     return ResolvedContent(
         path=xml, info=ContentInfo(name=name, source=source, sha256=digest, version=version)
     )
+
+
+def _origin(override: ContentOverride | None, raw: Path) -> str:
+    """How an error names the content: the user's URL or file, else the catalogue file."""
+    if override is not None and (override.url or override.file):
+        return str(override.url or override.file)
+    return str(raw)
+
+
+def _refuse_script_checks(root: etree._Element, where: str) -> None:
+    """Refuse content with a check of the Script Check Engine's system (it runs scripts)."""
+    for el in root.iter():
+        system = el.get("system")
+        if system is not None and system.strip().casefold() == SCE_SYSTEM.casefold():
+            raise ScanFailure(
+                ErrorReason.CONTENT_INVALID,
+                f"{where}: a <{local_name(el.tag)}> uses the Script Check Engine "
+                f"(system {SCE_SYSTEM!r}), which would run scripts from the content",
+            )
