@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
 import gzip
 import hashlib
@@ -336,3 +337,13 @@ def test_content_using_the_script_check_engine_is_refused(
         content.resolve(kind, "n", tmp_path / "w2", override=content.ContentOverride(file=bad))
     assert info.value.reason == ErrorReason.CONTENT_INVALID
     assert str(bad) in info.value.message
+
+
+def test_a_feed_denser_than_any_real_one_is_refused(tmp_path: Path) -> None:
+    """20 MiB of one repeated element: bz2 makes a few hundred bytes of it, lxml gigabytes."""
+    dense = tmp_path / "dense.xml.bz2"
+    dense.write_bytes(bz2.compress(b"<oval_definitions>" + b"<a/>" * (5 * 1024 * 1024)))
+    with pytest.raises(ScanFailure, match="more than 200 times its compressed size") as info:
+        content.resolve("oval", "n", tmp_path / "w", override=content.ContentOverride(file=dense))
+    assert info.value.reason == ErrorReason.CONTENT_INVALID
+    assert str(dense) in info.value.message
