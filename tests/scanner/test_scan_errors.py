@@ -91,6 +91,19 @@ def test_distroless_debian_without_dpkg_status_is_unsupported(
     expect_error(run, ErrorReason.UNSUPPORTED_OS, "distroless")
 
 
+def test_an_rpm_database_path_chosen_by_the_image_is_never_used(
+    registry: Registry, run_scan: Callable[..., Any], base_files_feed: Path, tmp_path: Path
+) -> None:
+    """/var/lib/rpm -> /%(touch PWNED) would put the image's shell command into rpm's macros
+    (``OSCAP_PROBE_RPMDB_PATH``, ``%_dbpath``): a database elsewhere is no database."""
+    root = make_fixture_rootfs(tmp_path / "rootfs", "rhel9", "vulnerable", workdir=tmp_path)
+    (root / "var/lib/rpm").rename(root / "%(touch PWNED)")
+    (root / "var/lib/rpm").symlink_to("/%(touch PWNED)")
+    run = run_scan(push_tree(root, registry, "rpmdb-macro", tmp_path),
+                   "--feed-file", str(base_files_feed))  # fmt: skip
+    expect_error(run, ErrorReason.UNSUPPORTED_OS, "no rpm database")
+
+
 def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -77,6 +77,8 @@ class ErrorReason:
     TIMEOUT: Final = "Timeout"
     POLICY_INVALID: Final = "PolicyInvalid"
     INSECURE_ENVIRONMENT: Final = "InsecureEnvironment"
+    #: An exception no step turned into a reason (a scanner bug): still a result, never a crash.
+    SCANNER_ERROR: Final = "ScannerError"
 
 
 class ScanResultError(ValueError):

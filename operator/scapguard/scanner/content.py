@@ -17,13 +17,16 @@ Fedora                      key, so on a rebuild they would all be false (a fals
 
 An override is a URL with its sha256 (the download must match it; plain http is accepted only
 with a sha256) or a local file (a mounted ConfigMap or volume for air-gapped clusters). Every
-feed is size-bounded, decompressed with a bound when it is bz2 (by magic, not by name), parsed
+feed is size-bounded, decompressed with a bound when it is bz2 (by magic, not by name; past
+16 MiB also at most 200 times the compressed size), parsed
 with :mod:`scapguard.results.xmlsafe` and must have ``oval_definitions`` as its root.
 
 Datastreams come from the SCAP Security Guide shipped in the scanner image (``ssg_dir``,
 default ``/usr/share/xml/scap/ssg/content``): ``ssg-{debian12,ubuntu2204,rhel9,...}-ds.xml``.
 A datastream override (URL + sha256 or file) and an optional tailoring file are checked the
-same way (root ``data-stream-collection``; tailoring root ``Tailoring``).
+same way (root ``data-stream-collection``; tailoring root ``Tailoring``). Content naming the
+Script Check Engine as a check system (``http://open-scap.org/page/SCE``; Debian's oscap is
+built with it) is refused: oscap would run the scripts it names.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from lxml import etree
+
 from scapguard.results import oval as oval_results
 from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
 from scapguard.results.xmlsafe import XMLContentError, local_name, parse_file, qname
@@ -51,6 +56,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SSG_DIR: Final = Path("/usr/share/xml/scap/ssg/content")
 MAX_DOWNLOAD: Final = 512 * 1024 * 1024
 MAX_XML: Final = 2 * 1024 * 1024 * 1024
+#: Real OVAL feeds compress 20-40x; far denser XML costs lxml ~30x its size in memory. Above
+#: RATIO_FROM bytes decompressed, more than MAX_RATIO times the compressed file is refused.
+MAX_RATIO: Final = 200
+RATIO_FROM: Final = 16 * 1024 * 1024
 _CHUNK: Final = 1 << 20
 _BZ2_MAGIC: Final = b"BZh"
 _DS_ROOT: Final = qname("http://scap.nist.gov/schema/scap/source/1.2", "data-stream-collection")
@@ -60,6 +69,9 @@ _TAILORING_ROOTS: Final = frozenset(
         qname("http://checklists.nist.gov/xccdf/1.1", "Tailoring"),
     }
 )
+
+#: oscap runs a check of this system as a script (OpenSCAP's Script Check Engine).
+SCE_SYSTEM: Final = "http://open-scap.org/page/SCE"
 
 Kind = Literal["oval", "datastream", "tailoring"]
 
@@ -154,34 +166,45 @@ def _download(url: str, dest: Path, *, max_bytes: int, timeout: float) -> None:
         ) from exc
 
 
-def _decompress_if_bz2(src: Path, dest: Path, *, max_bytes: int) -> Path:
+def _decompress_if_bz2(src: Path, dest: Path, *, max_bytes: int, name: str) -> Path:
+    """``src`` decompressed into ``dest`` if it is bz2; errors name the content as ``name``."""
     with src.open("rb") as f:
         magic = f.read(3)
     if magic != _BZ2_MAGIC:
         return src
     inflater = bz2.BZ2Decompressor()
     total = 0
+    ratio_limit = max(RATIO_FROM, MAX_RATIO * src.stat().st_size)
     try:
         with src.open("rb") as fin, dest.open("wb") as fout:
             while not inflater.eof:
                 chunk = fin.read(_CHUNK)
                 if not chunk:
-                    raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{src}: truncated bz2 stream")
+                    raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{name}: truncated bz2 stream")
                 while True:
                     out = inflater.decompress(chunk, max_length=_CHUNK * 4)
                     total += len(out)
-                    if total > max_bytes:
-                        raise ScanFailure(
-                            ErrorReason.CONTENT_INVALID,
-                            f"{src}: more than {max_bytes} bytes once decompressed",
-                        )
+                    _check_inflated(name, total, max_bytes, ratio_limit)
                     fout.write(out)
                     chunk = b""
                     if inflater.eof or inflater.needs_input:
                         break
     except OSError as exc:
-        raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{src}: not valid bz2: {exc}") from exc
+        raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{name}: not valid bz2: {exc}") from exc
     return dest
+
+
+def _check_inflated(name: str, total: int, max_bytes: int, ratio_limit: int) -> None:
+    if total > max_bytes:
+        raise ScanFailure(
+            ErrorReason.CONTENT_INVALID, f"{name}: more than {max_bytes} bytes once decompressed"
+        )
+    if total > ratio_limit:
+        raise ScanFailure(
+            ErrorReason.CONTENT_INVALID,
+            f"{name}: decompresses to more than {MAX_RATIO} times its compressed size "
+            "(real feeds: 20-40 times)",
+        )
 
 
 def resolve(
@@ -234,12 +257,14 @@ def resolve(
         )
     digest = sha256_file(raw)
     if expected_sha and digest != expected_sha.lower():
-        where = override.url or override.file if override else raw
+        where = _origin(override, raw)
         raise ScanFailure(
             ErrorReason.CONTENT_INVALID,
             f"{where}: sha256 {digest} does not match the expected {expected_sha}",
         )
-    xml = _decompress_if_bz2(raw, workdir / f"{kind}.xml", max_bytes=max_xml)
+    xml = _decompress_if_bz2(
+        raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=_origin(override, raw)
+    )
     roots = {
         "oval": {oval_results.DEFINITIONS_ROOT},
         "datastream": {_DS_ROOT},
@@ -249,6 +274,7 @@ def resolve(
         root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
     except XMLContentError as exc:
         raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
+    _refuse_script_checks(root, _origin(override, raw))
     version: str | None
     if kind == "oval":
         version = oval_results.definitions_generator_timestamp(root)
@@ -266,3 +292,22 @@ def resolve(
     return ResolvedContent(
         path=xml, info=ContentInfo(name=name, source=source, sha256=digest, version=version)
     )
+
+
+def _origin(override: ContentOverride | None, raw: Path) -> str:
+    """How an error names the content: the user's URL or file, else the catalogue file."""
+    if override is not None and (override.url or override.file):
+        return str(override.url or override.file)
+    return str(raw)
+
+
+def _refuse_script_checks(root: etree._Element, where: str) -> None:
+    """Refuse content with a check of the Script Check Engine's system (it runs scripts)."""
+    for el in root.iter():
+        system = el.get("system")
+        if system is not None and system.strip().casefold() == SCE_SYSTEM.casefold():
+            raise ScanFailure(
+                ErrorReason.CONTENT_INVALID,
+                f"{where}: a <{local_name(el.tag)}> uses the Script Check Engine "
+                f"(system {SCE_SYSTEM!r}), which would run scripts from the content",
+            )

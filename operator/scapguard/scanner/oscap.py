@@ -8,9 +8,12 @@
   config parts, no image sources or lists, the image's architecture set explicitly, so libapt
   never runs a ``dpkg`` binary), that stderr line is an error (``ProbeFailed``), and a canary
   evaluation must find at least one installed package before any feed result is believed.
-* Debian's rpm looks for its database under ``~/.rpmdb``: ``OSCAP_PROBE_RPMDB_PATH`` names the
-  image's database directory, ``HOME`` is an empty scratch directory with an ``.rpmmacros``
-  setting ``%_dbpath`` for the probes that read the macros themselves.
+* Debian's rpm looks for its database under ``~/.rpmdb`` (its default ``%_dbpath`` is a
+  ``%(bash -c ...)`` macro): ``OSCAP_PROBE_RPMDB_PATH`` names the image's database directory,
+  ``HOME`` is an empty scratch directory with an ``.rpmmacros`` setting ``%_dbpath`` for the
+  probes that read the macros themselves. That file is always written (a Debian image gets a
+  path that does not exist), so the host's shell macro is never expanded, and the path must be
+  a plain one (:data:`PLAIN_PATH`, ``%`` doubled besides): rpm runs ``%(...)`` as a command.
 * probes that chroot() abort oscap (exit 134, SIGABRT) when they lack CAP_SYS_CHROOT: reported
   as ``ProbeFailed`` with the hint to use the user-namespace mode, where chroot() works.
 * exit codes: ``oval eval`` 0 = evaluated; ``xccdf eval`` 0 = all passed, 2 = some rule failed;
@@ -52,6 +55,8 @@ DEBIAN_ARCH: Final = {
     "riscv64": "riscv64",
 }
 _MISSING: Final = "/nonexistent-scapguard"
+#: What a path written into rpm macros may look like.
+PLAIN_PATH: Final = re.compile(r"^/[A-Za-z0-9._/-]+$")
 _CANARY_OBJECT: Final = {"debian": "dpkginfo", "rhel": "rpminfo", "fedora": "rpminfo"}
 #: At least one of these is installed on every supported image (the probes take exact names).
 CANARY_PACKAGES: Final = {
@@ -121,9 +126,24 @@ def environment(rootfs: Path, workdir: Path, os_: DetectedOS, arch: str) -> dict
         "APT_CONFIG": str(write_apt_config(workdir, arch)),
     }
     if os_.rpmdb_path is not None:
-        env["OSCAP_PROBE_RPMDB_PATH"] = os_.rpmdb_path
-        (home / ".rpmmacros").write_text(f"%_dbpath {os_.rpmdb_path}\n", encoding="utf-8")
+        env["OSCAP_PROBE_RPMDB_PATH"] = _plain_path(os_.rpmdb_path)
+    (home / ".rpmmacros").write_text(rpm_macros(os_.rpmdb_path), encoding="utf-8")
     return env
+
+
+def _plain_path(path: str) -> str:
+    if not PLAIN_PATH.fullmatch(path):
+        raise ScanFailure(
+            ErrorReason.HOSTILE_IMAGE,
+            f"rpm database path {path!r} is not a plain path ({PLAIN_PATH.pattern})",
+        )
+    return path
+
+
+def rpm_macros(rpmdb_path: str | None) -> str:
+    """The scratch ``.rpmmacros``: ``%_dbpath`` the image's database, or nothing that exists."""
+    path = _plain_path(rpmdb_path or f"{_MISSING}/rpm")
+    return f"%_dbpath {path.replace('%', '%%')}\n"
 
 
 def _check_stderr(stderr: str, what: str) -> None:

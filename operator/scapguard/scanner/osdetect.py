@@ -13,14 +13,20 @@ fedora                                     any             fedora
 
 An image of a supported distribution without its package database (distroless:
 ``/var/lib/dpkg/status`` or an rpm database missing) is unsupported too: without packages there
-is nothing to judge, and "no vulnerabilities" would be a false pass. Files are read through
-:func:`resolve_in_root`, which follows symlinks inside the tree only (chroot semantics).
+is nothing to judge, and "no vulnerabilities" would be a false pass. Values read from the image
+lose their control characters and are cut to what the result schema allows (``id`` and
+``versionId`` 64 characters, ``prettyName`` 256): a NUL in ``PRETTY_NAME`` cannot make the scan
+crash instead of reporting. Files are read through
+:func:`resolve_in_root`, which follows symlinks inside the tree only (chroot semantics). The rpm
+database is looked for only at ``/usr/lib/sysimage/rpm`` and ``/var/lib/rpm``, and a symlink
+from one to anywhere but the other is no database: the path goes into rpm macros.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -29,6 +35,9 @@ from scapguard.results.model import ErrorReason, OSFamily, OSInfo
 from scapguard.scanner.errors import ScanFailure
 
 _MAX_FILE: Final = 64 * 1024
+#: The result schema's maxLength of os.id / os.versionId and os.prettyName.
+MAX_ID: Final = 64
+MAX_PRETTY: Final = 256
 _MAX_HOPS: Final = 40
 _RHEL_LIKE: Final = frozenset({"rhel", "centos", "rocky", "almalinux"})
 _DEBIAN_CODENAMES: Final = {"10": "buster", "11": "bullseye", "12": "bookworm", "13": "trixie"}
@@ -50,7 +59,9 @@ _RELEASE_IDS: Final = {
     "AlmaLinux": "almalinux",
     "Fedora": "fedora",
 }
-RPMDB_PATHS: Final = ("usr/lib/sysimage/rpm", "var/lib/rpm")
+#: The only rpm database directories used, as literal in-image paths: an image never chooses the
+#: path (it ends up in rpm macros, which expand ``%(...)`` as shell commands).
+RPMDB_PATHS: Final = ("/usr/lib/sysimage/rpm", "/var/lib/rpm")
 _RPMDB_FILES: Final = ("rpmdb.sqlite", "Packages", "Packages.db")
 
 
@@ -102,6 +113,12 @@ def _read(root: Path, path: str) -> str | None:
         ) from exc
 
 
+def printable(text: str, limit: int) -> str:
+    """``text`` without control characters (NUL, newlines, escapes), at most ``limit`` long."""
+    kept = "".join(c for c in text if unicodedata.category(c) != "Cc")
+    return kept.strip()[:limit]
+
+
 def parse_os_release(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -129,12 +146,14 @@ def detect(root: Path) -> DetectedOS:
     pretty = fields.get("PRETTY_NAME", "")
     if not os_id:
         os_id, version, pretty = _from_release_files(root)
+    os_id, version = printable(os_id, MAX_ID), printable(version, MAX_ID)
+    pretty = printable(pretty, MAX_PRETTY)
     if os_id == "debian" and not version:
         deb = (_read(root, "etc/debian_version") or "").strip()
-        version = deb.split(".")[0] if deb[:1].isdigit() else ""
+        version = printable(deb.split(".")[0], MAX_ID) if deb[:1].isdigit() else ""
     family: OSFamily
     major = version.split(".")[0]
-    codename = fields.get("VERSION_CODENAME") or None
+    codename = printable(fields.get("VERSION_CODENAME", ""), MAX_ID) or None
     if os_id == "debian":
         if major not in _DEBIAN_CODENAMES:
             raise _unsupported(
@@ -151,7 +170,7 @@ def detect(root: Path) -> DetectedOS:
             raise _unsupported(f"{os_id} {version} is not supported (8, 9)")
         family = "rhel"
     elif os_id == "fedora":
-        if not major.isdigit():
+        if not (major.isascii() and major.isdigit()):
             raise _unsupported(f"Fedora version {version!r} is not understood")
         family = "fedora"
     else:
@@ -172,18 +191,30 @@ def detect(root: Path) -> DetectedOS:
         if rpmdb is None:
             raise _unsupported(f"{pretty or os_id} image has no rpm database")
     info = OSInfo(
-        id=os_id, version_id=version, pretty_name=pretty or f"{os_id} {version}", family=family
+        id=os_id,
+        version_id=version,
+        pretty_name=pretty or printable(f"{os_id} {version}", MAX_PRETTY),
+        family=family,
     )
     return DetectedOS(info=info, codename=codename, major=major, rpmdb_path=rpmdb)
 
 
 def _find_rpmdb(root: Path) -> str | None:
+    """The literal path of the image's rpm database directory, or None.
+
+    A candidate counts only if it resolves (inside the tree) to one of :data:`RPMDB_PATHS`
+    itself: ``/var/lib/rpm -> ../../usr/lib/sysimage/rpm`` (RHEL 9, Fedora) gives
+    ``/usr/lib/sysimage/rpm``; a link anywhere else gives no database.
+    """
     for directory in RPMDB_PATHS:
         resolved = resolve_in_root(root, directory)
         if resolved is None or not resolved.is_dir():
             continue
+        canonical = "/" + resolved.relative_to(root).as_posix()
+        if canonical not in RPMDB_PATHS:
+            continue
         if any((resolved / name).is_file() for name in _RPMDB_FILES):
-            return "/" + str(resolved.relative_to(root))
+            return canonical
     return None
 
 

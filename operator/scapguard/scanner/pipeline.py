@@ -1,7 +1,9 @@
 """One scan, end to end: pull -> inspect + unpack -> detect OS -> content -> oscap -> parse.
 
-Every failure becomes a result with ``outcome: Error`` and the step's reason; the work directory
-(OCI layout, unpacked tree, oscap scratch) is removed in all cases.
+Every failure becomes a result with ``outcome: Error`` and the step's reason, and an exception
+no step foresaw (a scanner bug) one with reason ``ScannerError`` naming it, so the operator
+always gets a result; the work directory (OCI layout, unpacked tree, oscap scratch) is removed
+in all cases.
 """
 
 from __future__ import annotations
@@ -204,29 +206,35 @@ def scan(req: ScanRequest) -> ScanOutput:
             finished_at=_now(),
             timings=clock.timings,
         )
-        return ScanOutput(result, _combined_report(reports), box.mode)
     except (ScanFailure, XMLContentError) as exc:
         reason = exc.reason if isinstance(exc, ScanFailure) else ErrorReason.RESULTS_INVALID
         message = exc.message if isinstance(exc, ScanFailure) else str(exc)
         log.error("scan of %s failed (%s): %s", req.reference, reason, message)
-        error = ScanResult(
-            image=ImageRef(
-                req.reference if digest in req.reference else f"{req.reference}@{digest}", digest
-            ),
-            os=detected,
-            outcome="Error",
-            error=ScanError(reason, message[:4096]),
-            vulnerabilities=None,
-            compliance=None,
-            scanner=ScannerInfo(__version__, oscap_version),
-            started_at=started,
-            finished_at=_now(),
-            timings=clock.timings,
-        )
-        return ScanOutput(error, None, box.mode if box else None)
+        error = ScanError(reason, message[:4096])
+    except Exception as exc:  # a bug: reported as a result, not a crash without one
+        log.exception("scan of %s failed unexpectedly", req.reference)
+        message = f"unexpected {type(exc).__name__} in the scanner: {exc}"
+        error = ScanError(ErrorReason.SCANNER_ERROR, message[:4096])
+    else:
+        return ScanOutput(result, _combined_report(reports), box.mode)
     finally:
         if work is not None and box is not None and not req.keep_workdir:
             box.remove_tree(work)
+    failed = ScanResult(
+        image=ImageRef(
+            req.reference if digest in req.reference else f"{req.reference}@{digest}", digest
+        ),
+        os=detected,
+        outcome="Error",
+        error=error,
+        vulnerabilities=None,
+        compliance=None,
+        scanner=ScannerInfo(__version__, oscap_version),
+        started_at=started,
+        finished_at=_now(),
+        timings=clock.timings,
+    )
+    return ScanOutput(failed, None, box.mode if box else None)
 
 
 def _vulnerabilities(
