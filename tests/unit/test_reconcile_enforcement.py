@@ -48,10 +48,13 @@ def enforced(scan: Obj) -> dict[str, Any]:
     return found
 
 
-def failed_and_denied(h: Harness, **policy: Any) -> str:
-    """An enforcing policy, one image scanned once: a critical CVE, so Fail and denied."""
+def critical_posted(
+    h: Harness, image_annotations: dict[str, str] | None = None, **policy: Any
+) -> None:
+    """An enforcing policy failing on high, one image, its scan's result posted (not judged):
+    a critical CVE."""
+    add_image(h, VULN, image_annotations)
     add_policy(h, action="Enforce", failOn="high", scanner={"retries": 0}, **policy)
-    add_image(h, VULN)
     add_stream(h, "app", "apps", {"latest": [VULN]})
     reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
     reconcile_imagescan(h.ctx, the_scan(h))
@@ -59,6 +62,11 @@ def failed_and_denied(h: Harness, **policy: Any) -> str:
     assert (
         post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "critical")])).status == 200
     )
+
+
+def failed_and_denied(h: Harness, **policy: Any) -> str:
+    """An enforcing policy, one image scanned once: a critical CVE, so Fail and denied."""
+    critical_posted(h, **policy)
     reconcile_imagescan(h.ctx, the_scan(h))
     scan = the_scan(h)
     assert scan["status"]["result"] == "Fail" and scan["status"]["denied"] is True
@@ -386,13 +394,7 @@ def test_a_persons_deny_added_while_scapguard_patches_is_never_adopted() -> None
             h.kube.patch(IMAGE, name, None, {"metadata": {"annotations": annotations}})
         return out
 
-    add_policy(h, action="Enforce", failOn="high", scanner={"retries": 0})
-    add_image(h, VULN)
-    add_stream(h, "app", "apps", {"latest": [VULN]})
-    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
-    reconcile_imagescan(h.ctx, the_scan(h))
-    (job,) = jobs(h)
-    post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "critical")]))
+    critical_posted(h)
     h.kube.get = get_then_person  # type: ignore[method-assign]
     reconcile_imagescan(h.ctx, the_scan(h))
     h.kube.get = get  # type: ignore[method-assign]
@@ -405,13 +407,7 @@ def test_a_persons_deny_added_while_scapguard_patches_is_never_adopted() -> None
 @pytest.mark.parametrize("value", ["True", "false"])
 def test_a_persons_deny_execution_value_of_any_spelling_is_left_alone(value: str) -> None:
     h = harness()
-    add_image(h, VULN, {c.OPENSHIFT_DENY_ANNOTATION: value})
-    add_policy(h, action="Enforce", failOn="high", scanner={"retries": 0})
-    add_stream(h, "app", "apps", {"latest": [VULN]})
-    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
-    reconcile_imagescan(h.ctx, the_scan(h))
-    (job,) = jobs(h)
-    post(h, job["metadata"]["name"], scan_result(VULN, [("CVE-1", "critical")]))
+    critical_posted(h, {c.OPENSHIFT_DENY_ANNOTATION: value})
     reconcile_imagescan(h.ctx, the_scan(h))
     scan = the_scan(h)
     assert scan["status"]["result"] == "Fail" and scan["status"]["denied"] is True
