@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -213,6 +214,25 @@ def test_an_invalid_header_is_refused_not_taken_for_the_end(tmp_path: Path) -> N
     bad = bytearray(_file("hidden"))
     bad[148:156] = b"0000000\x00"  # wrong checksum: tarfile would stop without a word
     _refused(tmp_path, _file("a") + bytes(bad) + END, "has an invalid header")
+
+
+def test_a_gnu_tar_sparse_file_passes(tmp_path: Path) -> None:
+    """GNU tar's old sparse headers (type S, GNU magic) keep the sparse map past byte 386,
+    where a prefix would be; neither parser reads it as one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with (src / "sparse").open("wb") as f:
+        f.seek(5 * 1024 * 1024)
+        f.write(b"data")
+    layer = tmp_path / "layer.tar"
+    subprocess.run(
+        ["tar", "--format=gnu", "--sparse", "-C", str(src), "-cf", str(layer), "sparse"],
+        check=True,
+    )
+    data = layer.read_bytes()
+    assert data[156:157] == tarfile.GNUTYPE_SPARSE and data[386] != 0  # what is tested
+    _, stats = _inspect(tmp_path / "oci", data)
+    assert stats.entries == 1
 
 
 @pytest.mark.parametrize(

@@ -142,11 +142,13 @@ def _check_header_block(buf: bytes) -> None:
             continue
         if not _OCTAL.fullmatch(value):
             raise _HeaderRefused(name, f"has a {field} field that is not plain octal: {value!r}")
-    prefix = buf[345:500]
+    # tarfile reads a prefix up to its first NUL, whatever the magic; Go reads none outside
+    # ustar. Only a prefix tarfile would read differs: a GNU sparse map further on does not.
+    prefix = buf[345:500].split(b"\x00", 1)[0]
     magic, trailer = buf[257:265], buf[508:512]
     if magic == _USTAR_MAGIC and trailer == _STAR_TRAILER:
         raise _HeaderRefused(name, "has a star header (its name prefix is read differently)")
-    if magic != _USTAR_MAGIC and prefix.strip(b"\x00"):
+    if magic != _USTAR_MAGIC and prefix:
         raise _HeaderRefused(name, "has a name prefix outside a ustar header")
 
 
