@@ -39,13 +39,15 @@ def policy(h: Harness, name: str = "default") -> Obj:
     return h.kube.get(SCANPOLICY, name, "apps")
 
 
-def complete_all(h: Harness) -> None:
-    """Reconcile every scan, answer every Job with a clean result, reconcile again."""
+def complete_all(h: Harness, findings: list[tuple[str, str]] | None = None) -> None:
+    """Reconcile every scan, answer every Job (a clean result unless ``findings``: CVE id and
+    severity), reconcile again."""
     for scan in h.kube.list(IMAGESCAN, "apps"):
         reconcile_imagescan(h.ctx, scan)
     for job in jobs(h):
         image = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-        assert post(h, job["metadata"]["name"], scan_result(image.split("@")[1])).status == 200
+        result = scan_result(image.split("@")[1], findings or [])
+        assert post(h, job["metadata"]["name"], result).status == 200
     for scan in h.kube.list(IMAGESCAN, "apps"):
         reconcile_imagescan(h.ctx, scan)
 
@@ -164,6 +166,27 @@ def test_retention_and_untagged_grace() -> None:
     h.clock.advance(601)
     reconcile_scanpolicy(h.ctx, policy(h))
     assert h.kube.list(IMAGESCAN, "apps") == []
+
+
+def test_a_scan_that_denies_its_image_is_never_collected() -> None:
+    """Untagged or beyond retention, a failing digest may still be pinned by a Deployment:
+    deleting its scan would lift the deny."""
+    h = harness(SCAPGUARD_CLEANUP_GRACE_SECONDS="600")
+    add_policy(h, retention={"keep": 0}, action="Enforce", failOn="high")
+    add_image(h, digest(1))
+    add_stream(h, "app", "apps", {"latest": [digest(1)]})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    complete_all(h, [("CVE-1", "critical")])
+    set_stream_tags(h, "app", "apps", {"latest": [digest(2), digest(1)]})  # beyond keep=0
+    reconcile_scanpolicy(h.ctx, policy(h))
+    set_stream_tags(h, "app", "apps", {})
+    reconcile_scanpolicy(h.ctx, policy(h))
+    h.clock.advance(601)
+    reconcile_scanpolicy(h.ctx, policy(h))
+    (kept,) = h.kube.list(IMAGESCAN, "apps")  # digest 2's scan was collected, digest 1's kept
+    assert kept["status"]["denied"] is True
+    annotations = h.kube.get(IMAGE, digest(1))["metadata"]["annotations"]
+    assert annotations[c.OPENSHIFT_DENY_ANNOTATION] == "true"
 
 
 def test_tag_moving_updates_tags_via_the_imagestream_fast_path() -> None:

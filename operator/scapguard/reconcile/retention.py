@@ -5,7 +5,10 @@
 - a digest in a tag's history beyond ``retention.keep``: deleted;
 - a digest no selected tag knows any more: marked ``scapguard.io/untagged-since`` and deleted
   after the cleanup grace period.
-Hand-made ImageScans are never collected. Deleting a scan re-judges the Image's deny.
+Hand-made ImageScans are never collected, nor a scan that denies its image: a Deployment may
+still pin that digest, and deleting the scan would lift the deny (delete it by hand to lift
+it; a rescan that passes lifts it too, and the scan is collected after that). Deleting a scan
+re-judges the Image's deny.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def collect(ctx: OperatorContext, policy: Obj, selection: Selection, scans: list
             if (now - since).total_seconds() < grace:
                 continue
             why = f"no tag has pointed at it for {grace}s"
+        if (scan.get("status") or {}).get("denied") is True:
+            logger.debug("keeping ImageScan %s/%s: it denies its image", namespace, name_of(scan))
+            continue
         if _delete(ctx, scan, why):
             enforce_digest(ctx, digest)
             deleted += 1
