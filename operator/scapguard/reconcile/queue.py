@@ -25,6 +25,7 @@ from scapguard.api.imagescan import (
     QUEUED,
     RETRYING,
     RUNNING,
+    ScanProgress,
     format_time,
     parse_time,
     read_progress,
@@ -71,11 +72,19 @@ class Candidate:
     queued_at: str
 
 
+def in_queue(progress: ScanProgress) -> bool:
+    """The current request waits for an attempt (first or retry): what the queue label says."""
+    return (
+        progress.request is not None
+        and not progress.finished
+        and progress.state in (QUEUED, RETRYING)
+    )
+
+
 def waiting(scan: Obj, now: dt.datetime) -> bool:
+    """In the queue and due now: queue admission may start its next attempt."""
     progress = read_progress(scan.get("status"))
-    if progress.request is None or progress.finished:
-        return False
-    if progress.state not in (QUEUED, RETRYING):
+    if not in_queue(progress):
         return False
     if progress.state == QUEUED and progress.current_outcome() is not None:
         # A Job started before a crash and not yet recorded posted its result: the scan's
@@ -135,12 +144,7 @@ def sync_queue_label(ctx: OperatorContext, scan: Obj) -> None:
     the queue is pumped, so a waiting scan is never left out of admission for long (a crash
     in between is healed by the resume or progress reconcile).
     """
-    progress = read_progress(scan.get("status"))
-    wanted = (
-        progress.request is not None
-        and not progress.finished
-        and progress.state in (QUEUED, RETRYING)
-    )
+    wanted = in_queue(read_progress(scan.get("status")))
     if wanted != (labels_of(scan).get(c.QUEUED_LABEL) == "true"):
         mark_scan(ctx, scan, labels={c.QUEUED_LABEL: "true" if wanted else None})
 

@@ -12,8 +12,6 @@ from scapguard.api import constants as c
 from scapguard.api.conditions import Reason
 from scapguard.api.errors import SpecError
 from scapguard.api.imagescan import (
-    QUEUED,
-    RETRYING,
     RUNNING,
     format_time,
     parse_time,
@@ -33,7 +31,7 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.content import changed_sources, content_records, identity
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.jobs import sweep
-from scapguard.reconcile.queue import pump_queue
+from scapguard.reconcile.queue import in_queue, pump_queue
 from scapguard.reconcile.retention import collect
 from scapguard.reconcile.scans import ensure_scans, parsed, policy_scans
 from scapguard.reconcile.scheduling import due_rescan, window
@@ -189,9 +187,8 @@ def _aggregates(
         counts["errored"] += "Error" in results and "Fail" not in results
         counts["denied"] += denied
         for progress in progresses:  # scans, not images: each waits or runs on its own
-            if not progress.finished:
-                counts["queued"] += progress.state in (QUEUED, RETRYING)
-                counts["running"] += progress.state == RUNNING
+            counts["queued"] += in_queue(progress)
+            counts["running"] += not progress.finished and progress.state == RUNNING
         if any(int((st.get("vulnerabilities") or {}).get("critical") or 0) for st in statuses):
             critical["true" if denied else "false"] += 1
     key = f"{namespace_of(policy)}/{name_of(policy)}"
