@@ -23,6 +23,7 @@ from kubernetes import config as k8s_config
 from scapguard.api import constants as c
 from scapguard.api.summary import MAX_FINDINGS
 from scapguard.devcluster.cluster import DevCluster
+from scapguard.devcluster.operatorproc import CRDS
 from scapguard.k8s.api import IMAGESCAN, NAMESPACE
 from scapguard.k8s.client import KubeClient
 
@@ -80,7 +81,7 @@ def main() -> None:
         done = dev.kubectl("apply", "-f", str(ROOT / "deploy" / "crds"))
         if done.returncode:
             raise SystemExit(done.stderr)
-        dev.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        dev.wait_crds_established(CRDS)
         kube = KubeClient(k8s_config.new_client_from_config(config_file=str(dev.kubeconfig)))
         started = time.perf_counter()
         populate(kube, total, queued)

@@ -73,6 +73,12 @@ class Metrics:
         self.errors = Counter(
             "scapguard_scan_errors", "Failed scan attempts by reason.", ["reason"], registry=r
         )
+        self.owners_not_preserved = Counter(
+            "scapguard_scans_owners_not_preserved",
+            "Completed scans that ran rootless although a user namespace was configured "
+            "(file owners lost; ownership rules notchecked).",
+            registry=r,
+        )
         self.results_rejected = Counter(
             "scapguard_results_rejected",
             "Result posts refused by the results endpoint.",

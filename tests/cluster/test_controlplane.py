@@ -92,15 +92,7 @@ def test_crd_with_printer_columns_is_served(cluster: DevCluster, namespace: str)
         },
     }
     cluster.api_request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
-
-    def established() -> bool:
-        got = cluster.api_request(
-            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.{group}"
-        )
-        conds = (got.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    wait_for("the Widget CRD to be Established", established, 30)
+    cluster.wait_crds_established([f"widgets.{group}"], timeout=30)
     widget = {
         "apiVersion": f"{group}/v1",
         "kind": "Widget",

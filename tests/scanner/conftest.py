@@ -40,7 +40,10 @@ class ScanRun:
 def scan_user() -> ScanUser:
     if os.geteuid() != 0:
         pytest.skip("the scanner tests create the scanning user: run them as root")
-    return ensure_scan_user()
+    user = ensure_scan_user()
+    # uid = gid = 65532, as the pods run: with a system gid newuidmap refuses the map.
+    assert (user.uid, user.gid) == (65532, 65532), user
+    return user
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,10 @@ def test_standard_profile_equals_a_plain_oscap_run_rule_for_rule(
     # ...and the tree kept its owners as subordinate ids (shadow is root:shadow in the image).
     shadow = next(run.work_dir.glob("scan-*/bundle/rootfs/etc/shadow"))
     assert (shadow.stat().st_uid, shadow.stat().st_gid) == (65532, 1_000_000 + 42 - 1)
+    assert (run.result.scanner.id_mapping, run.result.scanner.id_mapping_fallback) == (
+        "userns",
+        None,
+    )
 
 
 def test_rootless_mode_reports_ownership_rules_notchecked_never_false(
@@ -114,6 +118,11 @@ def test_rootless_mode_reports_ownership_rules_notchecked_never_false(
     assert compliance is not None
     assert compliance.not_checked_reason is not None
     assert "rootless" in compliance.not_checked_reason
+    # Asked for: rootless, but nothing was expected and lost, so no fallback is reported.
+    assert (run.result.scanner.id_mapping, run.result.scanner.id_mapping_fallback) == (
+        "rootless",
+        None,
+    )
     got = {r.id: r.result for r in compliance.rules}
     assert set(got) == set(reference)
     marked = {rule for rule, res in got.items() if res == "notchecked" and reference[rule] != res}

@@ -242,6 +242,7 @@ def test_private_registry_needs_the_mounted_dockerconfigjson(
         authfile = shared_dir / "dockerconfig.json"
         authfile.write_text(json.dumps(private.dockerconfigjson()), encoding="utf-8")
         authfile.chmod(0o644)
+        written = hashlib.sha256(authfile.read_bytes()).hexdigest()
         feed = base_files_feed
         denied = run_scan(pushed.by_digest, "--insecure-registry", private.host,
                           "--feed-file", str(feed))  # fmt: skip
@@ -249,7 +250,8 @@ def test_private_registry_needs_the_mounted_dockerconfigjson(
         ok = run_scan(pushed.by_digest, "--insecure-registry", private.host,
                       "--feed-file", str(feed), "--authfile", str(authfile))  # fmt: skip
         assert ok.result is not None and ok.result.outcome == "Completed", ok.stderr
-        assert hashlib.sha256(authfile.read_bytes()).hexdigest()  # still readable, unchanged
+        # The scanner reads the mounted file; it never rewrites it.
+        assert hashlib.sha256(authfile.read_bytes()).hexdigest() == written
     shutil.rmtree(tmp_path / "private", ignore_errors=True)
 
 

@@ -36,6 +36,7 @@ def test_prometheus_rule_object_shape() -> None:
         "ScapguardScanErrorsRising",
         "ScapguardScansStuck",
         "ScapguardContentStale",
+        "ScapguardScansLosingFileOwners",
         "ScapguardOperatorDown",
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from scapguard.api import constants as c
@@ -18,6 +19,7 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.imagestream import reconcile_imagestream
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
+from scapguard.results import model as m
 from scapguard.testing import (
     OPERATOR_NS,
     Harness,
@@ -187,3 +189,51 @@ def test_any_enforcing_policy_failing_denies() -> None:
     assert not h.kube.list(SECRET, OPERATOR_NS) or all(
         s["metadata"].get("ownerReferences") for s in h.kube.list(SECRET, OPERATOR_NS)
     )
+
+
+def test_a_scan_that_lost_owners_says_so_in_status_condition_event_and_metric() -> None:
+    h = harness()
+    add_policy(h, action="Report")
+    add_image(h, VULN)
+    add_stream(h, "app", "apps", {"latest": [VULN]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    reconcile_all(h)
+    (job,) = jobs(h)
+    fallback = "uid 65532 has subordinate ids, but the user namespace probe failed: newuidmap"
+    lost = dataclasses.replace(
+        scan_result(VULN, []), scanner=m.ScannerInfo("0.1.0", "1.3.7", "rootless", fallback)
+    )
+    post(h, job["metadata"]["name"], lost)
+    reconcile_all(h)
+    (scan,) = scans(h)
+    assert scan["status"]["scanner"]["idMapping"] == "rootless"
+    assert scan["status"]["scanner"]["idMappingFallback"] == fallback
+    scanned = next(x for x in scan["status"]["conditions"] if x["type"] == "Scanned")
+    assert (scanned["status"], scanned["reason"]) == ("True", "OwnersNotPreserved")
+    assert fallback in scanned["message"]
+    reasons = {e.get("reason") for e in h.kube.list(EVENT, "apps")}
+    assert "OwnersNotPreserved" in reasons
+    value = h.ctx.metrics.registry.get_sample_value("scapguard_scans_owners_not_preserved_total")
+    assert value == 1.0
+
+
+def test_a_scan_with_a_user_namespace_reports_its_mode_and_plain_scanned() -> None:
+    h = harness()
+    add_policy(h, action="Report")
+    add_image(h, VULN)
+    add_stream(h, "app", "apps", {"latest": [VULN]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    reconcile_all(h)
+    (job,) = jobs(h)
+    kept = dataclasses.replace(
+        scan_result(VULN, []), scanner=m.ScannerInfo("0.1.0", "1.3.7", "userns", None)
+    )
+    post(h, job["metadata"]["name"], kept)
+    reconcile_all(h)
+    (scan,) = scans(h)
+    assert scan["status"]["scanner"]["idMapping"] == "userns"
+    assert "idMappingFallback" not in scan["status"]["scanner"]
+    scanned = next(x for x in scan["status"]["conditions"] if x["type"] == "Scanned")
+    assert scanned["reason"] == "ScanCompleted"
+    value = h.ctx.metrics.registry.get_sample_value("scapguard_scans_owners_not_preserved_total")
+    assert value == 0.0

@@ -75,6 +75,18 @@ def test_round_trip_through_json() -> None:
     assert doc["compliance"]["notCheckedReason"] is None
 
 
+def test_the_id_mapping_round_trips_and_older_results_without_it_still_load() -> None:
+    result = make_result(scanner=m.ScannerInfo("0.1.0", "1.3.7", "rootless", "probe failed"))
+    doc = result.to_dict()
+    assert doc["scanner"]["idMapping"] == "rootless"
+    assert m.ScanResult.from_dict(doc) == result
+    del doc["scanner"]["idMapping"], doc["scanner"]["idMappingFallback"]
+    assert m.ScanResult.from_dict(doc).scanner.id_mapping is None
+    doc["scanner"]["idMapping"] = "root"
+    with pytest.raises(m.ScanResultError, match="idMapping"):
+        m.ScanResult.from_dict(doc)
+
+
 def test_error_result_round_trips_without_os_or_sections() -> None:
     result = make_result(
         os=None,

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -495,3 +496,23 @@ def test_policy_file_object_or_spec(tmp_path: Path) -> None:
     other.write_text("kind: ImageScan\nspec: {}\n", encoding="utf-8")
     with pytest.raises(cli.UsageError, match="not ScanPolicy"):
         cli.load_policy(other)
+
+
+def test_a_configured_user_namespace_that_fails_is_a_named_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefix = ("unshare", "--map-root-user", "--")
+    monkeypatch.setattr(os, "geteuid", lambda: 65532)
+    monkeypatch.setattr(sandbox, "userns_prefix", lambda: prefix)
+    failed = subprocess.CompletedProcess(
+        [], 1, b"", b"newuidmap: Target process is owned by a different user\n"
+    )
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
+    box = sandbox.select("auto")
+    assert box.mode == "rootless" and not box.owners_preserved
+    assert box.fallback is not None and "Target process is owned" in box.fallback
+    with pytest.raises(ScanFailure, match="Target process is owned"):
+        sandbox.select("userns")
+    # No subordinate ids configured at all: rootless as asked for, nothing expected, no fallback.
+    monkeypatch.setattr(sandbox, "userns_prefix", lambda: None)
+    assert sandbox.select("auto") == sandbox.Sandbox("rootless")

@@ -24,6 +24,7 @@ class Reason:
     RUNNING: Final = "Running"
     RETRYING: Final = "Retrying"
     SCAN_COMPLETED: Final = "ScanCompleted"
+    OWNERS_NOT_PRESERVED: Final = "OwnersNotPreserved"
     SCAN_FAILED: Final = "ScanFailed"
     TIMEOUT: Final = "Timeout"
     SCANNER_FAILED: Final = "ScannerFailed"

@@ -105,7 +105,9 @@ def result_status(result: ResultLike) -> dict[str, Any]:
             if c is not None
         ],
         "scanner": {
-            k: str(scanner[k]) for k in ("version", "oscapVersion") if scanner.get(k) is not None
+            k: str(scanner[k])
+            for k in ("version", "oscapVersion", "idMapping", "idMappingFallback")
+            if scanner.get(k) is not None
         },
         "startedAt": doc.get("startedAt"),
         "finishedAt": doc.get("finishedAt"),

@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -303,6 +303,24 @@ class DevCluster:
         cfg.cert_file = str(self.pki_dir / "admin.crt")
         cfg.key_file = str(self.pki_dir / "admin.key")
         return cfg
+
+    def wait_crds_established(self, names: Iterable[str], timeout: float = 60.0) -> None:
+        """Poll until every named CRD is Established (a new CRD's conditions start out null)."""
+        for name in names:
+
+            def established(crd: str = name) -> bool:
+                try:
+                    got = self.api_request(
+                        "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+                    )
+                except ClusterError:
+                    return False
+                conditions = (got.get("status") or {}).get("conditions") or []
+                return any(
+                    c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+                )
+
+            wait_for(f"CustomResourceDefinition {name} Established", established, timeout)
 
     def _http_ok(self, path: str) -> bool:
         try:

@@ -30,6 +30,7 @@ RESULTS_CA_CONFIGMAP = "scapguard-results-ca"
 # The scanner image's USER; the node agent cannot read images, so it is set explicitly.
 SCANNER_UID = 65532
 _HANDLERS = "scapguard.handlers"
+CRDS = ("scanpolicies.scapguard.io", "imagescans.scapguard.io")
 
 
 @dataclass
@@ -61,8 +62,8 @@ class OperatorProcess:
         """Apply the CRDs and RBAC from deploy/, as an admin would, and the results CA."""
         deploy = repo_root() / "deploy"
         self._kubectl("apply", "-f", str(deploy / "crds"))
-        for crd in ("scanpolicies.scapguard.io", "imagescans.scapguard.io"):
-            self._kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        # Polled: ``kubectl wait`` gives up at once while a new CRD's conditions are null.
+        self.cluster.wait_crds_established(CRDS)
         # Exactly the documented install: deploy/rbac creates the namespace itself.
         self._kubectl("apply", "-f", str(deploy / "rbac"))
         ca_file = f"--from-file={CA_KEY}={self.cluster.ca.cert_path}"

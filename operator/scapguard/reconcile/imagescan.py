@@ -53,6 +53,7 @@ from scapguard.reconcile.verdicts import (
     completed_fields,
     conditions_for,
     load_result,
+    owners_lost,
     reevaluate,
 )
 
@@ -241,7 +242,8 @@ def _repair_enforcement(
     with ctx.digest_lock(spec.digest):
         enforcement = enforce_digest(ctx, spec.digest)
         denied = status.get("denied") is True
-        patch = with_conditions(ctx, scan, {}, conditions_for(verdict, policy, enforcement, denied))
+        conditions = conditions_for(verdict, policy, enforcement, denied, status.get("scanner"))
+        patch = with_conditions(ctx, scan, {}, conditions)
         if differs(scan, patch):
             write_status(ctx, scan, patch)
 
@@ -407,6 +409,15 @@ def _finish(
         )
     if doc is not None:
         _content_metrics(ctx, doc)
+        lost = owners_lost(doc.get("scanner"))
+        if lost is not None:
+            ctx.metrics.owners_not_preserved.inc()
+            ctx.event(
+                scan,
+                "Warning",
+                Reason.OWNERS_NOT_PRESERVED,
+                f"scanned rootless, file owners lost: {lost}",
+            )
         counts = status.get("vulnerabilities")
         if isinstance(counts, dict):
             ctx.metrics.set_image_vulnerabilities(

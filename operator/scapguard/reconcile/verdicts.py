@@ -156,9 +156,20 @@ def verdict_fields(policy: ScanPolicySpec, verdict: Verdict, now: dt.datetime) -
     }
 
 
+def owners_lost(scanner: object) -> str | None:
+    """Why a completed scan lost the image's file owners although a user namespace was set up."""
+    fallback = scanner.get("idMappingFallback") if isinstance(scanner, Mapping) else None
+    return str(fallback) if fallback else None
+
+
 def conditions_for(
-    verdict: Verdict, policy: ScanPolicySpec, enforcement: Enforcement, denied: bool
+    verdict: Verdict,
+    policy: ScanPolicySpec,
+    enforcement: Enforcement,
+    denied: bool,
+    scanner: object = None,
 ) -> list[tuple[str, str, str, str]]:
+    """``scanner``: the status' ``scanner`` block (id mapping) of the scan being judged."""
     if verdict.result == ERROR:
         scanned = (cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
         compliant = (
@@ -168,7 +179,18 @@ def conditions_for(
             "the scan did not complete",
         )
     else:
-        scanned = (cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
+        lost = owners_lost(scanner)
+        scanned = (
+            (cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
+            if lost is None
+            else (
+                cond.SCANNED,
+                cond.TRUE,
+                Reason.OWNERS_NOT_PRESERVED,
+                f"scan completed rootless, the image's file owners were lost ({lost}): "
+                "ownership and permission rules are notchecked",
+            )
+        )
         compliant = (
             cond.COMPLIANT,
             cond.TRUE if verdict.result == PASS else cond.FALSE,
@@ -251,7 +273,9 @@ def apply_verdict(
     previous = (scan.get("status") or {}).get("result")
     with ctx.digest_lock(spec.digest):  # until the status other scans' enforcement reads
         enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
-        conditions = conditions_for(verdict, policy, enforcement, fields["denied"])
+        conditions = conditions_for(
+            verdict, policy, enforcement, fields["denied"], fresh["status"].get("scanner")
+        )
         if pending:  # a rescan is queued or running: its own Scanned condition stands
             conditions = [x for x in conditions if x[0] != cond.SCANNED]
         write_status(ctx, scan, with_conditions(ctx, scan, dict(fields), conditions))

@@ -185,6 +185,10 @@ class Compliance:
 class ScannerInfo:
     version: str
     oscap_version: str | None
+    #: userns | inherited | rootless (scapguard.scanner.sandbox); None before unpacking.
+    id_mapping: str | None = None
+    #: Why a configured user namespace was not usable, so owners were lost.
+    id_mapping_fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,8 @@ class ScanResult:
             "scanner": {
                 "version": self.scanner.version,
                 "oscapVersion": self.scanner.oscap_version,
+                "idMapping": self.scanner.id_mapping,
+                "idMappingFallback": self.scanner.id_mapping_fallback,
             },
             "startedAt": _format_time(self.started_at, "startedAt"),
             "finishedAt": _format_time(self.finished_at, "finishedAt"),
@@ -314,7 +320,12 @@ class ScanResult:
                 ),
                 not_checked_reason=com_d["notCheckedReason"],
             ),
-            scanner=ScannerInfo(d["scanner"]["version"], d["scanner"]["oscapVersion"]),
+            scanner=ScannerInfo(
+                d["scanner"]["version"],
+                d["scanner"]["oscapVersion"],
+                d["scanner"].get("idMapping"),
+                d["scanner"].get("idMappingFallback"),
+            ),
             started_at=_parse_time(d["startedAt"], "startedAt"),
             finished_at=_parse_time(d["finishedAt"], "finishedAt"),
             timings={k: float(v) for k, v in d["timings"].items()},

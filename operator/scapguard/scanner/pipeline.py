@@ -127,6 +127,15 @@ def _combined_report(parts: list[tuple[str, bytes]]) -> bytes | None:
     ).encode()
 
 
+def _scanner_info(oscap_version: str | None, box: sandbox.Sandbox | None) -> ScannerInfo:
+    return ScannerInfo(
+        __version__,
+        oscap_version,
+        box.mode if box else None,
+        box.fallback if box else None,
+    )
+
+
 def _mark_rootless(rules: tuple[RuleResult, ...]) -> tuple[RuleResult, ...]:
     return tuple(
         replace(r, result="notchecked")
@@ -201,7 +210,7 @@ def scan(req: ScanRequest) -> ScanOutput:
             error=None,
             vulnerabilities=vulnerabilities,
             compliance=compliance,
-            scanner=ScannerInfo(__version__, oscap_version),
+            scanner=_scanner_info(oscap_version, box),
             started_at=started,
             finished_at=_now(),
             timings=clock.timings,
@@ -229,7 +238,7 @@ def scan(req: ScanRequest) -> ScanOutput:
         error=error,
         vulnerabilities=None,
         compliance=None,
-        scanner=ScannerInfo(__version__, oscap_version),
+        scanner=_scanner_info(oscap_version, box),
         started_at=started,
         finished_at=_now(),
         timings=clock.timings,

@@ -56,6 +56,8 @@ _CLEANUP_TIMEOUT: Final = 600.0
 class Sandbox:
     mode: Mode
     prefix: tuple[str, ...] = ()
+    #: Why a configured user namespace could not be used (owners were expected, and lost).
+    fallback: str | None = None
 
     @property
     def owners_preserved(self) -> bool:
@@ -144,39 +146,46 @@ def select(requested: Requested = "auto") -> Sandbox:
             "refusing to scan as root: run scapguard-scan as a non-root user "
             "(with a subordinate id range for --id-mapping=userns)",
         )
+    fallback: str | None = None
     if requested in {"auto", "inherited"} and os.geteuid() == 0:
         mapped = sum(count for _, _, count in _read_map("/proc/self/uid_map"))
         if mapped > MAPPED_IDS:
             return Sandbox("inherited")
+        fallback = f"the pod's user namespace maps only {mapped} ids, need {MAPPED_IDS + 1}"
         if requested == "inherited":
-            raise ScanFailure(
-                ErrorReason.UNPACK_FAILED,
-                f"user namespace maps only {mapped} ids, need {MAPPED_IDS + 1}",
-            )
+            raise ScanFailure(ErrorReason.UNPACK_FAILED, fallback)
     if requested in {"auto", "userns"} and os.geteuid() != 0:
         prefix = userns_prefix()
-        if prefix is not None and _works(prefix):
-            return Sandbox("userns", prefix)
+        if prefix is not None:
+            problem = _probe(prefix)
+            if problem is None:
+                return Sandbox("userns", prefix)
+            fallback = f"uid {os.getuid()} has subordinate ids, but {problem}"
         if requested == "userns":
             raise ScanFailure(
                 ErrorReason.UNPACK_FAILED,
-                "no usable user namespace: needs /etc/subuid and /etc/subgid ranges of "
+                fallback
+                or "no usable user namespace: needs /etc/subuid and /etc/subgid ranges of "
                 f"{MAPPED_IDS + 1} ids for uid {os.getuid()} and newuidmap/newgidmap",
             )
     if requested in {"auto", "rootless"}:
-        log.warning("no user namespace with an id map: unpacking rootless, owners are lost")
-        return Sandbox("rootless")
+        if fallback is not None:
+            log.warning("unpacking rootless, file owners are lost: %s", fallback)
+        else:
+            log.info("no user namespace configured: unpacking rootless, owners are not kept")
+        return Sandbox("rootless", fallback=fallback)
     raise ScanFailure(ErrorReason.UNPACK_FAILED, f"id mapping {requested!r} is not available")
 
 
-def _works(prefix: tuple[str, ...]) -> bool:
+def _probe(prefix: tuple[str, ...]) -> str | None:
+    """None when the user namespace works, else what went wrong (for the scan's status)."""
     try:
         proc = subprocess.run(  # noqa: S603 - fixed argument list
             [*prefix, "true"], capture_output=True, timeout=_PROBE_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("user namespace probe failed: %s", exc)
-        return False
+        return f"the user namespace probe failed: {exc}"[:1000]
     if proc.returncode != 0:
-        log.warning("user namespace probe failed: %s", proc.stderr.decode(errors="replace"))
-    return proc.returncode == 0
+        stderr = " ".join(proc.stderr.decode(errors="replace").split())
+        return f"the user namespace probe failed: {stderr or f'exit {proc.returncode}'}"[:1000]
+    return None
