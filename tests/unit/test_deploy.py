@@ -1,26 +1,26 @@
-"""deploy/ manifests and the Helm chart.
+"""deploy/ manifests and the Helm chart, checked with the real Helm (hack/tools builds it).
 
-Helm is not installed here, so the chart is checked without it: its templates use only plain
-value substitutions and ``if`` blocks on lines of their own, which this test renders and compares
-with deploy/ (the chart must not drift from the plain manifests), and its crds/ is the
-deploy/crds directory itself.
+``helm lint --strict`` must pass, and ``helm template`` must render what deploy/ holds (the
+chart must not drift from the plain manifests); its crds/ is the deploy/crds directory itself.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
+import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from scapguard.devcluster.binaries import tool_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = ROOT / "charts" / "scapguard"
 NAMESPACE = "scapguard"
-ACTION = re.compile(r'\{\{-?\s*((?:"[^"]*"|[^"}])*?)\s*-?\}\}')
 
 
 def load_all(text: str) -> list[dict[str, Any]]:
@@ -45,52 +45,24 @@ def deploy_objects() -> list[dict[str, Any]]:
     return [d for p in paths for d in load_all(p.read_text())]
 
 
-def lookup(values: dict[str, Any], path: str) -> Any:
-    node: Any = values
-    for part in path.split("."):
-        node = node[part]
-    return node
+@cache
+def helm() -> str:
+    return str(tool_binary("helm"))
 
 
-def render(template: str, values: dict[str, Any]) -> str:
-    """The subset of Helm the chart uses: ``if``/``end`` on lines of their own, values,
-    ``quote``, escapes."""
-    kept: list[str] = []
-    conditions: list[bool] = []
-    for line in template.splitlines(keepends=True):
-        control = ACTION.fullmatch(line.strip())
-        if control and control.group(1).startswith("if .Values."):
-            conditions.append(bool(lookup(values, control.group(1)[len("if .Values.") :])))
-        elif control and control.group(1) == "end":
-            conditions.pop()
-        elif all(conditions):
-            kept.append(line)
-    assert not conditions, "an if without its end"
-    template = "".join(kept)
-
-    def action(match: re.Match[str]) -> str:
-        expr = match.group(1)
-        if expr in ('"{{"', '"}}"'):
-            return expr.strip('"')
-        if expr == ".Release.Namespace":
-            return NAMESPACE
-        quote = expr.endswith("| quote")
-        path = expr.removesuffix("| quote").strip()
-        assert path.startswith(".Values."), f"unsupported template action {{{{ {expr} }}}}"
-        value = lookup(values, path[len(".Values.") :])
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        return json.dumps(text) if quote else text
-
-    return ACTION.sub(action, template)
+def run_helm(*args: str) -> str:
+    out = subprocess.run(
+        [helm(), *args], capture_output=True, text=True, timeout=120, check=False
+    )  # fmt: skip
+    assert out.returncode == 0, f"helm {' '.join(args)}: {out.stderr}"
+    return out.stdout
 
 
-def chart_objects(**overrides: Any) -> list[dict[str, Any]]:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    values.update(overrides)
-    out: list[dict[str, Any]] = []
-    for path in sorted((CHART / "templates").glob("*.yaml")):
-        out.extend(load_all(render(path.read_text(), values)))
-    return out
+def chart_objects(*flags: str, **overrides: Any) -> list[dict[str, Any]]:
+    """``helm template`` with ``overrides`` as values (JSON, like ``--set-json``)."""
+    sets = [f"--set-json={key}={json.dumps(value)}" for key, value in overrides.items()]
+    text = run_helm("template", "scapguard", str(CHART), f"--namespace={NAMESPACE}", *flags, *sets)
+    return load_all(text)
 
 
 def key(obj: dict[str, Any]) -> tuple[str, str, str]:
@@ -103,6 +75,21 @@ def test_chart_crds_are_deploy_crds() -> None:
     assert crds.is_symlink() and crds.resolve() == (DEPLOY / "crds").resolve()
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert (chart["apiVersion"], chart["name"]) == ("v2", "scapguard")
+    rendered = [
+        o for o in chart_objects("--include-crds") if o["kind"] == "CustomResourceDefinition"
+    ]
+    expected = [
+        d for p in sorted((DEPLOY / "crds").glob("*.yaml")) for d in load_all(p.read_text())
+    ]
+    assert sorted(rendered, key=key) == sorted(expected, key=key)
+
+
+def test_helm_lint_strict_passes() -> None:
+    out = run_helm("lint", "--strict", str(CHART), f"--namespace={NAMESPACE}")
+    assert "1 chart(s) linted, 0 chart(s) failed" in out, out
+    for values in ({"admission": {"enabled": False}}, {"prometheusRule": {"enabled": True}}):
+        sets = [f"--set-json={k}={json.dumps(v)}" for k, v in values.items()]
+        run_helm("lint", "--strict", str(CHART), *sets)
 
 
 def test_chart_renders_what_deploy_holds() -> None:

@@ -1,8 +1,13 @@
-"""Build and cache the local control plane's Go binary (hack/cluster).
+"""Build and cache the Go programs of the local environment.
 
-The binary is rebuilt only when it is missing or older than the Go module's
-go.mod, go.sum or any .go file. Go's module and build caches stay in their
-default places, so a rebuild after a small change takes seconds.
+``cluster_binary()``: the control plane's multi-call binary (module hack/cluster).
+``tool_binary(name)``: a program the module hack/tools lists as a ``tool`` (Helm), built
+from its own upstream module at the version go.mod pins (go.sum verifies it).
+
+A binary is rebuilt only when it is missing or older than its module's go.mod,
+go.sum or any .go file. Go's module and build caches stay in their default
+places, so a rebuild after a small change takes seconds. A long build prints
+its progress (packages compiled) every few seconds.
 """
 
 from __future__ import annotations
@@ -12,12 +17,20 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections import deque
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 BINARY_ENV = "SCAPGUARD_CLUSTER_BINARY"
 _BUILD_TIMEOUT = 3600
+_PROGRESS_EVERY = 15.0
+#: hack/tools' tools by the name of their binary: (package, variable stamped with the version).
+TOOLS = {
+    "helm": ("helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3/internal/version.version"),
+}
 
 
 class BuildError(RuntimeError):
@@ -82,37 +95,95 @@ def cluster_binary() -> Path:
     binary = module / "bin" / "scapguard-cluster"
     if not is_stale(binary, module) and not _stamp_changed(binary, module):
         return binary
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the Go toolchain (go) is not on PATH; it builds hack/cluster")
-    log.info("building %s (the first build takes several minutes)", binary)
-    binary.parent.mkdir(exist_ok=True)
-    tmp = binary.with_suffix(".tmp")
-    proc = subprocess.run(
-        [go, "build", "-trimpath", "-ldflags", _version_ldflags(module), "-o", str(tmp), "."],
-        cwd=module,
-        capture_output=True,
-        text=True,
-        timeout=_BUILD_TIMEOUT,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BuildError(f"go build in {module} failed:\n{proc.stderr[-4000:]}")
-    tmp.replace(binary)
+    _go_build(module, binary, _version_ldflags(module), ".")
     binary.with_suffix(".ldflags").write_text(_version_ldflags(module))
     return binary
 
 
-def _stamp_changed(binary: Path, module: Path) -> bool:
+def _module_version(module: Path, path: str) -> str:
+    for line in (module / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == path and parts[1].startswith("v"):
+            return parts[1]
+    raise BuildError(f"{module / 'go.mod'}: no requirement on {path}")
+
+
+def tool_binary(name: str) -> Path:
+    """Path to an up-to-date build of the hack/tools program ``name``, building it if needed."""
+    if name not in TOOLS:
+        raise BuildError(f"unknown tool {name!r}; hack/tools builds {', '.join(sorted(TOOLS))}")
+    package, version_var = TOOLS[name]
+    module = repo_root() / "hack" / "tools"
+    binary = module / "bin" / name
+    owner = package.split("/cmd/")[0]
+    ldflags = f"-s -w -X {version_var}={_module_version(module, owner)}"
+    if not is_stale(binary, module) and not _stamp_changed(binary, module, ldflags):
+        return binary
+    _go_build(module, binary, ldflags, package)
+    binary.with_suffix(".ldflags").write_text(ldflags)
+    return binary
+
+
+def _go_build(module: Path, binary: Path, ldflags: str, package: str) -> None:
+    """``go build`` ``package`` in ``module`` into ``binary``, printing progress while it runs."""
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError(f"the Go toolchain (go) is not on PATH; it builds {module}")
+    log.info("building %s (the first build takes several minutes)", binary)
+    binary.parent.mkdir(exist_ok=True)
+    tmp = binary.with_suffix(".tmp")
+    argv = [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package]
+    tail: deque[str] = deque(maxlen=60)
+    compiled = [0]
+    started = time.monotonic()
+    with subprocess.Popen(
+        argv, cwd=module, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        stream = proc.stderr
+        if stream is None:  # pragma: no cover - stderr=PIPE always gives one
+            raise BuildError("go build: no stderr pipe")
+
+        def read() -> None:
+            for line in stream:
+                tail.append(line)
+                compiled[0] += 1
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        while True:
+            try:
+                proc.wait(timeout=_PROGRESS_EVERY)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - started
+                if elapsed > _BUILD_TIMEOUT:
+                    proc.kill()
+                    raise BuildError(f"go build in {module} took over {_BUILD_TIMEOUT}s") from None
+                last = tail[-1].strip() if tail else "resolving modules"
+                log.info(
+                    "  %s: %d packages built, %.0fs (%s)", binary.name, compiled[0], elapsed, last
+                )
+        reader.join(timeout=10)
+    if proc.returncode != 0:
+        raise BuildError(f"go build in {module} failed:\n{''.join(tail)[-4000:]}")
+    tmp.replace(binary)
+    log.info("built %s in %.0fs", binary, time.monotonic() - started)
+
+
+def _stamp_changed(binary: Path, module: Path, ldflags: str | None = None) -> bool:
     stamp = binary.with_suffix(".ldflags")
-    return not stamp.is_file() or stamp.read_text() != _version_ldflags(module)
+    wanted = _version_ldflags(module) if ldflags is None else ldflags
+    return not stamp.is_file() or stamp.read_text() != wanted
 
 
 def main() -> None:
-    """``python -m scapguard.devcluster.binaries``: build if stale, print the path."""
+    """``python -m scapguard.devcluster.binaries``: build what is stale, print the paths."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = cluster_binary()
-    sys.stdout.write(f"{path}\n")
+    try:
+        paths = [cluster_binary(), *(tool_binary(name) for name in TOOLS)]
+    except BuildError as exc:
+        sys.exit(f"setup: {exc}")
+    sys.stdout.write("".join(f"{path}\n" for path in paths))
 
 
 if __name__ == "__main__":
