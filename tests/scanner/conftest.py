@@ -52,7 +52,18 @@ def scanner_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir(scan_user: ScanUser) -> Iterator[Path]:
+def root_used_buildah() -> None:
+    """The node as it is once root has run buildah or podman: ``/run/containers`` exists,
+    root's, mode 0700. skopeo's default auth lookup (``/run/containers/UID/auth.json``) then
+    fails with "permission denied" for the scanning user; the scanner must never look there."""
+    path = Path("/run/containers")
+    if not path.exists():
+        path.mkdir(mode=0o700)
+    assert path.stat().st_uid == 0
+
+
+@pytest.fixture(scope="session")
+def shared_dir(scan_user: ScanUser, root_used_buildah: None) -> Iterator[Path]:
     """A directory the scanning user can reach (pytest's own tmp is root's 0700)."""
     path = Path(tempfile.mkdtemp(prefix="scapguard-scantests-", dir="/var/tmp"))
     path.chmod(0o755)

@@ -20,13 +20,13 @@ import pytest
 from scapguard.devcluster.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 from scapguard.results.model import ErrorReason, OSInfo
 from scapguard.results.oval import OvalResults, ProbeError, parse_oval_results
-from scapguard.scanner import cli, content, osdetect, sandbox, unpack
+from scapguard.scanner import cli, content, osdetect, pull, sandbox, unpack
 from scapguard.scanner.contain import ContainmentError, canonical_target, contain_tree
 from scapguard.scanner.contain import main as contain_main
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.oscap import write_apt_config
 from scapguard.scanner.pipeline import oval_failure
-from scapguard.scanner.pull import PulledImage, split_reference
+from scapguard.scanner.pull import PulledImage, PullOptions, skopeo_env, split_reference
 
 OVAL_NS = "http://oval.mitre.org/XMLSchema/oval-definitions-5"
 COMMON_NS = "http://oval.mitre.org/XMLSchema/oval-common-5"
@@ -516,3 +516,20 @@ def test_a_configured_user_namespace_that_fails_is_a_named_fallback(
     # No subordinate ids configured at all: rootless as asked for, nothing expected, no fallback.
     monkeypatch.setattr(sandbox, "userns_prefix", lambda: None)
     assert sandbox.select("auto") == sandbox.Sandbox("rootless")
+
+
+def test_skopeo_always_gets_an_auth_file_and_a_runtime_dir_of_the_scans_own(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "skopeo-home"
+    args = pull._auth_args("--authfile", PullOptions(), home)
+    assert args == ["--authfile", str(home / "auth.json")]
+    assert json.loads((home / "auth.json").read_text(encoding="utf-8")) == {"auths": {}}
+    mounted = tmp_path / "dockerconfig.json"
+    assert pull._auth_args("--src-authfile", PullOptions(authfile=mounted), home) == [
+        "--src-authfile",
+        str(mounted),
+    ]
+    env = skopeo_env(home)
+    assert env["HOME"] == env["XDG_RUNTIME_DIR"] == str(home)
+    assert "REGISTRY_AUTH_FILE" not in env

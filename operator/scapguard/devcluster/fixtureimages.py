@@ -476,6 +476,15 @@ def debian_mirror(suite: str = "bookworm", apt_dir: Path = Path("/etc/apt")) -> 
     raise ImageBuildError(f"no deb source for suite {suite} with an http(s)/file URI in {apt_dir}")
 
 
+def archive_mirror(suite: str) -> str:
+    """The mirror for ``suite``: the one the machine's sources name for it, else its own
+    release's (one Debian archive serves every suite; a bookworm host has no trixie line)."""
+    try:
+        return debian_mirror(suite)
+    except ImageBuildError:
+        return debian_mirror()
+
+
 def _tail(path: Path, lines: int = 10) -> str:
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -541,7 +550,7 @@ def debootstrap_layer(
             return layer
         if os.geteuid() != 0:
             raise ImageBuildError("debootstrap needs root; run the image tests as root")
-        mirror = debian_mirror(suite)
+        mirror = archive_mirror(suite)
         work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=directory))
         target = work / "rootfs"
         cmd = ["debootstrap", "--variant=minbase", f"--arch={DPKG_ARCH}"]

@@ -1,8 +1,11 @@
 """Pull one image by digest with skopeo into an OCI layout, checked and bounded.
 
 * The reference must name a digest (``host/repo@sha256:...``); tags are refused.
-* Credentials: ``--authfile`` (a mounted ``.dockerconfigjson``; skopeo also honours
-  ``REGISTRY_AUTH_FILE``).
+* Credentials: ``--authfile`` (a mounted ``.dockerconfigjson``). Without one, skopeo still
+  gets an auth file of its own, empty: it never looks in the machine's or the pod's default
+  places (``/run/containers/UID/auth.json``, ``$XDG_RUNTIME_DIR``, ``~/.docker``), which may
+  exist unreadable for the scanning user (root once ran buildah on the node) and then fail
+  the pull with "permission denied".
 * TLS is verified, except for registries listed explicitly (``insecure_registries``,
   ``host[:port]`` as written in the reference).
 * The raw manifest is fetched first: its sha256 must equal the requested digest (an index is
@@ -91,14 +94,22 @@ def _tls_args(flag: str, host: str, opts: PullOptions) -> list[str]:
     return [f"{flag}=false"] if host in opts.insecure_registries else [f"{flag}=true"]
 
 
-def _auth_args(flag: str, opts: PullOptions) -> list[str]:
-    return [flag, str(opts.authfile)] if opts.authfile is not None else []
+def _auth_args(flag: str, opts: PullOptions, home: Path) -> list[str]:
+    """Always an explicit auth file: the mounted one, or an empty one of the scan's own."""
+    if opts.authfile is not None:
+        return [flag, str(opts.authfile)]
+    empty = home / "auth.json"
+    if not empty.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        empty.write_text('{"auths": {}}\n', encoding="utf-8")
+    return [flag, str(empty)]
 
 
 def skopeo_env(home: Path) -> dict[str, str]:
-    """skopeo with a private HOME: no user registries.conf/auth from the caller's home."""
+    """skopeo with a private HOME and runtime dir: no registries.conf or auth from the
+    caller's home or the machine's ``/run/containers``."""
     home.mkdir(parents=True, exist_ok=True)
-    return {"PATH": _PATH, "HOME": str(home), "LANG": "C.UTF-8"}
+    return {"PATH": _PATH, "HOME": str(home), "XDG_RUNTIME_DIR": str(home), "LANG": "C.UTF-8"}
 
 
 def _registries_d(home: Path) -> Path:
@@ -130,7 +141,7 @@ def _inspect_raw(ref: str, host: str, opts: PullOptions, home: Path) -> bytes:
             "--retry-times",
             "2",
             *_tls_args("--tls-verify", host, opts),
-            *_auth_args("--authfile", opts),
+            *_auth_args("--authfile", opts, home),
             f"docker://{ref}",
         ],
         timeout=min(opts.timeout, 300.0),
@@ -221,7 +232,7 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
             "--retry-times",
             "2",
             *_tls_args("--src-tls-verify", host, opts),
-            *_auth_args("--src-authfile", opts),
+            *_auth_args("--src-authfile", opts, home),
             "--override-os",
             "linux",
             "--override-arch",
