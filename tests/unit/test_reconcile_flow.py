@@ -191,7 +191,8 @@ def test_any_enforcing_policy_failing_denies() -> None:
     )
 
 
-def test_a_scan_that_lost_owners_says_so_in_status_condition_event_and_metric() -> None:
+def scanned_with(scanner: m.ScannerInfo) -> tuple[Harness, Obj]:
+    """A Report policy's one scan, completed with a result from ``scanner``."""
     h = harness()
     add_policy(h, action="Report")
     add_image(h, VULN)
@@ -199,13 +200,15 @@ def test_a_scan_that_lost_owners_says_so_in_status_condition_event_and_metric() 
     reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
     reconcile_all(h)
     (job,) = jobs(h)
-    fallback = "uid 65532 has subordinate ids, but the user namespace probe failed: newuidmap"
-    lost = dataclasses.replace(
-        scan_result(VULN, []), scanner=m.ScannerInfo("0.1.0", "1.3.7", "rootless", fallback)
-    )
-    post(h, job["metadata"]["name"], lost)
+    post(h, job["metadata"]["name"], dataclasses.replace(scan_result(VULN, []), scanner=scanner))
     reconcile_all(h)
     (scan,) = scans(h)
+    return h, scan
+
+
+def test_a_scan_that_lost_owners_says_so_in_status_condition_event_and_metric() -> None:
+    fallback = "uid 65532 has subordinate ids, but the user namespace probe failed: newuidmap"
+    h, scan = scanned_with(m.ScannerInfo("0.1.0", "1.3.7", "rootless", fallback))
     assert scan["status"]["scanner"]["idMapping"] == "rootless"
     assert scan["status"]["scanner"]["idMappingFallback"] == fallback
     scanned = next(x for x in scan["status"]["conditions"] if x["type"] == "Scanned")
@@ -218,19 +221,7 @@ def test_a_scan_that_lost_owners_says_so_in_status_condition_event_and_metric() 
 
 
 def test_a_scan_with_a_user_namespace_reports_its_mode_and_plain_scanned() -> None:
-    h = harness()
-    add_policy(h, action="Report")
-    add_image(h, VULN)
-    add_stream(h, "app", "apps", {"latest": [VULN]})
-    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
-    reconcile_all(h)
-    (job,) = jobs(h)
-    kept = dataclasses.replace(
-        scan_result(VULN, []), scanner=m.ScannerInfo("0.1.0", "1.3.7", "userns", None)
-    )
-    post(h, job["metadata"]["name"], kept)
-    reconcile_all(h)
-    (scan,) = scans(h)
+    h, scan = scanned_with(m.ScannerInfo("0.1.0", "1.3.7", "userns", None))
     assert scan["status"]["scanner"]["idMapping"] == "userns"
     assert "idMappingFallback" not in scan["status"]["scanner"]
     scanned = next(x for x in scan["status"]["conditions"] if x["type"] == "Scanned")
