@@ -1,13 +1,15 @@
 // Command scapguard-cluster is the local control plane of scapguard's demo and
 // tests: one multi-call binary (it links Kubernetes once) that runs etcd
-// (embedded), kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
-// and an aggregated API server for OpenShift's image.openshift.io/v1 API.
+// (embedded), kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+// kube-proxy, kubectl and an aggregated API server for OpenShift's
+// image.openshift.io/v1 API.
 //
 // Usage: scapguard-cluster COMPONENT [flags...], or call it through a link
 // named after the component (e.g. kubectl -> scapguard-cluster).
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,7 +21,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	cmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 
 	_ "k8s.io/component-base/logs/json/register"          // --logging-format=json
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
@@ -33,6 +37,8 @@ var components = map[string]func() int{
 	"kube-apiserver":          func() int { return cli.Run(apiserverapp.NewAPIServerCommand()) },
 	"kube-controller-manager": func() int { return cli.Run(cmapp.NewControllerManagerCommand()) },
 	"kube-scheduler":          func() int { return cli.Run(schedulerapp.NewSchedulerCommand()) },
+	"kubelet":                 func() int { return cli.Run(kubeletapp.NewKubeletCommand(context.Background())) },
+	"kube-proxy":              func() int { return cli.Run(proxyapp.NewProxyCommand()) },
 	"image-apiserver":         func() int { return cli.Run(imageapi.NewCommand()) },
 	"kubectl":                 runKubectl,
 }

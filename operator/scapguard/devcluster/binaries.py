@@ -3,6 +3,9 @@
 ``cluster_binary()``: the control plane's multi-call binary (module hack/cluster).
 ``tool_binary(name)``: a program the module hack/tools lists as a ``tool`` (Helm), built
 from its own upstream module at the version go.mod pins (go.sum verifies it).
+``node_binary(name)``: the node's runtime, sandbox and DNS (module hack/node): containerd 2
+and its runc shim, CoreDNS and the pod sandbox's pause program; runc (cgo, seccomp) from
+its own module, hack/runc.
 
 A binary is rebuilt only when it is missing or older than its module's go.mod,
 go.sum or any .go file. Go's module and build caches stay in their default
@@ -20,6 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,44 @@ _PROGRESS_EVERY = 15.0
 #: hack/tools' tools by the name of their binary: (package, variable stamped with the version).
 TOOLS = {
     "helm": ("helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3/internal/version.version"),
+}
+
+
+@dataclass(frozen=True)
+class NodeProgram:
+    """How hack/node builds one program: its package, the variable stamped with the version of
+    ``module`` (when there is one), and whether it needs cgo (runc links libseccomp).
+    ``home`` is the Go module under hack/ that builds it."""
+
+    package: str
+    home: str = "node"
+    module: str = ""
+    version_var: str = ""
+    cgo: bool = False
+    tags: str = ""
+
+
+NODE_PROGRAMS = {
+    "containerd": NodeProgram(
+        "github.com/containerd/containerd/v2/cmd/containerd",
+        module="github.com/containerd/containerd/v2",
+        version_var="github.com/containerd/containerd/v2/version.Version",
+    ),
+    "containerd-shim-runc-v2": NodeProgram(
+        "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        module="github.com/containerd/containerd/v2",
+        version_var="github.com/containerd/containerd/v2/version.Version",
+    ),
+    "runc": NodeProgram(
+        "github.com/opencontainers/runc",
+        module="github.com/opencontainers/runc",
+        version_var="main.version",
+        home="runc",
+        cgo=True,
+        tags="seccomp",
+    ),
+    "coredns": NodeProgram("./coredns"),
+    "pause": NodeProgram("./pause"),
 }
 
 
@@ -124,7 +166,34 @@ def tool_binary(name: str) -> Path:
     return binary
 
 
-def _go_build(module: Path, binary: Path, ldflags: str, package: str) -> None:
+def node_binary(name: str) -> Path:
+    """Path to an up-to-date build of the hack/node program ``name``, building it if needed."""
+    program = NODE_PROGRAMS.get(name)
+    if program is None:
+        known = ", ".join(NODE_PROGRAMS)
+        raise BuildError(f"unknown node program {name!r}; the node's programs are {known}")
+    module = repo_root() / "hack" / program.home
+    binary = module / "bin" / name
+    ldflags = "-s -w"
+    if program.version_var:
+        ldflags += f" -X {program.version_var}={_module_version(module, program.module)}"
+    if not is_stale(binary, module) and not _stamp_changed(binary, module, ldflags):
+        return binary
+    env = {"CGO_ENABLED": "1" if program.cgo else "0"}
+    _go_build(module, binary, ldflags, program.package, env=env, tags=program.tags)
+    binary.with_suffix(".ldflags").write_text(ldflags)
+    return binary
+
+
+def _go_build(
+    module: Path,
+    binary: Path,
+    ldflags: str,
+    package: str,
+    *,
+    env: dict[str, str] | None = None,
+    tags: str = "",
+) -> None:
     """``go build`` ``package`` in ``module`` into ``binary``, printing progress while it runs."""
     go = shutil.which("go")
     if go is None:
@@ -132,12 +201,20 @@ def _go_build(module: Path, binary: Path, ldflags: str, package: str) -> None:
     log.info("building %s (the first build takes several minutes)", binary)
     binary.parent.mkdir(exist_ok=True)
     tmp = binary.with_suffix(".tmp")
-    argv = [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package]
+    argv = [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(tmp)]
+    if tags:
+        argv += ["-tags", tags]
+    argv.append(package)
     tail: deque[str] = deque(maxlen=60)
     compiled = [0]
     started = time.monotonic()
     with subprocess.Popen(
-        argv, cwd=module, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=module,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     ) as proc:
         stream = proc.stderr
         if stream is None:  # pragma: no cover - stderr=PIPE always gives one
@@ -180,7 +257,11 @@ def main() -> None:
     """``python -m scapguard.devcluster.binaries``: build what is stale, print the paths."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        paths = [cluster_binary(), *(tool_binary(name) for name in TOOLS)]
+        paths = [
+            cluster_binary(),
+            *(tool_binary(name) for name in TOOLS),
+            *(node_binary(name) for name in NODE_PROGRAMS),
+        ]
     except BuildError as exc:
         sys.exit(f"setup: {exc}")
     sys.stdout.write("".join(f"{path}\n" for path in paths))

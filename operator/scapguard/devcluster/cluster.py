@@ -8,17 +8,23 @@ aggregated API server, plus the node agent (the kubelet stand-in, see
 ``scapguard.devcluster.nodeagent``). It waits for each to be ready with a
 deadline, writes an admin kubeconfig, mints kubeconfigs for ServiceAccounts,
 and stops every process it started, by pid.
+
+``DevCluster(workdir, real_node=True)`` runs a real node instead of the agent: every
+component, the registry and the node (containerd + runc, CNI, kubelet, kube-proxy, CoreDNS,
+see ``scapguard.devcluster.node``) inside a network namespace of its own. The host reaches
+the API server and the registry at ``127.0.0.1`` on the same port numbers through
+``scapguard.devcluster.forward``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,8 +40,16 @@ from typing import IO, Any
 import yaml
 from kubernetes import client
 
-from scapguard.devcluster import pki
+from scapguard.devcluster import nodeconfig, pki
 from scapguard.devcluster.binaries import cluster_binary
+from scapguard.devcluster.forward import start_forward
+from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
+from scapguard.devcluster.node import RealNode, pause_image
+from scapguard.devcluster.nodeconfig import NodeLayout
+from scapguard.devcluster.ports import free_port
+from scapguard.devcluster.registry import Registry
+
+__all__ = ["ClusterError", "DevCluster", "free_port", "running_cluster", "wait_for"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +61,6 @@ _STOP_GRACE = 10.0
 
 class ClusterError(RuntimeError):
     """The local control plane could not be started or used."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
@@ -82,6 +88,8 @@ class DevCluster:
 
     workdir: Path
     with_node_agent: bool = True
+    #: A real node (kubelet, containerd) in a network namespace instead of the node agent.
+    real_node: bool = False
     node_path_prepend: tuple[Path, ...] = ()
     procs: list[_Proc] = field(default_factory=list)
     started_seconds: float = 0.0
@@ -97,6 +105,10 @@ class DevCluster:
         self.api_port = 0
         self.image_api_port = 0
         self.binary = Path()
+        name = "sg-" + hashlib.sha256(str(self.workdir).encode()).hexdigest()[:10]
+        self.netns = NetworkNamespace(name) if self.real_node else None
+        self.node: RealNode | None = None
+        self.registry: Registry | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -123,12 +135,16 @@ class DevCluster:
         for d in (self.pki_dir, self.logs_dir, self.workdir / "etcd"):
             d.mkdir(parents=True, exist_ok=True)
         try:
+            if self.netns is not None:
+                self.netns.create()
             self._make_pki()
             self._start_etcd(timeout)
             self._start_apiserver(timeout)
             self._start_controllers()
             self._start_image_apiserver(timeout)
-            if self.with_node_agent:
+            if self.real_node:
+                self._start_real_node(timeout)
+            elif self.with_node_agent:
                 self._start_node_agent()
             self._wait_usable(timeout)
         except BaseException:
@@ -155,6 +171,14 @@ class DevCluster:
                     proc.popen.wait(5)
             proc.log_file.close()
         self.procs.clear()
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
+        if self.node is not None:
+            self.node.cleanup()
+            self.node = None
+        elif self.netns is not None:
+            self.netns.delete()
 
     def pids(self) -> dict[str, int]:
         """The pids of the running components, by name."""
@@ -181,7 +205,7 @@ class DevCluster:
             "apiserver",
             "kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ips=("127.0.0.1", "10.0.0.1"),
+            ips=("127.0.0.1", "10.0.0.1", NODE_IP),
             server=True,
         )
         ns, name = IMAGE_API_SERVICE
@@ -200,6 +224,21 @@ class DevCluster:
             "controller-manager": ("system:kube-controller-manager", None),
             "scheduler": ("system:kube-scheduler", None),
         }
+        if self.real_node:
+            clients |= {
+                "kubelet": (f"system:node:{NODE_NAME}", "system:nodes"),
+                "kube-proxy": ("system:kube-proxy", None),
+                "coredns": (nodeconfig.COREDNS_USER, None),
+            }
+            self.kubelet_client = self.ca.issue(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                organization="system:masters",
+                client=True,
+            )
+            self.kubelet_serving = self.ca.issue(
+                "kubelet-serving", NODE_NAME, dns_names=(NODE_NAME,), ips=(NODE_IP,), server=True
+            )
         for file_name, (user, group) in clients.items():
             pair = self.ca.issue(file_name, user, organization=group, client=True)
             self._write_kubeconfig(
@@ -334,6 +373,8 @@ class DevCluster:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
         log_path = self.logs_dir / f"{name}.log"
         log_file = log_path.open("ab")
+        if self.netns is not None and not name.endswith("-forward"):
+            argv = [*self.netns.enter(), *argv]
         popen = subprocess.Popen(
             argv,
             stdout=log_file,
@@ -376,6 +417,7 @@ class DevCluster:
                 f"--listen-peer-url=http://127.0.0.1:{peer_port}",
             ],
         )
+        self._forward("etcd", self.etcd_port)
 
         def healthy() -> bool:
             try:
@@ -387,6 +429,35 @@ class DevCluster:
 
         self._wait_alive(proc, "etcd /health", healthy, timeout)
 
+    def _forward(self, name: str, port: int) -> None:
+        """In a real-node cluster, reach ``port`` of the namespace from the host's loopback."""
+        if self.netns is not None:
+            start_forward(self.netns, port, self.workdir / "forward", self._spawn_popen, name)
+
+    def _spawn_popen(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        return self._spawn(name, argv).popen
+
+    def _apiserver_node_flags(self) -> list[str]:
+        if not self.real_node:
+            # A loopback advertise address cannot go into Endpoints.
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                "--authorization-mode=RBAC",
+            ]
+        return [
+            # Inside the namespace: its loopback and the node address only.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={NODE_IP}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={self.kubelet_client.cert}",
+            f"--kubelet-client-key={self.kubelet_client.key}",
+            f"--kubelet-certificate-authority={self.ca.cert_path}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _start_apiserver(self, timeout: float) -> None:
         self.api_port = free_port()
         self._rewrite_kubeconfig_servers()
@@ -396,19 +467,15 @@ class DevCluster:
                 str(self.binary),
                 "kube-apiserver",
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_node_flags(),
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={self.apiserver_cert.cert}",
                 f"--tls-private-key-file={self.apiserver_cert.key}",
                 f"--client-ca-file={self.ca.cert_path}",
-                "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={self.sa_keys.cert}",
                 f"--service-account-signing-key-file={self.sa_keys.key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                # A loopback advertise address cannot go into Endpoints.
-                "--endpoint-reconciler-type=none",
                 f"--requestheader-client-ca-file={self.front_proxy_ca.cert_path}",
                 "--requestheader-allowed-names=front-proxy-client",
                 "--requestheader-username-headers=X-Remote-User",
@@ -420,6 +487,7 @@ class DevCluster:
                 "--profiling=false",
             ],
         )
+        self._forward("kube-apiserver", self.api_port)
         self._wait_alive(proc, "kube-apiserver /readyz", lambda: self._http_ok("/readyz"), timeout)
         self.kubeconfig = self.workdir / "admin.kubeconfig"
 
@@ -541,13 +609,100 @@ class DevCluster:
             argv.append(f"--path-prepend={p}")
         self._spawn("node-agent", argv, env=env)
 
+    def _start_real_node(self, timeout: float) -> None:
+        """The registry, then containerd, the kubelet, kube-proxy and CoreDNS, in the netns."""
+        assert self.netns is not None  # noqa: S101 - real_node always has one
+        self.registry = Registry(self.workdir / "registry", netns=self.netns).start()
+        pause = pause_image(self.registry.host, self.workdir / "images")
+        cgroup_root = "/" + self.netns.name
+        self.node = node = RealNode(NodeLayout(self.workdir / "node", NODE_NAME, cgroup_root),
+                                    self.netns)  # fmt: skip
+        node.write_configs(
+            ca=self.ca.cert_path,
+            serving=(self.kubelet_serving.cert, self.kubelet_serving.key),
+            sandbox_image=pause.by_digest,
+            registries=(self.registry.host, self.registry.cluster_host),
+            kube_proxy_kubeconfig=self.workdir / "kube-proxy.kubeconfig",
+            coredns_kubeconfig=self.workdir / "coredns.kubeconfig",
+        )
+        node.save_host_settings()
+        containerd = self._spawn("containerd", node.containerd_argv(), env=node.containerd_env())
+        self._wait_alive(
+            containerd,
+            "containerd socket",
+            lambda: node.layout.containerd_socket.is_socket(),
+            timeout,
+        )
+        self._spawn("kubelet", node.kubelet_argv(self.binary, self.workdir / "kubelet.kubeconfig"))
+        self._spawn("kube-proxy", node.kube_proxy_argv(self.binary))
+        self._install_dns()
+        self._spawn("coredns", node.coredns_argv())
+
+    def _install_dns(self) -> None:
+        """RBAC for CoreDNS and the kube-dns Service, whose endpoint is CoreDNS on the node."""
+        name = "scapguard-dev:coredns"
+        self.api_request(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            {"metadata": {"name": name}, "rules": nodeconfig.COREDNS_RULES},
+        )
+        self.api_request(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": name},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                              "name": nodeconfig.COREDNS_USER}],
+            },
+        )  # fmt: skip
+        ports = [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+        ]
+        self.api_request(
+            "POST",
+            "/api/v1/namespaces/kube-system/services",
+            {
+                "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns"}},
+                "spec": {"clusterIP": nodeconfig.DNS_SERVICE_IP, "ports": ports},
+            },
+        )
+        self.api_request(
+            "POST",
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
+            {
+                "metadata": {
+                    "name": "kube-dns-node",
+                    "labels": {"kubernetes.io/service-name": "kube-dns"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True},
+                               "nodeName": NODE_NAME}],
+                "ports": ports,
+            },
+        )  # fmt: skip
+
+    def node_exec(self, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the node's network namespace (real node only)."""
+        if self.netns is None:
+            raise ClusterError("this cluster has no node namespace (real_node=False)")
+        return subprocess.run(
+            [*self.netns.enter(), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def _wait_usable(self, timeout: float) -> None:
         def default_sa() -> bool:
             return self._http_ok("/api/v1/namespaces/default/serviceaccounts/default")
 
         wait_for("ServiceAccount default/default (token controller)", default_sa, timeout)
-        if self.with_node_agent:
-            agent = next(p for p in self.procs if p.name == "node-agent")
+        if self.with_node_agent or self.real_node:
+            agent = next(p for p in self.procs if p.name in ("node-agent", "kubelet"))
 
             def node_ready() -> bool:
                 self._check_alive(agent)

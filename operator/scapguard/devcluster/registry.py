@@ -8,6 +8,10 @@ skip TLS: ``skopeo copy --dest-tls-verify=false`` / ``--src-tls-verify=false``,
     with Registry(workdir) as reg:
         reg.host  # "127.0.0.1:PORT"
 
+``Registry(workdir, netns=ns)`` runs it inside a real-node cluster's network namespace, on the
+namespace's loopback and node address: pods pull from ``reg.cluster_host`` (``NODE_IP:PORT``),
+the node's containerd and the host (through a forward) from ``reg.host``.
+
 ``Registry(workdir, auth=BasicAuth("user", "secret"))`` requires HTTP basic auth (an htpasswd
 file with a bcrypt entry made by ``htpasswd`` from apache2-utils); ``reg.dockerconfigjson()``
 gives the matching ``.dockerconfigjson`` document for a pull secret.
@@ -31,13 +35,17 @@ from typing import Any
 
 import yaml
 
-from scapguard.devcluster.cluster import free_port
+from scapguard.devcluster.forward import start_forward
+from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
+from scapguard.devcluster.ports import free_port
 
 log = logging.getLogger(__name__)
 
 REGISTRY_BINARY = "docker-registry"
 HTPASSWD_BINARY = "htpasswd"
 _LOOPBACK = "127.0.0.1"
+# Every address of the cluster's own network namespace (its loopback and the node address).
+_ANY = "0.0.0.0"  # noqa: S104 - only ever bound inside that namespace
 _PORT_ATTEMPTS = 3
 
 
@@ -88,8 +96,11 @@ class Registry:
         auth: BasicAuth | None = None,
         start_timeout: float = 30.0,
         binary: str = REGISTRY_BINARY,
+        netns: NetworkNamespace | None = None,
     ) -> None:
         self.workdir = workdir
+        self.netns = netns
+        self._forwards: list[subprocess.Popen[bytes]] = []
         self.auth = auth
         self.start_timeout = start_timeout
         self.binary = binary
@@ -111,6 +122,11 @@ class Registry:
     def host(self) -> str:
         """``127.0.0.1:PORT``, the registry part of an image reference."""
         return f"{_LOOPBACK}:{self.port}"
+
+    @property
+    def cluster_host(self) -> str:
+        """The registry part of an image reference that pods use (``host`` without a netns)."""
+        return f"{NODE_IP}:{self.port}" if self.netns is not None else self.host
 
     @property
     def url(self) -> str:
@@ -146,7 +162,8 @@ class Registry:
                 "delete": {"enabled": True},
             },
             "http": {
-                "addr": f"{_LOOPBACK}:{port}",
+                # In a netns: its loopback (the node's containerd, the forward) and node address.
+                "addr": f"{_ANY if self.netns is not None else _LOOPBACK}:{port}",
                 # A fixed secret avoids the per-start random one (and its warning).
                 "secret": "scapguard-devcluster-registry",
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
@@ -174,15 +191,18 @@ class Registry:
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             port = free_port()
             self._write_config(port)
+            prefix = self.netns.enter() if self.netns is not None else []
             with self.log_path.open("ab") as logf:
                 self._proc = subprocess.Popen(
-                    [binary, "serve", str(self.config_path)],
+                    [*prefix, binary, "serve", str(self.config_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             self._port = port
+            if self.netns is not None:
+                start_forward(self.netns, port, self.workdir / "forward", self._spawn_forward, "")
             log.info(
                 "registry starting on %s (pid %s, attempt %s, log %s)",
                 self.host,
@@ -194,6 +214,7 @@ class Registry:
                 self._wait_ready(self._proc)
             except _ExitedEarly as exc:
                 last_error = str(exc)
+                self._stop_forwards()
                 self._proc = None
                 self._port = None
                 if "address already in use" in last_error:
@@ -238,6 +259,24 @@ class Registry:
                 )
             time.sleep(0.1)
 
+    def _stop_forwards(self) -> None:
+        for forward in self._forwards:
+            forward.kill()
+            forward.wait(timeout=15)
+        self._forwards.clear()
+
+    def _spawn_forward(self, _name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as logf:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._forwards.append(proc)
+        return proc
+
     def _log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -247,6 +286,7 @@ class Registry:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the registry by its pid: SIGTERM, then SIGKILL after ``timeout``."""
+        self._stop_forwards()
         proc = self._proc
         if proc is None:
             return

@@ -1,0 +1,267 @@
+"""The local cluster's real node: containerd + runc, CNI, kubelet, kube-proxy and CoreDNS.
+
+``DevCluster(..., node="kubelet")`` starts these after the control plane, every one inside the
+cluster's network namespace (``scapguard.devcluster.netns``). This module holds what is node
+specific: writing the configuration (``nodeconfig``), the pod sandbox image, the host-wide
+kernel settings the kubelet changes (saved and restored), and leaving nothing behind on stop:
+no pod process, mount, cgroup or namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from scapguard.devcluster import nodeconfig
+from scapguard.devcluster.binaries import node_binary
+from scapguard.devcluster.images import ImageConfig, PushedImage, build_and_push
+from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
+from scapguard.devcluster.nodeconfig import NodeLayout
+
+log = logging.getLogger(__name__)
+
+#: Host-wide sysctls the kubelet sets at start (``setupKernelTunables``); restored on stop.
+KUBELET_SYSCTLS = (
+    "vm.overcommit_memory",
+    "vm.panic_on_oom",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
+)
+_CGROUP_MOUNT = Path("/sys/fs/cgroup")
+PAUSE_REPOSITORY = "scapguard-dev/pause"
+
+
+class NodeError(RuntimeError):
+    """The node could not be prepared or cleaned up."""
+
+
+def _sysctl_path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def read_sysctls(keys: tuple[str, ...] = KUBELET_SYSCTLS) -> dict[str, str]:
+    """The current values of ``keys`` (those the kernel has)."""
+    values: dict[str, str] = {}
+    for key in keys:
+        with contextlib.suppress(FileNotFoundError):
+            values[key] = _sysctl_path(key).read_text().strip()
+    return values
+
+
+def write_sysctls(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        path = _sysctl_path(key)
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value + "\n")
+                log.info("restored %s = %s", key, value)
+        except OSError as exc:
+            log.warning("could not restore %s = %s: %s", key, value, exc)
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """The mounted cgroup v1 hierarchies (and the v2 one when the machine has one)."""
+    if (_CGROUP_MOUNT / "cgroup.controllers").exists():
+        return [_CGROUP_MOUNT]
+    return sorted(p for p in _CGROUP_MOUNT.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def cgroup_pids(cgroup_root: str) -> set[int]:
+    """Every process in the node's pod cgroups, in any hierarchy."""
+    pids: set[int] = set()
+    for hierarchy in cgroup_hierarchies():
+        top = hierarchy / cgroup_root.lstrip("/")
+        if not top.is_dir():
+            continue
+        for procs in top.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def make_cgroups(cgroup_root: str) -> None:
+    """Create the node's cgroup parent in every hierarchy (the kubelet requires it to exist).
+
+    A new cgroup v1 cpuset starts with no CPUs and no memory nodes: it gets its parent's.
+    """
+    for hierarchy in cgroup_hierarchies():
+        top = hierarchy / cgroup_root.lstrip("/")
+        top.mkdir(exist_ok=True)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            own, parent = top / name, hierarchy / name
+            if own.exists() and not own.read_text().strip():
+                own.write_text(parent.read_text())
+
+
+def remove_cgroups(cgroup_root: str) -> None:
+    """Remove the node's cgroup directories, deepest first (they must be empty of processes)."""
+    for hierarchy in cgroup_hierarchies():
+        top = hierarchy / cgroup_root.lstrip("/")
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for d in [*dirs, top]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below ``root``, deepest first (from /proc/self/mountinfo)."""
+    found: list[Path] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = Path(line.split()[4].encode().decode("unicode_escape"))
+        if point == root or root in point.parents:
+            found.append(point)
+    return sorted(set(found), key=lambda p: -len(p.parts))
+
+
+def unmount_all(root: Path) -> None:
+    for point in mounts_under(root):
+        proc = subprocess.run(
+            ["umount", "--lazy", str(point)], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0 and point.exists():
+            log.warning("could not unmount %s: %s", point, proc.stderr.strip())
+
+
+def kill_all(pids: set[int], grace: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+            time.sleep(0.1)
+        if not pids:
+            return
+
+
+def pause_image(registry: str, workdir: Path) -> PushedImage:
+    """Build the pod sandbox image (one static ``/pause``) and push it to ``registry``."""
+    rootfs = workdir / "pause-rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    target = rootfs / "pause"
+    target.write_bytes(node_binary("pause").read_bytes())
+    target.chmod(0o755)
+    config = ImageConfig(cmd=(), entrypoint=("/pause",), env=(), user="65535:65535")
+    return build_and_push(rootfs, registry, PAUSE_REPOSITORY, "1", workdir=workdir, config=config)
+
+
+@dataclass
+class RealNode:
+    """One node's state directory, namespace and the host settings to give back on stop."""
+
+    layout: NodeLayout
+    netns: NetworkNamespace
+    saved_sysctls: dict[str, str] = field(default_factory=dict)
+
+    def write_configs(
+        self,
+        *,
+        ca: Path,
+        serving: tuple[Path, Path],
+        sandbox_image: str,
+        registries: tuple[str, ...],
+        kube_proxy_kubeconfig: Path,
+        coredns_kubeconfig: Path,
+    ) -> None:
+        lay = self.layout
+        for d in (lay.containerd_dir, lay.cni_conf_dir, lay.cni_ipam_dir, lay.kubelet_dir,
+                  lay.pod_logs_dir):  # fmt: skip
+            d.mkdir(parents=True, exist_ok=True)
+        lay.containerd_config.write_text(
+            nodeconfig.containerd_config(lay, node_binary("runc"), sandbox_image)
+        )
+        for host in registries:
+            hosts = lay.registry_hosts_dir / host / "hosts.toml"
+            hosts.parent.mkdir(parents=True, exist_ok=True)
+            hosts.write_text(nodeconfig.registry_hosts_toml(host))
+        (lay.cni_conf_dir / "10-scapguard.conflist").write_text(
+            json.dumps(nodeconfig.cni_conflist(lay), indent=2)
+        )
+        # No upstream resolver: pods get the cluster DNS and nothing from the host.
+        lay.resolv_conf.write_text("")
+        lay.kubelet_config.write_text(yaml.safe_dump(nodeconfig.kubelet_config(lay, ca, serving)))
+        lay.kube_proxy_config.write_text(
+            yaml.safe_dump(nodeconfig.kube_proxy_config(kube_proxy_kubeconfig, lay.node_name))
+        )
+        lay.corefile.write_text(nodeconfig.corefile(coredns_kubeconfig, "scapguard-dev"))
+
+    def containerd_argv(self) -> list[str]:
+        return [str(node_binary("containerd")), f"--config={self.layout.containerd_config}"]
+
+    def containerd_env(self) -> dict[str, str]:
+        """containerd finds its shim on PATH."""
+        env = dict(os.environ)
+        env["PATH"] = f"{node_binary('containerd-shim-runc-v2').parent}:{env.get('PATH', '')}"
+        return env
+
+    def kubelet_argv(self, binary: Path, kubeconfig: Path) -> list[str]:
+        lay = self.layout
+        return [
+            str(binary),
+            "kubelet",
+            f"--config={lay.kubelet_config}",
+            f"--kubeconfig={kubeconfig}",
+            f"--root-dir={lay.kubelet_dir}",
+            f"--cert-dir={lay.kubelet_dir / 'pki'}",
+            f"--hostname-override={lay.node_name}",
+            f"--node-ip={NODE_IP}",
+            "--v=1",
+        ]
+
+    def kube_proxy_argv(self, binary: Path) -> list[str]:
+        return [str(binary), "kube-proxy", f"--config={self.layout.kube_proxy_config}"]
+
+    def coredns_argv(self) -> list[str]:
+        return [str(node_binary("coredns")), "-conf", str(self.layout.corefile)]
+
+    def save_host_settings(self) -> None:
+        """Before the kubelet starts: remember the sysctls it changes, make its cgroup parent."""
+        self.saved_sysctls = read_sysctls()
+        make_cgroups(self.layout.cgroup_root)
+
+    def cleanup(self) -> None:
+        """After the node's processes stopped: kill pods, unmount, remove cgroups and netns."""
+        kill_all(cgroup_pids(self.layout.cgroup_root))
+        self.netns.delete()
+        unmount_all(self.layout.root)
+        remove_cgroups(self.layout.cgroup_root)
+        if self.saved_sysctls:
+            write_sysctls(self.saved_sysctls)
+
+
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_REPOSITORY = "scapguard-dev/busybox"
+_BUSYBOX_APPLETS = ("sh", "cat", "echo", "id", "sleep", "wget", "nslookup", "httpd", "ls", "ip")
+
+
+def busybox_image(registry: str, workdir: Path) -> PushedImage:
+    """A small image of Debian's static busybox (sh, wget, nslookup, httpd...), user 65532."""
+    if not BUSYBOX.is_file():
+        raise NodeError(f"{BUSYBOX} not found (install busybox-static, see hack/apt-packages.txt)")
+    rootfs = workdir / "busybox-rootfs"
+    bindir = rootfs / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    (bindir / "busybox").write_bytes(BUSYBOX.read_bytes())
+    (bindir / "busybox").chmod(0o755)
+    for applet in _BUSYBOX_APPLETS:
+        link = bindir / applet
+        if not link.is_symlink():
+            link.symlink_to("busybox")
+    (rootfs / "tmp").mkdir(mode=0o1777, exist_ok=True)
+    (rootfs / "tmp").chmod(0o1777)
+    config = ImageConfig(cmd=("/bin/sh",), user="65532:65532")
+    return build_and_push(rootfs, registry, BUSYBOX_REPOSITORY, "1", workdir=workdir, config=config)
