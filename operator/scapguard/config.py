@@ -171,7 +171,11 @@ class _Reader:
             try:
                 value = int(raw)
             except ValueError:
-                raise SettingsError(var, f"{raw!r} is not an integer") from None
+                hint = ""
+                if raw.startswith(("tcp://", "udp://")):
+                    # Set by the kubelet for a Service named like the variable's prefix.
+                    hint = " (a Service link: set enableServiceLinks: false in the pod spec)"
+                raise SettingsError(var, f"{raw!r} is not an integer{hint}") from None
             if not minimum <= value <= maximum:
                 raise SettingsError(var, f"{value} is not between {minimum} and {maximum}")
             return value

@@ -79,3 +79,13 @@ def test_admission_webhook_follows_its_certificate() -> None:
             {"SCAPGUARD_NAMESPACE": "op", "SCAPGUARD_ADMISSION_FAILURE_POLICY": "Maybe"}
         )
     assert err.value.variable == "SCAPGUARD_ADMISSION_FAILURE_POLICY"
+
+
+def test_a_service_link_in_the_environment_is_named_as_such() -> None:
+    """A Service scapguard-results gives pods SCAPGUARD_RESULTS_PORT=tcp://... unless
+    enableServiceLinks is false (the chart and the scanner Jobs set it)."""
+    env = {"SCAPGUARD_NAMESPACE": "op", "SCAPGUARD_RESULTS_PORT": "tcp://10.0.0.23:8443"}
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert "SCAPGUARD_RESULTS_PORT" in str(err.value)
+    assert "enableServiceLinks: false" in str(err.value)

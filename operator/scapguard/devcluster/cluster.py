@@ -43,7 +43,7 @@ from kubernetes import client
 from scapguard.devcluster import nodeconfig, pki
 from scapguard.devcluster.binaries import cluster_binary
 from scapguard.devcluster.forward import start_forward
-from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
+from scapguard.devcluster.netns import NODE_IP, SERVICE_CIDR, NetworkNamespace
 from scapguard.devcluster.node import RealNode, pause_image
 from scapguard.devcluster.nodeconfig import NodeLayout
 from scapguard.devcluster.ports import free_port
@@ -54,7 +54,6 @@ __all__ = ["ClusterError", "DevCluster", "free_port", "running_cluster", "wait_f
 log = logging.getLogger(__name__)
 
 NODE_NAME = "scapguard-dev-node"
-SERVICE_CIDR = "10.0.0.0/24"
 IMAGE_API_SERVICE = ("kube-system", "image-apiserver")
 _STOP_GRACE = 10.0
 

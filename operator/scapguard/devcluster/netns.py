@@ -9,6 +9,9 @@ processes share the host's mount, pid and user namespaces). Inside it:
   the kubelet serves on it, pods reach it through their gateway;
 - the pod bridge ``scapguard0``, made by the CNI bridge plugin with the pod gateway (the first
   address of ``POD_CIDR``; the plugin refuses a bridge that already has another address);
+- a route for the Service CIDR (through ``lo``, from the node address) so that the node's own
+  components (the API server calling a webhook's Service) reach ClusterIPs: kube-proxy's
+  OUTPUT rules translate them to pod addresses;
 - no other link and no default route: a packet to any address outside the namespace has no
   route, so nothing the cluster runs can reach a private or public network.
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 NODE_IP = "10.213.0.1"
 POD_CIDR = "10.213.1.0/24"
+SERVICE_CIDR = "10.0.0.0/24"
 POD_GATEWAY = "10.213.1.1"
 BRIDGE = "scapguard0"
 _RUN_NETNS = Path("/run/netns")
@@ -74,6 +78,7 @@ class NetworkNamespace:
             inside = ["ip", "-n", self.name]
             _run(*inside, "link", "set", "lo", "up")
             _run(*inside, "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+            _run(*inside, "route", "add", SERVICE_CIDR, "dev", "lo", "src", NODE_IP)
             # Pods reach Services (kube-proxy's DNAT) and each other through this namespace:
             # forwarding, and bridged traffic through iptables, apply inside it only.
             self.sysctl("net.ipv4.ip_forward", "1")

@@ -248,20 +248,28 @@ BUSYBOX_REPOSITORY = "scapguard-dev/busybox"
 _BUSYBOX_APPLETS = ("sh", "cat", "echo", "id", "sleep", "wget", "nslookup", "httpd", "ls", "ip")
 
 
-def busybox_image(registry: str, workdir: Path) -> PushedImage:
-    """A small image of Debian's static busybox (sh, wget, nslookup, httpd...), user 65532."""
+RUNNABLE = ImageConfig(cmd=("/bin/sh",), user="65532:65532")
+
+
+def add_busybox(rootfs: Path) -> Path:
+    """Make ``rootfs`` runnable: Debian's static busybox as /bin/sh and a few applets, a /tmp."""
     if not BUSYBOX.is_file():
         raise NodeError(f"{BUSYBOX} not found (install busybox-static, see hack/apt-packages.txt)")
-    rootfs = workdir / "busybox-rootfs"
     bindir = rootfs / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     (bindir / "busybox").write_bytes(BUSYBOX.read_bytes())
     (bindir / "busybox").chmod(0o755)
     for applet in _BUSYBOX_APPLETS:
         link = bindir / applet
-        if not link.is_symlink():
+        if not link.is_symlink() and not link.exists():
             link.symlink_to("busybox")
-    (rootfs / "tmp").mkdir(mode=0o1777, exist_ok=True)
+    (rootfs / "tmp").mkdir(exist_ok=True)
     (rootfs / "tmp").chmod(0o1777)
-    config = ImageConfig(cmd=("/bin/sh",), user="65532:65532")
-    return build_and_push(rootfs, registry, BUSYBOX_REPOSITORY, "1", workdir=workdir, config=config)
+    return rootfs
+
+
+def busybox_image(registry: str, workdir: Path) -> PushedImage:
+    """A small image of Debian's static busybox (sh, wget, nslookup, httpd...), user 65532."""
+    rootfs = add_busybox(workdir / "busybox-rootfs")
+    return build_and_push(rootfs, registry, BUSYBOX_REPOSITORY, "1", workdir=workdir,
+                          config=RUNNABLE)  # fmt: skip

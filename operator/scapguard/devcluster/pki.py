@@ -77,6 +77,9 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
+            )
             .sign(self._key, hashes.SHA256())
         )
         self.cert_path = directory / f"{name}.crt"
@@ -122,6 +125,14 @@ class CertificateAuthority:
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        # Key identifiers: OpenSSL 3's strict verification (Python 3.13's default context, as in
+        # the operator image) refuses a leaf without an Authority Key Identifier.
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        ).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+            critical=False,
+        )
         cert = builder.sign(self._key, hashes.SHA256())
         pair = KeyPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,179 @@
+"""Install scapguard on a real-node local cluster the way it ships: its images, ``helm install``.
+
+``ChartInstall(cluster, images).install()``:
+
+1. creates the release namespace with PodSecurity ``restricted`` enforced (as
+   deploy/rbac/00-namespace-serviceaccount.yaml does);
+2. plays OpenShift's service CA operator, which the chart relies on: it issues the serving
+   certificates the chart's Services ask for (``service.beta.openshift.io/serving-cert-secret-
+   name``) from the cluster CA into those Secrets, and after the install injects the CA bundle
+   where the chart asks for it (``service.beta.openshift.io/inject-cabundle``: the results CA
+   ConfigMap and the ValidatingWebhookConfiguration);
+3. runs the real Helm (built from its Go module) on charts/scapguard with the images pushed to
+   the cluster's registry, and waits until the operator Deployment is available.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from scapguard.devcluster.binaries import repo_root, tool_binary
+from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
+from scapguard.devcluster.images import PushedImage
+
+log = logging.getLogger(__name__)
+
+RELEASE = "scapguard"
+NAMESPACE = "scapguard"
+DEPLOYMENT = "scapguard-operator"
+WEBHOOK_CONFIGURATION = "scapguard-image-denial"
+RESULTS_CA_CONFIGMAP = "scapguard-results-ca"
+#: Service -> the Secret the service CA issues its serving certificate into (from the chart).
+SERVING_CERTS = {
+    "scapguard-results": "scapguard-results-tls",
+    "scapguard-webhook": "scapguard-webhook-tls",
+}
+_HELM_TIMEOUT = 300.0
+
+
+@dataclass
+class ChartInstall:
+    """One ``helm install`` of charts/scapguard on ``cluster``."""
+
+    cluster: DevCluster
+    operator_image: PushedImage
+    scanner_image: PushedImage
+    namespace: str = NAMESPACE
+    #: Extra ``--set`` values (key -> value), e.g. {"replicas": "1"}.
+    values: dict[str, str] = field(default_factory=dict)
+
+    def helm(self, *args: str, timeout: float = _HELM_TIMEOUT) -> str:
+        """Run the real Helm against the cluster; raise ClusterError naming the command."""
+        argv = [str(tool_binary("helm")), f"--kubeconfig={self.cluster.kubeconfig}", *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise ClusterError(f"helm {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def kubectl(self, *args: str, input_text: str | None = None) -> str:
+        out = self.cluster.kubectl(*args, input_text=input_text)
+        if out.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def set_values(self) -> list[str]:
+        values = {
+            "image.repository": f"{self.operator_image.registry}/{self.operator_image.repository}",
+            "image.tag": self.operator_image.tag,
+            "scanner.image": self.scanner_image.by_digest,
+            **self.values,
+        }
+        return [f"--set={key}={value}" for key, value in values.items()]
+
+    def install(self, timeout: float = 180.0) -> None:
+        self._namespace()
+        self._issue_serving_certs()
+        chart = repo_root() / "charts" / "scapguard"
+        self.helm("install", RELEASE, str(chart), f"--namespace={self.namespace}",
+                  *self.set_values())  # fmt: skip
+        self._inject_ca_bundles()
+        self.wait_available(timeout)
+
+    def uninstall(self) -> None:
+        self.helm("uninstall", RELEASE, f"--namespace={self.namespace}", "--wait")
+
+    def _namespace(self) -> None:
+        namespace = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": self.namespace,
+                "labels": {
+                    "app.kubernetes.io/part-of": "scapguard",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+            },
+        }
+        self.kubectl("apply", "-f", "-", input_text=json.dumps(namespace))
+
+    def _issue_serving_certs(self) -> None:
+        ca = self.cluster.ca
+        for service, secret in SERVING_CERTS.items():
+            host = f"{service}.{self.namespace}.svc"
+            pair = ca.issue(secret, host, dns_names=(host, f"{host}.cluster.local"), server=True)
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/tls",
+                "metadata": {"name": secret, "namespace": self.namespace},
+                "data": {
+                    "tls.crt": base64.b64encode(pair.cert.read_bytes()).decode(),
+                    "tls.key": base64.b64encode(pair.key.read_bytes()).decode(),
+                },
+            }
+            self.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+
+    def _inject_ca_bundles(self) -> None:
+        pem = self.cluster.ca.pem.decode()
+        patch = {"data": {"service-ca.crt": pem}}
+        self.kubectl("-n", self.namespace, "patch", "configmap", RESULTS_CA_CONFIGMAP,
+                     "--type=merge", f"-p={json.dumps(patch)}")  # fmt: skip
+        found = self.cluster.kubectl("get", "validatingwebhookconfiguration",
+                                     WEBHOOK_CONFIGURATION, "-o", "json")  # fmt: skip
+        if found.returncode != 0:
+            return  # admission.enabled=false
+        config: dict[str, Any] = json.loads(found.stdout)
+        bundle = base64.b64encode(self.cluster.ca.pem).decode()
+        ops = [
+            {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
+            for i in range(len(config.get("webhooks") or []))
+        ]
+        self.kubectl("patch", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
+                     "--type=json", f"-p={json.dumps(ops)}")  # fmt: skip
+
+    def wait_available(self, timeout: float = 180.0) -> None:
+        def available() -> bool:
+            out = self.cluster.kubectl("-n", self.namespace, "get", "deployment", DEPLOYMENT,
+                                       "-o", "json")  # fmt: skip
+            if out.returncode != 0:
+                return False
+            status = json.loads(out.stdout).get("status") or {}
+            return any(
+                c.get("type") == "Available" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            ) and status.get("readyReplicas") == status.get("replicas")
+
+        try:
+            wait_for(f"Deployment {self.namespace}/{DEPLOYMENT} available", available, timeout, 1.0)
+        except ClusterError as exc:
+            pods = self.cluster.kubectl("-n", self.namespace, "describe", "pods").stdout
+            raise ClusterError(f"{exc}\n{pods[-3000:]}\n{self.logs()[-3000:]}") from exc
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        out = self.kubectl("-n", self.namespace, "get", "pods", "-o", "json",
+                           "-l", "app.kubernetes.io/component=operator")  # fmt: skip
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items
+
+    def logs(self) -> str:
+        """Every operator pod's log (the current container and, if any, the previous one)."""
+        text = []
+        for pod in self.operator_pods():
+            name = pod["metadata"]["name"]
+            text.append(self.kubectl("-n", self.namespace, "logs", name))
+            previous = self.cluster.kubectl("-n", self.namespace, "logs", name, "--previous")
+            if previous.returncode == 0:
+                text.append(previous.stdout)
+        return "\n".join(text)
+
+    def metrics(self) -> str:
+        """The Prometheus exposition of one operator pod, through the API server's pod proxy."""
+        name = self.operator_pods()[0]["metadata"]["name"]
+        return self.cluster.raw_request(
+            "GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}:9090/proxy/metrics"
+        ).decode()
