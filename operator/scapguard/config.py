@@ -13,6 +13,7 @@ T = TypeVar("T")
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 DEFAULT_SCANNER_IMAGE: Final = "quay.io/scapguard/scanner:0.1.0"
+USER_NAMESPACE_MODES: Final = ("auto", "pod", "off")
 
 
 class SettingsError(ValueError):
@@ -42,6 +43,9 @@ class Settings:
     scanner_image_pull_secrets: tuple[str, ...]
     scanner_service_account: str | None
     scanner_run_as_user: int | None
+    #: Scanner pods in a user namespace of their own (``hostUsers: false``): "auto" (when the
+    #: API server admits such a pod in the operator's namespace), "pod" (always) or "off".
+    scanner_user_namespace: str
     cleanup_grace_seconds: int
     job_ttl_seconds: int
     retry_backoff_seconds: int
@@ -119,6 +123,9 @@ class Settings:
             scanner_run_as_user=reader.optional_integer(
                 "SCAPGUARD_SCANNER_RUN_AS_USER", 1, 2**31 - 1
             ),
+            scanner_user_namespace=reader.one_of(
+                "SCAPGUARD_SCANNER_USER_NAMESPACE", "auto", USER_NAMESPACE_MODES
+            ),
             cleanup_grace_seconds=reader.integer(
                 "SCAPGUARD_CLEANUP_GRACE_SECONDS", 86400, 0, 365 * 86400
             ),
@@ -186,6 +193,12 @@ class _Reader:
         if not self.text(var, ""):
             return None
         return self.integer(var, minimum, minimum, maximum)
+
+    def one_of(self, var: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(var, default)
+        if value not in allowed:
+            raise SettingsError(var, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
 
     def boolean(self, var: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

@@ -84,6 +84,7 @@ class ScannerLogs:
     cluster: DevCluster
     namespace: str
     logs: dict[str, str] = field(default_factory=dict)
+    host_users: set[bool | None] = field(default_factory=set)
     done: threading.Event = field(default_factory=threading.Event)
 
     def follow(self) -> None:
@@ -94,6 +95,7 @@ class ScannerLogs:
                 continue
             for pod in json.loads(out.stdout)["items"]:
                 name = pod["metadata"]["name"]
+                self.host_users.add(pod["spec"].get("hostUsers"))
                 if pod["status"].get("phase") in ("Succeeded", "Failed"):
                     got = self.cluster.kubectl("-n", self.namespace, "logs", name)
                     if got.returncode == 0 and got.stdout:
@@ -200,6 +202,10 @@ def test_vulnerable_image_fails_is_denied_and_refused_passing_image_runs(
     passing = scans[images["patched"].by_digest]["status"]
     assert failing["result"] == "Fail", failing
     assert passing["result"] == "Pass", passing
+    # Scanner pods ran in a user namespace of their own (hostUsers: false) as its uid 0, under
+    # PodSecurity "restricted": the image's file owners were kept.
+    assert failing["scanner"]["idMapping"] == "inherited", failing
+    assert scanner_logs.host_users == {False}, scanner_logs
     digest = images["vulnerable"].digest
     image = json.loads(cluster.kubectl("get", "images.image.openshift.io", digest, "-o",
                                        "json").stdout)  # fmt: skip

@@ -18,6 +18,7 @@ from scapguard.builders.job import (
     build_scan_job,
     build_scan_secret,
     ignored_scanner_fields,
+    user_namespace_probe,
 )
 from scapguard.testing import digest
 
@@ -170,3 +171,33 @@ def test_no_content_no_content_volume() -> None:
     pod = build_scan_job(job_input())["spec"]["template"]["spec"]
     assert "content" not in [v["name"] for v in pod["volumes"]]
     assert "runAsUser" not in pod["securityContext"]
+
+
+def test_user_namespace_pod_is_uid_0_of_its_own_namespace_and_otherwise_hardened() -> None:
+    pod = build_scan_job(job_input(user_namespace=True))["spec"]["template"]["spec"]
+    assert pod["hostUsers"] is False
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert pod["securityContext"]["runAsNonRoot"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+    # Without it, no hostUsers field at all and a non-root user.
+    plain = build_scan_job(job_input())["spec"]["template"]["spec"]
+    assert "hostUsers" not in plain
+    assert plain["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_user_namespace_probe_asks_for_what_scanner_jobs_would_run() -> None:
+    inp = job_input(user_namespace=True, run_as_user=None)
+    job_pod = build_scan_job(inp)["spec"]["template"]["spec"]
+    probe = user_namespace_probe(inp.namespace, inp.scanner_image, None)
+    assert probe["metadata"]["namespace"] == inp.namespace
+    assert probe["spec"]["hostUsers"] is False
+    assert probe["spec"]["securityContext"] == job_pod["securityContext"]
+    (container,) = probe["spec"]["containers"]
+    assert container["image"] == inp.scanner_image
+    assert container["securityContext"] == job_pod["containers"][0]["securityContext"]

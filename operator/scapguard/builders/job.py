@@ -63,6 +63,9 @@ class ScanJobInput:
     # Unset on OpenShift: the restricted SCC assigns a uid from the namespace's range, and the
     # scanner image's USER (65532) applies elsewhere. Set it where the runtime cannot tell.
     run_as_user: int | None = None
+    #: Run in a user namespace of the pod's own (``hostUsers: false``) as its uid 0, so the
+    #: scanner keeps the image's file owners (id mapping ``inherited``).
+    user_namespace: bool = False
     # ConfigMap content (feeds, datastreams, tailoring) copied into the per-scan Secret:
     # (configmap, key) pairs, in the order the policy names them.
     content_refs: tuple[tuple[str, str], ...] = ()
@@ -164,21 +167,49 @@ def owner_reference(kind: str, api_version: str, name: str, uid: str) -> dict[st
     }
 
 
-def _pod_security(inp: ScanJobInput) -> dict[str, Any]:
+def _pod_security(user_namespace: bool, run_as_user: int | None) -> dict[str, Any]:
+    if user_namespace:
+        # uid 0 of the pod's own user namespace, an unprivileged id on the node. PodSecurity
+        # "restricted" admits it only with hostUsers: false (UserNamespacesPodSecurityStandards).
+        return {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
+                "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
     security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if inp.run_as_user is not None:
-        security["runAsUser"] = inp.run_as_user
-        security["runAsGroup"] = inp.run_as_user
+    if run_as_user is not None:
+        security["runAsUser"] = run_as_user
+        security["runAsGroup"] = run_as_user
     return security
 
 
-def _container_security() -> dict[str, Any]:
+def _container_security(user_namespace: bool = False) -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
+        "runAsNonRoot": not user_namespace,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def user_namespace_probe(namespace: str, image: str, service_account: str | None) -> dict[str, Any]:
+    """A Pod shaped like a scanner pod in a user namespace, for a dry-run create: whether the
+    API server (feature gates, PodSecurity, admission) admits what scanner Jobs would make."""
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostUsers": False,
+        "securityContext": _pod_security(True, None),
+        "containers": [
+            {"name": "probe", "image": image, "securityContext": _container_security(True)}
+        ],
+    }
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "scapguard-userns-probe", "namespace": namespace},
+        "spec": spec,
     }
 
 
@@ -241,7 +272,7 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": _pod_security(inp),
+        "securityContext": _pod_security(inp.user_namespace, inp.run_as_user),
         "containers": [
             {
                 "name": CONTAINER_NAME,
@@ -252,13 +283,15 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
                 "env": _env(inp),
                 "resources": (dict(scanner.resources) if admin_policy else {})
                 or dict(DEFAULT_RESOURCES),
-                "securityContext": _container_security(),
+                "securityContext": _container_security(inp.user_namespace),
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }
         ],
         "volumes": volumes,
     }
+    if inp.user_namespace:
+        pod_spec["hostUsers"] = False
     if inp.service_account:
         pod_spec["serviceAccountName"] = inp.service_account
     if inp.image_pull_secrets:

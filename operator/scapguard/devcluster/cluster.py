@@ -455,6 +455,9 @@ class DevCluster:
             f"--kubelet-client-key={self.kubelet_client.key}",
             f"--kubelet-certificate-authority={self.ca.cert_path}",
             "--kubelet-preferred-address-types=InternalIP",
+            # PodSecurity "restricted" admits uid 0 in a pod's own user namespace (alpha in
+            # 1.34): scanner pods keep image file owners without leaving "restricted".
+            "--feature-gates=UserNamespacesPodSecurityStandards=true",
         ]
 
     def _start_apiserver(self, timeout: float) -> None:

@@ -19,6 +19,7 @@ from scapguard.handlers.jobs import watch_scanner_jobs
 from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
 from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.runtime import scanner_user_namespace
 from scapguard.results_server import start_results_server
 
 
@@ -56,7 +57,10 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         settings.peering.standalone = True
     kube = await asyncio.to_thread(load_client)
     metrics = Metrics(per_cve=config.per_cve_metrics)
-    ctx = OperatorContext(kube=kube, settings=config, metrics=metrics)
+    userns, why = await asyncio.to_thread(scanner_user_namespace, kube, config)
+    logger.info("scanner pods %s a user namespace: %s", "get" if userns else "do not get", why)
+    ctx = OperatorContext(kube=kube, settings=config, metrics=metrics,
+                          scanner_user_namespace=userns)  # fmt: skip
     memo[MEMO_KEY] = ctx
     if config.metrics_port:
         server, _thread = start_http_server(

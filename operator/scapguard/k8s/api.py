@@ -32,6 +32,7 @@ IMAGESCAN: Final = Kind(c.GROUP, c.VERSION, c.IMAGESCAN_PLURAL, c.IMAGESCAN_KIND
 IMAGESTREAM: Final = Kind(c.IMAGE_GROUP, c.IMAGE_VERSION, c.IMAGESTREAM_PLURAL, "ImageStream")
 IMAGE: Final = Kind(c.IMAGE_GROUP, c.IMAGE_VERSION, c.IMAGE_PLURAL, "Image", namespaced=False)
 JOB: Final = Kind("batch", "v1", "jobs", "Job")
+POD: Final = Kind("", "v1", "pods", "Pod")
 SECRET: Final = Kind("", "v1", "secrets", "Secret")
 CONFIGMAP: Final = Kind("", "v1", "configmaps", "ConfigMap")
 EVENT: Final = Kind("", "v1", "events", "Event")
@@ -96,6 +97,10 @@ class Kube(Protocol):
     ) -> list[Obj]: ...
 
     def create(self, kind: Kind, body: Obj) -> Obj: ...
+
+    def dry_run_create(self, kind: Kind, body: Obj) -> Obj:
+        """What the API server would store (admission included), storing nothing."""
+        ...
 
     def patch(self, kind: Kind, name: str, namespace: str | None, patch: Obj) -> Obj: ...
 

@@ -143,6 +143,10 @@ class KubeClient:
         namespace = (body.get("metadata") or {}).get("namespace")
         return self._call("POST", _path(kind, namespace), body=body)
 
+    def dry_run_create(self, kind: Kind, body: Obj) -> Obj:
+        namespace = (body.get("metadata") or {}).get("namespace")
+        return self._call("POST", _path(kind, namespace), body=body, query=[("dryRun", "All")])
+
     def patch(self, kind: Kind, name: str, namespace: str | None, patch: Obj) -> Obj:
         return self._call(
             "PATCH", _path(kind, namespace, name), body=patch, content_type=_MERGE_PATCH

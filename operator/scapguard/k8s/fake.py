@@ -125,6 +125,16 @@ class FakeKube:
                 out.append(copy.deepcopy(obj))
         return out
 
+    def dry_run_create(self, kind: Kind, body: Obj) -> Obj:
+        """Admission is ``before_write`` (verb "dry-run-create"); nothing is stored."""
+        obj = copy.deepcopy(body)
+        meta = obj.get("metadata") or {}
+        self._hook("dry-run-create", kind, obj)
+        self.actions.append(
+            ("dry-run-create", kind.plural, str(meta.get("namespace", "")), str(meta["name"]))
+        )
+        return obj
+
     def create(self, kind: Kind, body: Obj) -> Obj:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})

@@ -68,6 +68,9 @@ class OperatorContext:
     kube: Kube
     settings: Settings
     metrics: Metrics
+    #: Whether scanner pods get a user namespace of their own (decided once at start:
+    #: ``scapguard.reconcile.runtime.scanner_user_namespace``).
+    scanner_user_namespace: bool = False
     clock: Callable[[], dt.datetime] = utcnow
     token_factory: Callable[[], str] = new_token
     # Serialises queue admission so the concurrency limits hold (one active replica: peering).

@@ -292,6 +292,7 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
         service_account=settings.scanner_service_account,
         registry_auth=auth is not None,
         run_as_user=settings.scanner_run_as_user,
+        user_namespace=ctx.scanner_user_namespace,
         content_refs=tuple(content),
     )
     secret = build_scan_secret(
