@@ -28,4 +28,6 @@ def test_demo_scans_denies_and_refuses_the_vulnerable_image() -> None:
     assert re.search(r"deny-execution\}\n+true\n", out), out
     assert '"compliant":false' in out
     assert 'admission webhook "pod-images.scapguard.io" denied the request' in out
+    # The patched image runs as a real pod (kubelet, containerd) and its log is shown.
+    assert "webapp running as uid 65532" in out
     assert "Traceback" not in proc.stderr, proc.stderr

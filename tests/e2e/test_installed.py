@@ -17,25 +17,18 @@ from typing import Any
 import pytest
 from kubernetes import client as kube_client
 
-from scapguard.devcluster import productimages
 from scapguard.devcluster.cli import DEMO_PRIORITIES
 from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import make_fixture_rootfs
-from scapguard.devcluster.helminstall import ChartInstall
-from scapguard.devcluster.images import PushedImage, build_and_push
+from scapguard.devcluster.fixtureimages import webapp_images
+from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
+from scapguard.devcluster.images import PushedImage
 from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.node import RUNNABLE, add_busybox
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import Registry
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 APP_NS = "webapps"
-
-
-def in_cluster(image: PushedImage, registry: Registry) -> PushedImage:
-    """The same image as pods name it (the registry at the node address)."""
-    return PushedImage(registry.cluster_host, image.repository, image.tag, image.digest)
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +51,8 @@ def registry(real_cluster: DevCluster) -> Registry:
 
 
 @pytest.fixture(scope="module")
-def installed(real_cluster: DevCluster, registry: Registry) -> Iterator[ChartInstall]:
-    pushed = {}
-    for name in ("operator", "scanner"):
-        built = productimages.build(name)
-        tag = built.reference.rsplit(":", 1)[1]
-        pushed[name] = in_cluster(productimages.push(built, registry.host, tag=tag), registry)
-    release = ChartInstall(
-        real_cluster,
-        operator_image=pushed["operator"],
-        scanner_image=pushed["scanner"],
-        values={"replicas": "1"},
-    )
-    release.install()
+def installed(real_cluster: DevCluster) -> Iterator[ChartInstall]:
+    release = install_scapguard(real_cluster, replicas="1")
     yield release
     log = release.logs()
     release.uninstall()
@@ -119,19 +101,6 @@ def test_operator_runs_from_its_image_as_the_charts_deployment(
     assert "scapguard_" in installed.metrics()
 
 
-def _webapp_images(workdir: Path, registry: Registry) -> dict[str, PushedImage]:
-    """Ubuntu 22.04 fixture trees (vulnerable, patched) made runnable with busybox."""
-    pushed = {}
-    for variant in ("vulnerable", "patched"):
-        build = workdir / f"webapp-{variant}"
-        root = make_fixture_rootfs(build / "rootfs", "ubuntu2204", variant, workdir=build)
-        add_busybox(root)
-        image = build_and_push(root, registry.host, "webapp", variant, workdir=build,
-                               config=RUNNABLE)  # fmt: skip
-        pushed[variant] = in_cluster(image, registry)
-    return pushed
-
-
 def _scans(cluster: DevCluster) -> dict[str, dict[str, Any]]:
     out = cluster.kubectl("-n", APP_NS, "get", "imagescans", "-o", "json")
     if out.returncode != 0:
@@ -150,7 +119,7 @@ def test_vulnerable_image_fails_is_denied_and_refused_passing_image_runs(
     real_cluster: DevCluster, registry: Registry, installed: ChartInstall
 ) -> None:
     cluster = real_cluster
-    images = _webapp_images(cluster.workdir / "webapp", registry)
+    images = webapp_images(cluster.workdir / "webapp", registry)
     cluster.kubectl("create", "namespace", APP_NS)
     feed, _ = ubuntu_oval(DEMO_PRIORITIES)
     feed_file = cluster.workdir / "ubuntu-jammy.oval.xml"

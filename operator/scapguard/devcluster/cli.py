@@ -1,15 +1,16 @@
 """``scapguard-devcluster``: the local environment for the demo and for trying things by hand.
 
-``scapguard-devcluster up`` starts the control plane (etcd, kube-apiserver,
-controller-manager, scheduler, the OpenShift image API, the node agent) and a
-registry on 127.0.0.1, prints how to reach them, and stops everything on
-Ctrl-C or SIGTERM.
+``scapguard-devcluster up`` starts a real single-node cluster in a network namespace of its
+own (etcd, kube-apiserver, controller-manager, scheduler, the OpenShift image API, kubelet,
+kube-proxy, containerd + runc, CoreDNS) and its registry, reachable on the host's 127.0.0.1,
+prints how to reach them, and stops everything on Ctrl-C or SIGTERM.
 
-``scapguard-devcluster demo`` does the same, then installs scapguard from deploy/ and
-runs the operator under its own ServiceAccount, pushes a vulnerable and a patched
-Ubuntu 22.04 image, tags them into an ImageStream watched by an enforcing ScanPolicy,
-and shows ``kubectl get imagescans``, the deny annotation on the failing Image, and
-the admission webhook refusing a Pod that runs it.
+``scapguard-devcluster demo`` does the same, then builds scapguard's operator and scanner
+images with buildah, pushes them to the cluster's registry and installs charts/scapguard with
+``helm install``; it pushes a vulnerable and a patched Ubuntu 22.04 image, tags them into an
+ImageStream watched by an enforcing ScanPolicy, and shows ``kubectl get imagescans``, the deny
+annotation on the failing Image, the admission webhook refusing a Pod that runs it and the
+patched image running as a pod.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,13 +30,12 @@ from types import FrameType
 from kubernetes import client as kube_client
 
 from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.fixtureimages import webapp_images
+from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
+from scapguard.devcluster.images import PushedImage
 from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.operatorproc import OperatorProcess
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import Registry
-from scapguard.devcluster.scannerenv import ensure_scanner_venv
-from scapguard.devcluster.scanuser import ensure_scan_user
 from scapguard.results.model import Severity
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def _workdir(arg: str | None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     else:
         path = Path(tempfile.mkdtemp(prefix="scapguard-dev-"))
-    # Pods run as non-root local processes and must reach their own directories.
+    # The kubelet's and pods' state lives below it.
     path.chmod(0o755)
     return path
 
@@ -64,14 +65,16 @@ def _wait_for_signal() -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     workdir = _workdir(args.workdir)
-    with DevCluster(workdir / "cluster") as cluster, Registry(workdir / "registry") as registry:
+    with DevCluster(workdir / "cluster", real_node=True) as cluster:
+        registry = _registry(cluster)
         kubectl = f"{cluster.binary} kubectl --kubeconfig={cluster.kubeconfig}"
         sys.stdout.write(
             "\nscapguard local environment is up "
             f"(control plane ready in {cluster.started_seconds:.1f}s)\n\n"
             f"  kubeconfig:   {cluster.kubeconfig}\n"
             f"  API server:   {cluster.server}\n"
-            f"  registry:     {registry.host} (plain HTTP on loopback)\n"
+            f"  registry:     {registry.host} from the host, {registry.cluster_host} in pods "
+            "(plain HTTP)\n"
             f"  logs:         {cluster.logs_dir}\n\n"
             f"  export KUBECONFIG={cluster.kubeconfig}\n"
             f"  alias kubectl='{kubectl}'\n"
@@ -125,7 +128,7 @@ def _demo_policy(registry: Registry) -> dict[str, object]:
             "failOn": "high",
             "action": "Enforce",
             "onError": "Allow",
-            "scanner": {"insecureRegistries": [registry.host], "retries": 1},
+            "scanner": {"insecureRegistries": [registry.cluster_host], "retries": 1},
         },
     }
 
@@ -138,18 +141,20 @@ def _scan_settled(cluster: DevCluster, digest: str) -> bool:
     return any(line.endswith("=Completed") and digest in line for line in out.stdout.splitlines())
 
 
-def run_demo(
-    workdir: Path, cluster: DevCluster, registry: Registry, operator: OperatorProcess
-) -> None:
+def _registry(cluster: DevCluster) -> Registry:
+    if cluster.registry is None:
+        raise ClusterError("the cluster has no registry (real_node=False)")
+    return cluster.registry
+
+
+def run_demo(workdir: Path, cluster: DevCluster) -> ChartInstall:
     """Install scapguard on the running cluster and walk through one failing, one passing image."""
-    ensure_scan_user()
-    _say("installing scapguard (deploy/crds, deploy/rbac) and starting the operator ...")
-    operator.install()
-    operator.start()
+    registry = _registry(cluster)
+    _say("building scapguard's images (buildah) and installing the chart (helm install) ...")
+    release = install_scapguard(cluster, replicas="1")
     _kubectl(cluster, "create", "namespace", DEMO_NAMESPACE)
-    images = FixtureImages(registry.host, workdir / "images")
-    vulnerable = images.get("ubuntu2204", "vulnerable")
-    patched = images.get("ubuntu2204", "patched")
+    images = webapp_images(workdir / "images", registry)
+    vulnerable, patched = images["vulnerable"], images["patched"]
     feed, _ = ubuntu_oval(DEMO_PRIORITIES)
     (workdir / "ubuntu-jammy.oval.xml").write_text(feed)
     _kubectl(
@@ -159,9 +164,10 @@ def run_demo(
     _kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(_demo_policy(registry)))
     _say(f"pushed {vulnerable.by_digest} (vulnerable) and {patched.by_digest} (patched)")
     api = kube_client.ApiClient(cluster.admin_configuration())
-    repository = f"{registry.host}/{vulnerable.repository}"
+    repository = f"{registry.cluster_host}/{vulnerable.repository}"
     tag_image(api, DEMO_NAMESPACE, "webapp", "1.0", repository, vulnerable.digest)
     tag_image(api, DEMO_NAMESPACE, "webapp", "1.1", repository, patched.digest)
+    api.close()
     _say("tagged webapp:1.0 (vulnerable) and webapp:1.1 (patched); scanning ...")
     for digest in (vulnerable.digest, patched.digest):
         wait_for(f"the scan of {digest[:19]}", partial(_scan_settled, cluster, digest), 300, 1.0)
@@ -176,49 +182,51 @@ def run_demo(
         "vulnerability\\.scapguard}",
     )  # fmt: skip
     _say(f"\n$ kubectl -n {DEMO_NAMESPACE} run webapp --image={vulnerable.by_digest}")
-    refused = cluster.kubectl(
-        "-n", DEMO_NAMESPACE, "run", "webapp", f"--image={vulnerable.by_digest}",
-        "--restart=Never", "--command", "--", "/bin/true",
-    )  # fmt: skip
+    refused = _run_webapp(cluster, "webapp", vulnerable)
     _say((refused.stdout + refused.stderr).strip())
     if refused.returncode == 0:
         raise ClusterError("the admission webhook admitted a Pod running a denied image")
+    _say(f"\n$ kubectl -n {DEMO_NAMESPACE} run webapp-patched --image={patched.by_digest}")
+    admitted = _run_webapp(cluster, "webapp-patched", patched)
+    _say((admitted.stdout + admitted.stderr).strip())
+    if admitted.returncode != 0:
+        raise ClusterError(f"the patched image was refused: {admitted.stderr.strip()}")
+    wait_for("the patched image's pod to finish", partial(_pod_done, cluster, "webapp-patched"),
+             120, 0.5)  # fmt: skip
+    _show(cluster, "-n", DEMO_NAMESPACE, "logs", "webapp-patched")
+    return release
+
+
+def _run_webapp(
+    cluster: DevCluster, name: str, image: PushedImage
+) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl(
+        "-n", DEMO_NAMESPACE, "run", name, f"--image={image.by_digest}", "--restart=Never",
+        "--command", "--", "/bin/sh", "-c", "echo webapp running as uid $(id -u)",
+    )  # fmt: skip
+
+
+def _pod_done(cluster: DevCluster, name: str) -> bool:
+    out = cluster.kubectl(
+        "-n", DEMO_NAMESPACE, "get", "pod", name, "-o", "jsonpath={.status.phase}"
+    )
+    return out.stdout in ("Succeeded", "Failed")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     workdir = _workdir(args.workdir)
-    bin_dir = ensure_scanner_venv()
-    with (
-        DevCluster(workdir / "cluster", node_path_prepend=(bin_dir,)) as cluster,
-        Registry(workdir / "registry") as registry,
-    ):
-        operator = OperatorProcess(
-            cluster, workdir / "operator", admission_namespaces=(DEMO_NAMESPACE,)
+    with DevCluster(workdir / "cluster", real_node=True) as cluster:
+        release = run_demo(workdir, cluster)
+        _say(
+            f"\nexport KUBECONFIG={cluster.kubeconfig}\n"
+            f"alias kubectl='{cluster.binary} kubectl'\n"
+            f"kubectl -n {DEMO_NAMESPACE} get imagescans -o yaml    # findings, conditions\n"
+            f"kubectl -n {release.namespace} logs deploy/scapguard-operator   # the operator\n"
         )
-        try:
-            _demo_and_wait(args, workdir, cluster, registry, operator)
-        finally:
-            operator.stop()
+        if not args.no_wait:
+            _say("Ctrl-C stops everything.")
+            _wait_for_signal()
     return 0
-
-
-def _demo_and_wait(
-    args: argparse.Namespace,
-    workdir: Path,
-    cluster: DevCluster,
-    registry: Registry,
-    operator: OperatorProcess,
-) -> None:
-    run_demo(workdir, cluster, registry, operator)
-    _say(
-        f"\nexport KUBECONFIG={cluster.kubeconfig}\n"
-        f"alias kubectl='{cluster.binary} kubectl'\n"
-        f"kubectl -n {DEMO_NAMESPACE} get imagescans -o yaml    # findings, conditions\n"
-        f"operator log: {workdir / 'operator' / 'operator.log'}\n"
-    )
-    if not args.no_wait:
-        _say("Ctrl-C stops everything.")
-        _wait_for_signal()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,8 @@ from scapguard.devcluster.images import (
     run_tool,
     write_layer_tar,
 )
-from scapguard.devcluster.registry import BasicAuth
+from scapguard.devcluster.node import RUNNABLE, add_busybox
+from scapguard.devcluster.registry import BasicAuth, Registry
 
 log = logging.getLogger(__name__)
 
@@ -627,3 +628,18 @@ class FixtureImages:
                 creds=self.creds,
             )
         return self._pushed[key]
+
+
+def webapp_images(workdir: Path, registry: Registry) -> dict[str, PushedImage]:
+    """Ubuntu 22.04 fixture trees (vulnerable, patched) made runnable with busybox."""
+    pushed = {}
+    for variant in ("vulnerable", "patched"):
+        build = workdir / f"webapp-{variant}"
+        root = make_fixture_rootfs(build / "rootfs", "ubuntu2204", variant, workdir=build)
+        add_busybox(root)
+        image = build_and_push(root, registry.host, "webapp", variant, workdir=build,
+                               config=RUNNABLE)  # fmt: skip
+        pushed[variant] = PushedImage(
+            registry.cluster_host, image.repository, image.tag, image.digest
+        )
+    return pushed

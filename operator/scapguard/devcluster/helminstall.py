@@ -22,9 +22,11 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from scapguard.devcluster import productimages
 from scapguard.devcluster.binaries import repo_root, tool_binary
 from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
 from scapguard.devcluster.images import PushedImage
+from scapguard.devcluster.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +179,23 @@ class ChartInstall:
         return self.cluster.raw_request(
             "GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}:9090/proxy/metrics"
         ).decode()
+
+
+def in_cluster(image: PushedImage, registry: Registry) -> PushedImage:
+    """The same image as pods name it (the registry at the node address)."""
+    return PushedImage(registry.cluster_host, image.repository, image.tag, image.digest)
+
+
+def install_scapguard(cluster: DevCluster, **values: str) -> ChartInstall:
+    """Build (or reuse) both images, push them to the cluster's registry, ``helm install``."""
+    registry = cluster.registry
+    if registry is None:
+        raise ClusterError("the cluster has no registry (real_node=False)")
+    pushed = {}
+    for name in productimages.IMAGES:
+        built = productimages.build(name)
+        tag = built.reference.rsplit(":", 1)[1]
+        pushed[name] = in_cluster(productimages.push(built, registry.host, tag=tag), registry)
+    release = ChartInstall(cluster, pushed["operator"], pushed["scanner"], values=values)
+    release.install()
+    return release
