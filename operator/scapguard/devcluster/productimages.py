@@ -254,6 +254,8 @@ def push(built: BuiltImage, registry: str, *, tag: str = "dev") -> PushedImage:
     """Copy ``built`` to ``registry`` (plain HTTP, loopback) as scapguard/NAME:tag."""
     repository = f"{REPOSITORY_PREFIX}/{built.name}"
     digest_file = repo_root() / "_output" / f"{built.name}.digest"
+    # _output/ is made by a build; an image found in the cache was built by another checkout.
+    digest_file.parent.mkdir(exist_ok=True)
     run_tool(
         ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--digestfile", str(digest_file),
          f"containers-storage:{built.reference}", f"docker://{registry}/{repository}:{tag}"],
