@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import tempfile
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -29,21 +31,35 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupted)
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[DevCluster]:
-    """The real control plane: etcd, kube-apiserver, controller-manager, scheduler,
-    the image API server and the node agent, started once per session."""
+@contextlib.contextmanager
+def started(**kwargs: Any) -> Iterator[DevCluster]:
+    """A local cluster in a fresh work directory, stopped and removed afterwards."""
     # Not under pytest's 0700 tmp: non-root pod processes must reach their pod dirs.
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-dev-"))
     workdir.chmod(0o755)
-    # Pods find scapguard-scan on their PATH, as in the scanner image.
-    dev = DevCluster(workdir, node_path_prepend=(ensure_scanner_venv(),))
+    dev = DevCluster(workdir, **kwargs)
     dev.start()
     try:
         yield dev
     finally:
         dev.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[DevCluster]:
+    """The control plane with the node agent, started once per session (the e2e suite that
+    runs the operator as a host process; pods find scapguard-scan on their PATH)."""
+    with started(node_path_prepend=(ensure_scanner_venv(),)) as dev:
+        yield dev
+
+
+@pytest.fixture(scope="module")
+def real_cluster() -> Iterator[DevCluster]:
+    """A real single-node cluster (kubelet, containerd, CNI, kube-proxy, CoreDNS) in its own
+    network namespace, with its registry; one per test module."""
+    with started(real_node=True) as dev:
+        yield dev
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,8 @@ One cluster for the module; the last test stops it and checks nothing is left be
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,16 +34,8 @@ def sysctls_before() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def node_cluster(sysctls_before: dict[str, str]) -> Iterator[DevCluster]:
-    workdir = Path(tempfile.mkdtemp(prefix="scapguard-node-"))
-    workdir.chmod(0o755)
-    dev = DevCluster(workdir, real_node=True)
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+def node_cluster(sysctls_before: dict[str, str], real_cluster: DevCluster) -> DevCluster:
+    return real_cluster
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ ServiceAccount; scanner Jobs run the scanner image; the webhook refuses a denied
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
-import shutil
-import tempfile
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,31 +18,23 @@ from typing import Any
 import pytest
 from kubernetes import client as kube_client
 
-from scapguard.devcluster.cli import DEMO_PRIORITIES
+from scapguard.api.constants import RESULT_KEY
+from scapguard.api.naming import result_config_map_name
+from scapguard.devcluster import productimages
+from scapguard.devcluster.cli import DEMO_PRIORITIES, demo_policy
 from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import webapp_images
+from scapguard.devcluster.fixtureimages import FixtureImages, webapp_images
 from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
 from scapguard.devcluster.images import PushedImage
 from scapguard.devcluster.imagestreams import tag_image
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import Registry
+from scapguard.results.xccdf import parse_xccdf_results
+from scapguard.scanner.pipeline import OWNERSHIP_RULE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 APP_NS = "webapps"
-
-
-@pytest.fixture(scope="module")
-def real_cluster() -> Iterator[DevCluster]:
-    workdir = Path(tempfile.mkdtemp(prefix="scapguard-installed-"))
-    workdir.chmod(0o755)
-    dev = DevCluster(workdir, real_node=True)
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +71,10 @@ class ScannerLogs:
             for pod in json.loads(out.stdout)["items"]:
                 name = pod["metadata"]["name"]
                 self.host_users.add(pod["spec"].get("hostUsers"))
-                if pod["status"].get("phase") in ("Succeeded", "Failed"):
+                if pod["status"].get("phase") in ("Running", "Succeeded", "Failed"):
                     got = self.cluster.kubectl("-n", self.namespace, "logs", name)
                     if got.returncode == 0 and got.stdout:
-                        self.logs.setdefault(name, got.stdout)
+                        self.logs[name] = got.stdout  # the longest read wins: it only grows
 
 
 def test_operator_runs_from_its_image_as_the_charts_deployment(
@@ -127,22 +120,7 @@ def test_vulnerable_image_fails_is_denied_and_refused_passing_image_runs(
     made = cluster.kubectl("-n", APP_NS, "create", "configmap", "oval-feed",
                            f"--from-file=ubuntu-jammy.oval.xml={feed_file}")  # fmt: skip
     assert made.returncode == 0, made.stderr
-    policy = {
-        "apiVersion": "scapguard.io/v1alpha1",
-        "kind": "ScanPolicy",
-        "metadata": {"name": "cve-gate", "namespace": APP_NS},
-        "spec": {
-            "tags": ["*"],
-            "vulnerabilities": {
-                "enabled": True,
-                "feed": {"configMapRef": {"name": "oval-feed", "key": "ubuntu-jammy.oval.xml"}},
-            },
-            "failOn": "high",
-            "action": "Enforce",
-            "onError": "Allow",
-            "scanner": {"insecureRegistries": [registry.cluster_host], "retries": 1},
-        },
-    }
+    policy = demo_policy(registry, APP_NS)
     applied = cluster.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
     assert applied.returncode == 0, applied.stderr
     scanner_logs = ScannerLogs(cluster, installed.namespace)
@@ -171,10 +149,11 @@ def test_vulnerable_image_fails_is_denied_and_refused_passing_image_runs(
     passing = scans[images["patched"].by_digest]["status"]
     assert failing["result"] == "Fail", failing
     assert passing["result"] == "Pass", passing
-    # Scanner pods ran in a user namespace of their own (hostUsers: false) as its uid 0, under
-    # PodSecurity "restricted": the image's file owners were kept.
-    assert failing["scanner"]["idMapping"] == "inherited", failing
-    assert scanner_logs.host_users == {False}, scanner_logs
+    # The release namespace enforces PodSecurity "restricted": the operator's start-up probe
+    # found a user-namespace scanner pod refused there, so scanner pods ran non-root on the
+    # host's user namespace and unpacked rootless (vulnerability findings do not need owners).
+    assert failing["scanner"]["idMapping"] == "rootless", failing
+    assert scanner_logs.host_users == {None}, scanner_logs
     digest = images["vulnerable"].digest
     image = json.loads(cluster.kubectl("get", "images.image.openshift.io", digest, "-o",
                                        "json").stdout)  # fmt: skip
@@ -197,3 +176,131 @@ def test_vulnerable_image_fails_is_denied_and_refused_passing_image_runs(
 
     wait_for("the passing image's pod Succeeded", ran, 120, 0.5)
     assert cluster.kubectl("-n", APP_NS, "logs", "patched").stdout.strip() == "running-as-65532"
+
+
+PROFILE = "xccdf_org.ssgproject.content_profile_standard"
+SSG_DEBIAN12 = "/usr/share/xml/scap/ssg/content/ssg-debian12-ds.xml"
+
+
+def _stored_result(cluster: DevCluster, namespace: str, scan: str) -> dict[str, Any]:
+    """The full result the operator keeps beside an ImageScan (gzip JSON in a ConfigMap)."""
+    got = cluster.kubectl("-n", namespace, "get", "configmap", result_config_map_name(scan),
+                          "-o", "json")  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    cm = json.loads(got.stdout)
+    raw = gzip.decompress(base64.b64decode(cm["binaryData"][RESULT_KEY]))
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+def _root_oscap_with_the_images_own_oscap(image: PushedImage, work: Path) -> dict[str, str]:
+    """rule id -> result of a plain ``oscap xccdf eval`` by root, with the scanner image's oscap
+    and SSG, of ``image`` pulled and unpacked by root (owners kept)."""
+
+    def run(*argv: str) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+        assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr[-2000:]}"
+        return proc.stdout
+
+    run("skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{image.by_digest}",
+        f"oci:{work / 'oci'}:ref")  # fmt: skip
+    run("umoci", "unpack", "--image", f"{work / 'oci'}:ref", str(work / "bundle"))
+    out = work / "out"
+    (out / "apt.conf.d").mkdir(parents=True)
+    # A clean apt configuration, as the scanner uses (OpenSCAP's dpkginfo reads apt's).
+    (out / "apt.conf").write_text(
+        'Dir::Etc::main "/dev/null";\nDir::Etc::parts "/out/apt.conf.d";\n'
+    )
+    scanner = productimages.build("scanner").reference
+    container = run("buildah", "from", "--pull-never", scanner).strip()
+    try:
+        proc = subprocess.run(
+            ["buildah", "run", "--isolation", "chroot", "--user", "0:0",
+             "--volume", f"{work / 'bundle' / 'rootfs'}:/target:ro", "--volume", f"{out}:/out",
+             "--env", "OSCAP_PROBE_ROOT=/target", "--env", "APT_CONFIG=/out/apt.conf",
+             container, "--", "oscap", "xccdf", "eval", "--profile", PROFILE,
+             "--results", "/out/results.xml", SSG_DEBIAN12],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+    finally:
+        run("buildah", "rm", container)
+    assert proc.returncode in {0, 2}, proc.stderr[-2000:]
+    assert "dpkginfo_init has failed" not in proc.stderr
+    return {r.id: r.result for r in parse_xccdf_results(out / "results.xml").rules}
+
+
+def _allow_user_namespace_scanners(release: ChartInstall) -> None:
+    """PodSecurity baseline on the release namespace and a restarted operator: its start-up
+    probe now finds user-namespace scanner pods admitted."""
+    release.kubectl("label", "namespace", release.namespace, "--overwrite",
+                    "pod-security.kubernetes.io/enforce=baseline")  # fmt: skip
+    release.kubectl("-n", release.namespace, "rollout", "restart", "deployment",
+                    "scapguard-operator")  # fmt: skip
+    release.kubectl("-n", release.namespace, "rollout", "status", "deployment",
+                    "scapguard-operator", "--timeout=180s")  # fmt: skip
+    wait_for("the operator to choose user-namespace scanner pods",
+             lambda: "scanner pods get a user namespace" in release.logs(), 60, 1.0)  # fmt: skip
+
+
+def test_ssg_standard_in_the_scanner_pod_equals_a_root_oscap_run_rule_for_rule(
+    real_cluster: DevCluster, registry: Registry, installed: ChartInstall
+) -> None:
+    """With user namespaces admitted, the scanner pod (hostUsers: false, uid 0 inside) keeps
+    the image's owners and judges SSG Debian 12 ``standard`` exactly as root does."""
+    cluster, namespace = real_cluster, "compliance"
+    _allow_user_namespace_scanners(installed)
+    pods = ScannerLogs(cluster, installed.namespace)
+    follower = threading.Thread(target=pods.follow, daemon=True)
+    follower.start()
+    work = cluster.workdir / "compliance"
+    minbase = FixtureImages(registry.host, work / "images").debian12_minbase()
+    assert cluster.kubectl("create", "namespace", namespace).returncode == 0
+    policy = {
+        "apiVersion": "scapguard.io/v1alpha1",
+        "kind": "ScanPolicy",
+        "metadata": {"name": "standard", "namespace": namespace},
+        "spec": {
+            "tags": ["*"],
+            "vulnerabilities": {"enabled": False},
+            "compliance": {"enabled": True, "profile": PROFILE},
+            "action": "Report",
+            "scanner": {"insecureRegistries": [registry.cluster_host], "timeoutSeconds": 1200},
+        },
+    }
+    applied = cluster.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
+    assert applied.returncode == 0, applied.stderr
+    api = kube_client.ApiClient(cluster.admin_configuration())
+    try:
+        tag_image(api, namespace, "base", "bookworm", f"{registry.cluster_host}/"
+                  f"{minbase.repository}", minbase.digest)  # fmt: skip
+    finally:
+        api.close()
+
+    def completed() -> dict[str, Any] | None:
+        out = cluster.kubectl("-n", namespace, "get", "imagescans", "-o", "json")
+        items = json.loads(out.stdout)["items"] if out.returncode == 0 else []
+        done = [s for s in items if (s.get("status") or {}).get("state") == "Completed"]
+        return done[0] if done else None
+
+    try:
+        wait_for("the minbase compliance scan Completed", lambda: completed() is not None, 900, 2)
+    finally:
+        pods.done.set()
+        follower.join(10)
+    assert pods.host_users == {False}, pods
+    scan = completed()
+    assert scan is not None
+    assert scan["status"]["result"] in ("Pass", "Fail"), [
+        c["message"] for c in scan["status"]["conditions"]
+    ]
+    result = _stored_result(cluster, namespace, scan["metadata"]["name"])
+    assert result["scanner"]["idMapping"] == "inherited", result["scanner"]
+    compliance = result["compliance"]
+    assert compliance["notCheckedReason"] is None
+    got = {r["id"]: r["result"] for r in compliance["rules"]}
+    reference = _root_oscap_with_the_images_own_oscap(
+        PushedImage(registry.host, minbase.repository, minbase.tag, minbase.digest), work
+    )
+    assert got == reference
+    assert sum(1 for r in got.values() if r == "fail") >= 1
+    assert any(OWNERSHIP_RULE.search(rule) and res == "pass" for rule, res in got.items())

@@ -174,6 +174,7 @@ def test_no_content_no_content_volume() -> None:
 
 
 def test_user_namespace_pod_is_uid_0_of_its_own_namespace_and_otherwise_hardened() -> None:
+    """uid 0 and file-owner capabilities of the pod's own user namespace, nothing more."""
     pod = build_scan_job(job_input(user_namespace=True))["spec"]["template"]["spec"]
     assert pod["hostUsers"] is False
     assert pod["securityContext"]["runAsUser"] == 0
@@ -182,7 +183,11 @@ def test_user_namespace_pod_is_uid_0_of_its_own_namespace_and_otherwise_hardened
     (container,) = pod["containers"]
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
+    # Only file-owner capabilities, confined to the pod's user namespace (PodSecurity baseline).
+    assert security["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETFCAP", "SYS_CHROOT"],
+    }
     assert security["readOnlyRootFilesystem"] is True
     assert pod["automountServiceAccountToken"] is False
     # Without it, no hostUsers field at all and a non-root user.
@@ -201,3 +206,14 @@ def test_the_user_namespace_probe_asks_for_what_scanner_jobs_would_run() -> None
     (container,) = probe["spec"]["containers"]
     assert container["image"] == inp.scanner_image
     assert container["securityContext"] == job_pod["containers"][0]["securityContext"]
+
+
+def test_scanner_pods_have_a_writable_tmp_beside_a_read_only_root() -> None:
+    """oscap creates its datastream temp dir under /tmp whatever TMPDIR says."""
+    pod = build_scan_job(job_input())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+    assert "emptyDir" in volume
+    assert not tmp.get("readOnly")

@@ -39,6 +39,7 @@ DEFAULT_RESOURCES: Final[Mapping[str, Any]] = {
     "limits": {"memory": "2Gi"},
 }
 SCRATCH_SIZE_LIMIT: Final = "10Gi"
+TMP_SIZE_LIMIT: Final = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,7 @@ def owner_reference(kind: str, api_version: str, name: str, uid: str) -> dict[st
 
 def _pod_security(user_namespace: bool, run_as_user: int | None) -> dict[str, Any]:
     if user_namespace:
-        # uid 0 of the pod's own user namespace, an unprivileged id on the node. PodSecurity
-        # "restricted" admits it only with hostUsers: false (UserNamespacesPodSecurityStandards).
+        # uid 0 of the pod's own user namespace, an unprivileged id on the node.
         return {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
                 "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
     security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -180,12 +180,23 @@ def _pod_security(user_namespace: bool, run_as_user: int | None) -> dict[str, An
     return security
 
 
+#: What uid 0 of the pod's own user namespace needs to unpack with the image's owners and let
+#: oscap read every file (chown, modes and setuid bits of files it does not own, file
+#: capabilities, the chroot() some probes do). They act inside that namespace only, on ids
+#: that are unprivileged on the node; PodSecurity "baseline" allows them, "restricted" not.
+USER_NAMESPACE_CAPABILITIES: Final = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETFCAP",
+                                      "SYS_CHROOT")  # fmt: skip
+
+
 def _container_security(user_namespace: bool = False) -> dict[str, Any]:
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if user_namespace:
+        capabilities["add"] = list(USER_NAMESPACE_CAPABILITIES)
     return {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": not user_namespace,
-        "capabilities": {"drop": ["ALL"]},
+        "capabilities": capabilities,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -236,6 +247,9 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
     admin_policy = inp.scan_namespace == inp.namespace
     volumes: list[dict[str, Any]] = [
         {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH_SIZE_LIMIT}},
+        # oscap makes its datastream temp dir under a fixed /tmp, whatever TMPDIR says, and the
+        # root filesystem is read-only.
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         {
             "name": "credentials",
             "secret": {"secretName": inp.job_name, "defaultMode": READ_ONLY_FILE_MODE},
@@ -243,6 +257,7 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "scratch", "mountPath": SCRATCH_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
         {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
     ]
     if inp.content_refs:

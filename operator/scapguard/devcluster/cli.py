@@ -114,11 +114,12 @@ def _show(cluster: DevCluster, *args: str) -> None:
     _say(_kubectl(cluster, *args).rstrip())
 
 
-def _demo_policy(registry: Registry) -> dict[str, object]:
+def demo_policy(registry: Registry, namespace: str = DEMO_NAMESPACE) -> dict[str, object]:
+    """The demo's enforcing policy: every tag, the ConfigMap feed, fail on high."""
     return {
         "apiVersion": "scapguard.io/v1alpha1",
         "kind": "ScanPolicy",
-        "metadata": {"name": "cve-gate", "namespace": DEMO_NAMESPACE},
+        "metadata": {"name": "cve-gate", "namespace": namespace},
         "spec": {
             "tags": ["*"],
             "vulnerabilities": {
@@ -161,7 +162,7 @@ def run_demo(workdir: Path, cluster: DevCluster) -> ChartInstall:
         cluster, "-n", DEMO_NAMESPACE, "create", "configmap", "oval-feed",
         f"--from-file=ubuntu-jammy.oval.xml={workdir / 'ubuntu-jammy.oval.xml'}",
     )  # fmt: skip
-    _kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(_demo_policy(registry)))
+    _kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(demo_policy(registry)))
     _say(f"pushed {vulnerable.by_digest} (vulnerable) and {patched.by_digest} (patched)")
     api = kube_client.ApiClient(cluster.admin_configuration())
     repository = f"{registry.cluster_host}/{vulnerable.repository}"

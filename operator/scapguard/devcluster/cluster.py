@@ -108,6 +108,7 @@ class DevCluster:
         self.netns = NetworkNamespace(name) if self.real_node else None
         self.node: RealNode | None = None
         self.registry: Registry | None = None
+        self._node_launched = 0.0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -455,9 +456,6 @@ class DevCluster:
             f"--kubelet-client-key={self.kubelet_client.key}",
             f"--kubelet-certificate-authority={self.ca.cert_path}",
             "--kubelet-preferred-address-types=InternalIP",
-            # PodSecurity "restricted" admits uid 0 in a pod's own user namespace (alpha in
-            # 1.34): scanner pods keep image file owners without leaving "restricted".
-            "--feature-gates=UserNamespacesPodSecurityStandards=true",
         ]
 
     def _start_apiserver(self, timeout: float) -> None:
@@ -596,6 +594,7 @@ class DevCluster:
         self._wait_alive(proc, "APIService v1.image.openshift.io Available", available, timeout)
 
     def _start_node_agent(self) -> None:
+        self._node_launched = time.monotonic()
         env = dict(os.environ)
         root = self.workdir / "node"
         root.mkdir(exist_ok=True)
@@ -635,6 +634,7 @@ class DevCluster:
             lambda: node.layout.containerd_socket.is_socket(),
             timeout,
         )
+        self._node_launched = time.monotonic()
         self._spawn("kubelet", node.kubelet_argv(self.binary, self.workdir / "kubelet.kubeconfig"))
         self._spawn("kube-proxy", node.kube_proxy_argv(self.binary))
         self._install_dns()
@@ -716,6 +716,7 @@ class DevCluster:
                 return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
             wait_for(f"Node {NODE_NAME} Ready", node_ready, timeout)
+            self.ready_seconds["node Ready"] = time.monotonic() - self._node_launched
 
     # -- kubectl -----------------------------------------------------------------
 

@@ -98,19 +98,23 @@ class NetworkNamespace:
 
     def delete(self, grace: float = 5.0) -> None:
         """Kill what still runs inside (SIGTERM, then SIGKILL) and remove the namespace."""
-        pids = self.pids()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-                time.sleep(0.1)
-            if not pids:
-                break
+        kill_all(set(self.pids()), grace)
         if self.exists():
             _run("ip", "netns", "delete", self.name)
+
+
+def kill_all(pids: set[int], grace: float = 5.0) -> None:
+    """SIGTERM, then after ``grace`` seconds SIGKILL, until none of ``pids`` is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
+            time.sleep(0.1)
+        if not pids:
+            return
 
 
 def _zombie(pid: int) -> bool:

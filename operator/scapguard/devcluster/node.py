@@ -13,9 +13,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import yaml
 from scapguard.devcluster import nodeconfig
 from scapguard.devcluster.binaries import node_binary
 from scapguard.devcluster.images import ImageConfig, PushedImage, build_and_push
-from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
+from scapguard.devcluster.netns import NODE_IP, NetworkNamespace, kill_all
 from scapguard.devcluster.nodeconfig import NodeLayout
 
 log = logging.getLogger(__name__)
@@ -133,19 +131,6 @@ def unmount_all(root: Path) -> None:
         )
         if proc.returncode != 0 and point.exists():
             log.warning("could not unmount %s: %s", point, proc.stderr.strip())
-
-
-def kill_all(pids: set[int], grace: float = 5.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            pids = {p for p in pids if Path(f"/proc/{p}").exists()}
-            time.sleep(0.1)
-        if not pids:
-            return
 
 
 def pause_image(registry: str, workdir: Path) -> PushedImage:

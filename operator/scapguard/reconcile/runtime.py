@@ -15,12 +15,13 @@ def scanner_user_namespace(kube: Kube, settings: Settings) -> tuple[bool, str]:
     """Whether scanner pods get a user namespace of their own, and why.
 
     ``auto`` asks the API server itself: a dry-run create of a pod shaped like a scanner pod
-    with ``hostUsers: false`` in the operator's namespace. It is admitted only when the API
-    server has user namespaces (Kubernetes 1.33+ by default) and the namespace's PodSecurity
-    admits uid 0 in a user namespace (``restricted`` does with the
-    UserNamespacesPodSecurityStandards feature gate; ``baseline`` always does). An API server
-    without the feature drops ``hostUsers`` from the answer. Without a user namespace the
-    scanner unpacks rootless (ownership rules ``notchecked``).
+    with ``hostUsers: false`` in the operator's namespace (uid 0 and the capabilities of
+    ``USER_NAMESPACE_CAPABILITIES`` inside it). It is admitted only when the API server has
+    user namespaces (Kubernetes 1.33+ by default) and the namespace's PodSecurity admits the
+    pod: ``baseline`` does, ``restricted`` never (it refuses any added capability, user
+    namespace or not). An API server without the feature drops ``hostUsers`` from the answer.
+    Without a user namespace the scanner runs non-root and unpacks rootless (rules whose result
+    depends on owners are ``notchecked``).
     """
     mode = settings.scanner_user_namespace
     if mode != "auto":
