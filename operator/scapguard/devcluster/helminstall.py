@@ -1,4 +1,5 @@
-"""Install scapguard on a real-node local cluster the way it ships: its images, ``helm install``.
+"""Install scapguard on a real-node local cluster the way it ships: its images, ``helm install``
+(or ``kubectl apply -f deploy/...``, the documented manifest install).
 
 ``ChartInstall(cluster, images).install()``:
 
@@ -10,7 +11,9 @@
    where the chart asks for it (``service.beta.openshift.io/inject-cabundle``: the results CA
    ConfigMap and the ValidatingWebhookConfiguration);
 3. runs the real Helm (built from its Go module) on charts/scapguard with the images pushed to
-   the cluster's registry, and waits until the operator Deployment is available.
+   the cluster's registry, and waits until the operator Deployment is available. With
+   ``method="kubectl"`` it applies deploy/crds, deploy/rbac, deploy/operator.yaml (the image
+   references and replica count replaced, as an admin would edit them) and deploy/admission.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import logging
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from scapguard.devcluster import productimages
 from scapguard.devcluster.binaries import repo_root, tool_binary
@@ -36,6 +41,7 @@ DEPLOYMENT = "scapguard-operator"
 WEBHOOK_CONFIGURATION = "scapguard-image-denial"
 RESULTS_CA_CONFIGMAP = "scapguard-results-ca"
 #: Service -> the Secret the service CA issues its serving certificate into (from the chart).
+CRDS = ("scanpolicies.scapguard.io", "imagescans.scapguard.io", "clusterkopfpeerings.kopf.dev")
 SERVING_CERTS = {
     "scapguard-results": "scapguard-results-tls",
     "scapguard-webhook": "scapguard-webhook-tls",
@@ -53,6 +59,8 @@ class ChartInstall:
     namespace: str = NAMESPACE
     #: Extra ``--set`` values (key -> value), e.g. {"replicas": "1"}.
     values: dict[str, str] = field(default_factory=dict)
+    #: "helm" (helm install charts/scapguard) or "kubectl" (kubectl apply -f deploy/...).
+    method: str = "helm"
 
     def helm(self, *args: str, timeout: float = _HELM_TIMEOUT) -> str:
         """Run the real Helm against the cluster; raise ClusterError naming the command."""
@@ -80,14 +88,40 @@ class ChartInstall:
     def install(self, timeout: float = 180.0) -> None:
         self._namespace()
         self._issue_serving_certs()
-        chart = repo_root() / "charts" / "scapguard"
-        self.helm("install", RELEASE, str(chart), f"--namespace={self.namespace}",
-                  *self.set_values())  # fmt: skip
+        if self.method == "kubectl":
+            self._apply_deploy()
+        else:
+            chart = repo_root() / "charts" / "scapguard"
+            self.helm("install", RELEASE, str(chart), f"--namespace={self.namespace}",
+                      *self.set_values())  # fmt: skip
         self._inject_ca_bundles()
         self.wait_available(timeout)
 
     def uninstall(self) -> None:
+        if self.method == "kubectl":
+            deploy = repo_root() / "deploy"
+            for part in ("admission", "operator.yaml"):
+                self.kubectl("delete", "--wait=true", "-f", str(deploy / part))
+            return
         self.helm("uninstall", RELEASE, f"--namespace={self.namespace}", "--wait")
+
+    def _apply_deploy(self) -> None:
+        """deploy/ as README's install line applies it, with this build's images."""
+        deploy = repo_root() / "deploy"
+        self.kubectl("apply", "-f", str(deploy / "crds"))
+        self.cluster.wait_crds_established(CRDS)
+        self.kubectl("apply", "-f", str(deploy / "rbac"))
+        documents = list(yaml.safe_load_all((deploy / "operator.yaml").read_text()))
+        for doc in documents:
+            if doc.get("kind") == "Deployment":
+                doc["spec"]["replicas"] = int(self.values.get("replicas", "2"))
+                (container,) = doc["spec"]["template"]["spec"]["containers"]
+                container["image"] = self.operator_image.by_digest
+                for env in container["env"]:
+                    if env["name"] == "SCAPGUARD_SCANNER_IMAGE":
+                        env["value"] = self.scanner_image.by_digest
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+        self.kubectl("apply", "-f", str(deploy / "admission"))
 
     def _namespace(self) -> None:
         namespace = {
@@ -186,8 +220,9 @@ def in_cluster(image: PushedImage, registry: Registry) -> PushedImage:
     return PushedImage(registry.cluster_host, image.repository, image.tag, image.digest)
 
 
-def install_scapguard(cluster: DevCluster, **values: str) -> ChartInstall:
-    """Build (or reuse) both images, push them to the cluster's registry, ``helm install``."""
+def install_scapguard(cluster: DevCluster, method: str = "helm", **values: str) -> ChartInstall:
+    """Build (or reuse) both images, push them to the cluster's registry, install scapguard
+    (``helm install``, or ``kubectl apply -f deploy/...`` with ``method="kubectl"``)."""
     registry = cluster.registry
     if registry is None:
         raise ClusterError("the cluster has no registry (real_node=False)")
@@ -196,6 +231,8 @@ def install_scapguard(cluster: DevCluster, **values: str) -> ChartInstall:
         built = productimages.build(name)
         tag = built.reference.rsplit(":", 1)[1]
         pushed[name] = in_cluster(productimages.push(built, registry.host, tag=tag), registry)
-    release = ChartInstall(cluster, pushed["operator"], pushed["scanner"], values=values)
+    release = ChartInstall(
+        cluster, pushed["operator"], pushed["scanner"], values=values, method=method
+    )
     release.install()
     return release
