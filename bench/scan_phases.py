@@ -13,10 +13,17 @@ Debian 12 datastream and its ``standard`` profile). For each of N rounds:
 
 Prints medians and the ratio scanner/by-hand per phase and in total. Needs root (it creates the
 scanning user like the tests do). Run: ``.venv/bin/python bench/scan_phases.py [ROUNDS]``.
+
+``--in-pod``: the scanner as it ships instead, in scanner Jobs of scapguard installed with Helm on
+the local real-node cluster (scanner image, user-namespace pods, one scan at a time): the phase
+times come from the stored results of ROUNDS scans of the same image (one policy each). By hand
+stays on the host, with the host's tools (their versions are printed: the image's oscap is newer).
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import pwd
@@ -27,9 +34,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from kubernetes import client as kube_client
+
+from scapguard.api.constants import RESULT_KEY
+from scapguard.api.naming import result_config_map_name
+from scapguard.devcluster.cluster import DevCluster, running_cluster, wait_for
 from scapguard.devcluster.content import ssg_debian_content
 from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.helminstall import install_scapguard
+from scapguard.devcluster.imagestreams import tag_image
 from scapguard.devcluster.registry import Registry
 from scapguard.devcluster.scannerenv import ensure_scanner_venv
 from scapguard.devcluster.scanuser import ensure_scan_user
@@ -223,8 +238,70 @@ def scanner(
     return timings
 
 
+def in_pod(cluster: DevCluster, rounds: int, feed: Path) -> list[dict[str, float]]:
+    """Per-phase times of ``rounds`` scans run by scanner Jobs of the installed operator."""
+    registry = cluster.registry
+    if registry is None:
+        raise SystemExit("a real-node cluster has a registry; this one has none")
+    release = install_scapguard(cluster, replicas="1", maxConcurrentScans="1")
+    release.allow_user_namespace_scanners()
+    ns = "bench"
+    image = FixtureImages(registry.host, cluster.workdir / "images").debian12_minbase()
+    kubectl = cluster.kubectl
+    kubectl("create", "namespace", ns)
+    kubectl("-n", ns, "create", "configmap", "feed", f"--from-file=feed.xml={feed}")
+    for i in range(rounds):
+        policy = {
+            "apiVersion": "scapguard.io/v1alpha1",
+            "kind": "ScanPolicy",
+            "metadata": {"name": f"round-{i}", "namespace": ns},
+            "spec": {
+                "tags": ["*"],
+                "vulnerabilities": {"enabled": True,
+                                    "feed": {"configMapRef": {"name": "feed", "key": "feed.xml"}}},
+                "compliance": {"enabled": True, "profile": PROFILE},
+                "action": "Report",
+                "scanner": {"insecureRegistries": [registry.cluster_host]},
+            },
+        }  # fmt: skip
+        kubectl("apply", "-f", "-", input_text=json.dumps(policy))
+    api = kube_client.ApiClient(cluster.admin_configuration())
+    tag_image(api, ns, "base", "bookworm", f"{registry.cluster_host}/{image.repository}",
+              image.digest)  # fmt: skip
+    api.close()
+
+    def scans() -> list[dict[str, Any]]:
+        out = kubectl("-n", ns, "get", "imagescans", "-o", "json")
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"] if out.stdout else []
+        return items
+
+    def done() -> bool:
+        got = scans()
+        return len(got) == rounds and all(
+            (s.get("status") or {}).get("state") == "Completed" for s in got
+        )
+
+    wait_for(f"{rounds} scans Completed", done, 600 * rounds, 2.0)
+    timings = []
+    for scan in scans():
+        name = scan["metadata"]["name"]
+        cm = json.loads(kubectl("-n", ns, "get", "configmap", result_config_map_name(str(name)),
+                                "-o", "json").stdout)  # fmt: skip
+        doc = json.loads(gzip.decompress(base64.b64decode(cm["binaryData"][RESULT_KEY])))
+        if doc["outcome"] != "Completed":
+            raise RuntimeError(f"scan {name} failed: {doc['error']}")
+        phases = {k: float(v) for k, v in doc["timings"].items()}
+        phases["total"] = sum(phases.values())
+        phases["idMapping:" + str(doc["scanner"]["idMapping"])] = 0.0
+        phases["oscap " + str(doc["scanner"]["oscapVersion"])] = 0.0
+        timings.append(phases)
+    return timings
+
+
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    pod = "--in-pod" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--in-pod"]
+    rounds = int(args[0]) if args else 3
     if os.geteuid() != 0:
         sys.stderr.write("run as root (creates the scanning user, unpacks by hand as root)\n")
         raise SystemExit(2)
@@ -246,6 +323,15 @@ def main() -> None:
             definitions = synthetic_feed(probe / "bundle" / "rootfs", feed)
             scans: list[dict[str, float]] = []
             hands: list[dict[str, float]] = []
+            if pod:
+                with running_cluster(top / "cluster", real_node=True) as cluster:
+                    scans = in_pod(cluster, rounds, feed)
+                for i in range(rounds):
+                    hand = top / f"hand-{i}"
+                    hand.mkdir()
+                    hands.append(by_hand(image, hand, feed, ds))
+                    shutil.rmtree(hand)
+                rounds = 0  # measured above
             for i in range(rounds):
                 base = top / f"scan-{i}"
                 base.mkdir()
@@ -257,7 +343,13 @@ def main() -> None:
                 shutil.rmtree(hand)
     finally:
         shutil.rmtree(top, ignore_errors=True)
-    report(rounds, definitions, scans, hands)
+    report(len(scans), definitions, scans, hands)
+    if pod:
+        sys.stdout.write(
+            "scanner in its pod: "
+            + ", ".join(sorted({k for x in scans for k in x if " " in k or ":" in k}))
+            + f"; by hand: {run(['oscap', '--version']).stdout.decode().splitlines()[0]}\n"
+        )
 
 
 def _empty_feed(top: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -11,14 +12,25 @@ import pytest
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
+def run_demo(timeout: float = 540) -> subprocess.CompletedProcess[str]:
+    """``scapguard-devcluster demo --no-wait``; on a timeout or an interrupted test session
+    it gets SIGTERM first, so it stops its cluster and gives the host back its settings."""
+    argv = [sys.executable, "-m", "scapguard.devcluster.cli", "demo", "--no-wait"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as demo:
+        try:
+            out, err = demo.communicate(timeout=timeout)
+        except BaseException:
+            demo.send_signal(signal.SIGTERM)
+            try:
+                demo.communicate(timeout=60)
+            finally:
+                demo.kill()
+            raise
+    return subprocess.CompletedProcess(argv, demo.returncode, out, err)
+
+
 def test_demo_scans_denies_and_refuses_the_vulnerable_image() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "scapguard.devcluster.cli", "demo", "--no-wait"],
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
+    proc = run_demo()
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     rows = {line.split()[1]: line.split() for line in out.splitlines() if "webapp:1." in line}

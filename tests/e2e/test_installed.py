@@ -229,26 +229,13 @@ def _root_oscap_with_the_images_own_oscap(image: PushedImage, work: Path) -> dic
     return {r.id: r.result for r in parse_xccdf_results(out / "results.xml").rules}
 
 
-def _allow_user_namespace_scanners(release: ChartInstall) -> None:
-    """PodSecurity baseline on the release namespace and a restarted operator: its start-up
-    probe now finds user-namespace scanner pods admitted."""
-    release.kubectl("label", "namespace", release.namespace, "--overwrite",
-                    "pod-security.kubernetes.io/enforce=baseline")  # fmt: skip
-    release.kubectl("-n", release.namespace, "rollout", "restart", "deployment",
-                    "scapguard-operator")  # fmt: skip
-    release.kubectl("-n", release.namespace, "rollout", "status", "deployment",
-                    "scapguard-operator", "--timeout=180s")  # fmt: skip
-    wait_for("the operator to choose user-namespace scanner pods",
-             lambda: "scanner pods get a user namespace" in release.logs(), 60, 1.0)  # fmt: skip
-
-
 def test_ssg_standard_in_the_scanner_pod_equals_a_root_oscap_run_rule_for_rule(
     real_cluster: DevCluster, registry: Registry, installed: ChartInstall
 ) -> None:
     """With user namespaces admitted, the scanner pod (hostUsers: false, uid 0 inside) keeps
     the image's owners and judges SSG Debian 12 ``standard`` exactly as root does."""
     cluster, namespace = real_cluster, "compliance"
-    _allow_user_namespace_scanners(installed)
+    installed.allow_user_namespace_scanners()
     pods = ScannerLogs(cluster, installed.namespace)
     follower = threading.Thread(target=pods.follow, daemon=True)
     follower.start()

@@ -86,4 +86,5 @@ def test_forward_listens_on_host_loopback_only() -> None:
     assert inside[:3] == ["nsenter", "--net=/run/netns/sg-x", "--"]
     assert inside[-1] == "TCP4:127.0.0.1:6443"
     assert "TCP4-LISTEN:6443,bind=127.0.0.1,fork,reuseaddr" in host
+    assert host[:2] == ["setpriv", "--pdeathsig=TERM"]  # dies with its owner
     assert host[-1] == "UNIX-CONNECT:/w/fwd/6443.sock"

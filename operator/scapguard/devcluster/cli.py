@@ -16,6 +16,7 @@ patched image running as a pod.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -52,15 +53,14 @@ def _workdir(arg: str | None) -> Path:
     return path
 
 
+def _interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _wait_for_signal() -> None:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    stop.wait()
+    """Until Ctrl-C or SIGTERM (both raise KeyboardInterrupt, see main)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-wait", action="store_true", help="stop once the demo has run")
     demo.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
+    # SIGTERM (a test's timeout, kill) stops like Ctrl-C: the clusters' context managers stop
+    # every process and give the host back its settings.
+    signal.signal(signal.SIGTERM, _interrupted)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",

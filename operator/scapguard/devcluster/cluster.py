@@ -370,10 +370,18 @@ class DevCluster:
 
     # -- components --------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Proc:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        in_netns: bool = True,
+    ) -> _Proc:
+        """Start one component (inside the cluster's network namespace, when it has one)."""
         log_path = self.logs_dir / f"{name}.log"
         log_file = log_path.open("ab")
-        if self.netns is not None and not name.endswith("-forward"):
+        if self.netns is not None and in_netns:
             argv = [*self.netns.enter(), *argv]
         popen = subprocess.Popen(
             argv,
@@ -435,7 +443,8 @@ class DevCluster:
             start_forward(self.netns, port, self.workdir / "forward", self._spawn_popen, name)
 
     def _spawn_popen(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        return self._spawn(name, argv).popen
+        # A forward's argv says itself which half runs inside the namespace.
+        return self._spawn(name, argv, in_netns=False).popen
 
     def _apiserver_node_flags(self) -> list[str]:
         if not self.real_node:
@@ -612,7 +621,8 @@ class DevCluster:
 
     def _start_real_node(self, timeout: float) -> None:
         """The registry, then containerd, the kubelet, kube-proxy and CoreDNS, in the netns."""
-        assert self.netns is not None  # noqa: S101 - real_node always has one
+        if self.netns is None:
+            raise ClusterError("a real node needs the cluster's network namespace")
         self.registry = Registry(self.workdir / "registry", netns=self.netns).start()
         pause = pause_image(self.registry.host, self.workdir / "images")
         cgroup_root = "/" + self.netns.name

@@ -39,7 +39,12 @@ def forward_argv(netns: NetworkNamespace, port: int, sockets: Path) -> tuple[lis
         f"UNIX-LISTEN:{sock},fork,mode=600,unlink-early",
         f"TCP4:127.0.0.1:{port}",
     ]
+    # The host half outlives nothing: it gets SIGTERM when the process that started it dies
+    # (the inside half goes with the namespace).
     host = [
+        "setpriv",
+        "--pdeathsig=TERM",
+        "--",
         socat,
         f"TCP4-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
         f"UNIX-CONNECT:{sock}",

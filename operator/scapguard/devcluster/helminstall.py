@@ -190,6 +190,17 @@ class ChartInstall:
             pods = self.cluster.kubectl("-n", self.namespace, "describe", "pods").stdout
             raise ClusterError(f"{exc}\n{pods[-3000:]}\n{self.logs()[-3000:]}") from exc
 
+    def allow_user_namespace_scanners(self, timeout: float = 180.0) -> None:
+        """PodSecurity ``baseline`` on the release namespace and a restarted operator: its
+        start-up probe then finds user-namespace scanner pods admitted (hostUsers: false)."""
+        self.kubectl("label", "namespace", self.namespace, "--overwrite",
+                     "pod-security.kubernetes.io/enforce=baseline")  # fmt: skip
+        self.kubectl("-n", self.namespace, "rollout", "restart", "deployment", DEPLOYMENT)
+        self.kubectl("-n", self.namespace, "rollout", "status", "deployment", DEPLOYMENT,
+                     f"--timeout={timeout:.0f}s")  # fmt: skip
+        wait_for("the operator to choose user-namespace scanner pods",
+                 lambda: "scanner pods get a user namespace" in self.logs(), 60, 1.0)  # fmt: skip
+
     def operator_pods(self) -> list[dict[str, Any]]:
         out = self.kubectl("-n", self.namespace, "get", "pods", "-o", "json",
                            "-l", "app.kubernetes.io/component=operator")  # fmt: skip

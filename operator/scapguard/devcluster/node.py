@@ -38,6 +38,8 @@ KUBELET_SYSCTLS = (
 )
 _CGROUP_MOUNT = Path("/sys/fs/cgroup")
 PAUSE_REPOSITORY = "scapguard-dev/pause"
+#: One record per running real node: what to undo if its owner dies without stopping it.
+STATE_DIR = Path("/run/scapguard-dev")
 
 
 class NodeError(RuntimeError):
@@ -144,6 +146,75 @@ def pause_image(registry: str, workdir: Path) -> PushedImage:
     return build_and_push(rootfs, registry, PAUSE_REPOSITORY, "1", workdir=workdir, config=config)
 
 
+def _start_time(pid: int) -> str | None:
+    """A live process's start time (clock ticks since boot): with the pid, who it is."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie has already died
+        return None
+    return fields[19]
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What a running node changed on the host, kept in STATE_DIR while it runs."""
+
+    netns: str
+    root: str
+    cgroup_root: str
+    owner_pid: int
+    owner_start: str
+    #: The host's sysctls from before any local node's kubelet changed them.
+    sysctls: dict[str, str]
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / f"{self.netns}.json"
+
+    def alive(self) -> bool:
+        return _start_time(self.owner_pid) == self.owner_start
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+        self.path.write_text(json.dumps(self.__dict__))
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def node_records() -> list[NodeRecord]:
+    records = []
+    for path in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            records.append(NodeRecord(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring the unreadable node record %s: %s", path, exc)
+    return records
+
+
+def undo(record: NodeRecord) -> None:
+    """Kill a node's pods, remove its namespace, mounts and cgroups (not the sysctls)."""
+    kill_all(cgroup_pids(record.cgroup_root))
+    NetworkNamespace(record.netns).delete()
+    unmount_all(Path(record.root))
+    remove_cgroups(record.cgroup_root)
+
+
+def clean_stale_nodes() -> None:
+    """Undo what nodes whose owner died (SIGKILL, a CI timeout) left on the host; restore the
+    host's sysctls when no local node runs any more."""
+    records = node_records()
+    stale = [r for r in records if not r.alive()]
+    for record in stale:
+        log.warning("cleaning up after the local node %s (its owner is gone)", record.netns)
+        undo(record)
+        record.forget()
+    if stale and not any(r.alive() for r in records):
+        write_sysctls(stale[0].sysctls)
+
+
 @dataclass
 class RealNode:
     """One node's state directory, namespace and the host settings to give back on stop."""
@@ -213,18 +284,28 @@ class RealNode:
     def coredns_argv(self) -> list[str]:
         return [str(node_binary("coredns")), "-conf", str(self.layout.corefile)]
 
+    def record(self) -> NodeRecord:
+        pid = os.getpid()
+        return NodeRecord(self.netns.name, str(self.layout.root), self.layout.cgroup_root, pid,
+                          _start_time(pid) or "", self.saved_sysctls)  # fmt: skip
+
     def save_host_settings(self) -> None:
-        """Before the kubelet starts: remember the sysctls it changes, make its cgroup parent."""
-        self.saved_sysctls = read_sysctls()
+        """Before the kubelet starts: remember the host's sysctls (from before any local node
+        changed them) where a later start finds them if this process dies; make the cgroup."""
+        clean_stale_nodes()
+        running = [r for r in node_records() if r.alive()]
+        self.saved_sysctls = running[0].sysctls if running else read_sysctls()
+        self.record().save()
         make_cgroups(self.layout.cgroup_root)
 
     def cleanup(self) -> None:
-        """After the node's processes stopped: kill pods, unmount, remove cgroups and netns."""
-        kill_all(cgroup_pids(self.layout.cgroup_root))
-        self.netns.delete()
-        unmount_all(self.layout.root)
-        remove_cgroups(self.layout.cgroup_root)
-        if self.saved_sysctls:
+        """After the node's processes stopped: kill pods, unmount, remove cgroups and netns;
+        the last local node to stop restores the host's sysctls."""
+        record = self.record()
+        undo(record)
+        record.forget()
+        others = [r for r in node_records() if r.alive()]
+        if self.saved_sysctls and not others:
             write_sysctls(self.saved_sysctls)
 
 
