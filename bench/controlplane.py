@@ -35,7 +35,7 @@ def pod_start_seconds(dev: DevCluster, pods: int) -> list[float]:
     if registry is None:
         raise SystemExit("a real-node cluster has a registry; this one has none")
     image = busybox_image(registry.host, dev.workdir / "images")
-    reference = f"{registry.cluster_host}/{image.repository}@{image.digest}"
+    reference = image.at(registry.cluster_host).by_digest
     took: list[float] = []
     for i in range(pods + 1):
         name = f"bench-{i}"

@@ -43,9 +43,7 @@ def busybox(node_cluster: DevCluster) -> PushedImage:
     assert node_cluster.registry is not None
     image = busybox_image(node_cluster.registry.host, node_cluster.workdir / "images")
     # Pods name the image as the node's containerd sees the registry.
-    return PushedImage(
-        node_cluster.registry.cluster_host, image.repository, image.tag, image.digest
-    )
+    return image.at(node_cluster.registry.cluster_host)
 
 
 def _kubectl(dev: DevCluster, *args: str, input_text: str | None = None) -> str:

@@ -94,8 +94,9 @@ def test_operator_runs_from_its_image_as_the_charts_deployment(
     assert "scapguard_" in installed.metrics()
 
 
-def _scans(cluster: DevCluster) -> dict[str, dict[str, Any]]:
-    out = cluster.kubectl("-n", APP_NS, "get", "imagescans", "-o", "json")
+def _scans(cluster: DevCluster, namespace: str = APP_NS) -> dict[str, dict[str, Any]]:
+    """The namespace's ImageScans by image (none while the list fails)."""
+    out = cluster.kubectl("-n", namespace, "get", "imagescans", "-o", "json")
     if out.returncode != 0:
         return {}
     return {s["spec"]["image"]: s for s in json.loads(out.stdout)["items"]}
@@ -264,9 +265,8 @@ def test_ssg_standard_in_the_scanner_pod_equals_a_root_oscap_run_rule_for_rule(
         api.close()
 
     def completed() -> dict[str, Any] | None:
-        out = cluster.kubectl("-n", namespace, "get", "imagescans", "-o", "json")
-        items = json.loads(out.stdout)["items"] if out.returncode == 0 else []
-        done = [s for s in items if (s.get("status") or {}).get("state") == "Completed"]
+        scans = _scans(cluster, namespace).values()
+        done = [s for s in scans if (s.get("status") or {}).get("state") == "Completed"]
         return done[0] if done else None
 
     try:
@@ -285,9 +285,7 @@ def test_ssg_standard_in_the_scanner_pod_equals_a_root_oscap_run_rule_for_rule(
     compliance = result["compliance"]
     assert compliance["notCheckedReason"] is None
     got = {r["id"]: r["result"] for r in compliance["rules"]}
-    reference = _root_oscap_with_the_images_own_oscap(
-        PushedImage(registry.host, minbase.repository, minbase.tag, minbase.digest), work
-    )
+    reference = _root_oscap_with_the_images_own_oscap(minbase, work)
     assert got == reference
     assert sum(1 for r in got.values() if r == "fail") >= 1
     assert any(OWNERSHIP_RULE.search(rule) and res == "pass" for rule, res in got.items())

@@ -134,12 +134,7 @@ def cluster_binary() -> Path:
             raise BuildError(f"{BINARY_ENV}={override}: no such file")
         return path
     module = repo_root() / "hack" / "cluster"
-    binary = module / "bin" / "scapguard-cluster"
-    if not is_stale(binary, module) and not _stamp_changed(binary, module):
-        return binary
-    _go_build(module, binary, _version_ldflags(module), ".")
-    binary.with_suffix(".ldflags").write_text(_version_ldflags(module))
-    return binary
+    return _built(module, module / "bin" / "scapguard-cluster", _version_ldflags(module), ".")
 
 
 def _module_version(module: Path, path: str) -> str:
@@ -159,11 +154,7 @@ def tool_binary(name: str) -> Path:
     binary = module / "bin" / name
     owner = package.split("/cmd/")[0]
     ldflags = f"-s -w -X {version_var}={_module_version(module, owner)}"
-    if not is_stale(binary, module) and not _stamp_changed(binary, module, ldflags):
-        return binary
-    _go_build(module, binary, ldflags, package)
-    binary.with_suffix(".ldflags").write_text(ldflags)
-    return binary
+    return _built(module, binary, ldflags, package)
 
 
 def node_binary(name: str) -> Path:
@@ -177,10 +168,23 @@ def node_binary(name: str) -> Path:
     ldflags = "-s -w"
     if program.version_var:
         ldflags += f" -X {program.version_var}={_module_version(module, program.module)}"
+    env = {"CGO_ENABLED": "1" if program.cgo else "0"}
+    return _built(module, binary, ldflags, program.package, env=env, tags=program.tags)
+
+
+def _built(
+    module: Path,
+    binary: Path,
+    ldflags: str,
+    package: str,
+    *,
+    env: dict[str, str] | None = None,
+    tags: str = "",
+) -> Path:
+    """``binary``, built first when it is older than its module's sources or its ldflags changed."""
     if not is_stale(binary, module) and not _stamp_changed(binary, module, ldflags):
         return binary
-    env = {"CGO_ENABLED": "1" if program.cgo else "0"}
-    _go_build(module, binary, ldflags, program.package, env=env, tags=program.tags)
+    _go_build(module, binary, ldflags, package, env=env, tags=tags)
     binary.with_suffix(".ldflags").write_text(ldflags)
     return binary
 

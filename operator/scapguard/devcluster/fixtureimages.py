@@ -639,7 +639,5 @@ def webapp_images(workdir: Path, registry: Registry) -> dict[str, PushedImage]:
         add_busybox(root)
         image = build_and_push(root, registry.host, "webapp", variant, workdir=build,
                                config=RUNNABLE)  # fmt: skip
-        pushed[variant] = PushedImage(
-            registry.cluster_host, image.repository, image.tag, image.digest
-        )
+        pushed[variant] = image.at(registry.cluster_host)
     return pushed

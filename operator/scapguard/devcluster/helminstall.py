@@ -31,7 +31,6 @@ from scapguard.devcluster import productimages
 from scapguard.devcluster.binaries import repo_root, tool_binary
 from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
 from scapguard.devcluster.images import PushedImage
-from scapguard.devcluster.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ NAMESPACE = "scapguard"
 DEPLOYMENT = "scapguard-operator"
 WEBHOOK_CONFIGURATION = "scapguard-image-denial"
 RESULTS_CA_CONFIGMAP = "scapguard-results-ca"
-#: Service -> the Secret the service CA issues its serving certificate into (from the chart).
 CRDS = ("scanpolicies.scapguard.io", "imagescans.scapguard.io", "clusterkopfpeerings.kopf.dev")
+#: Service -> the Secret the service CA issues its serving certificate into (from the chart).
 SERVING_CERTS = {
     "scapguard-results": "scapguard-results-tls",
     "scapguard-webhook": "scapguard-webhook-tls",
@@ -226,11 +225,6 @@ class ChartInstall:
         ).decode()
 
 
-def in_cluster(image: PushedImage, registry: Registry) -> PushedImage:
-    """The same image as pods name it (the registry at the node address)."""
-    return PushedImage(registry.cluster_host, image.repository, image.tag, image.digest)
-
-
 def install_scapguard(cluster: DevCluster, method: str = "helm", **values: str) -> ChartInstall:
     """Build (or reuse) both images, push them to the cluster's registry, install scapguard
     (``helm install``, or ``kubectl apply -f deploy/...`` with ``method="kubectl"``)."""
@@ -241,7 +235,7 @@ def install_scapguard(cluster: DevCluster, method: str = "helm", **values: str) 
     for name in productimages.IMAGES:
         built = productimages.build(name)
         tag = built.reference.rsplit(":", 1)[1]
-        pushed[name] = in_cluster(productimages.push(built, registry.host, tag=tag), registry)
+        pushed[name] = productimages.push(built, registry.host, tag=tag).at(registry.cluster_host)
     release = ChartInstall(
         cluster, pushed["operator"], pushed["scanner"], values=values, method=method
     )

@@ -92,6 +92,11 @@ class PushedImage:
     def by_tag(self) -> str:
         return f"{self.registry}/{self.repository}:{self.tag}"
 
+    def at(self, registry: str) -> PushedImage:
+        """The same image named through another address of its registry (e.g. as pods reach
+        the local cluster's registry: ``Registry.cluster_host``)."""
+        return PushedImage(registry, self.repository, self.tag, self.digest)
+
 
 @dataclass(frozen=True)
 class RawLayer:

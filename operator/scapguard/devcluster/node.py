@@ -1,6 +1,6 @@
 """The local cluster's real node: containerd + runc, CNI, kubelet, kube-proxy and CoreDNS.
 
-``DevCluster(..., node="kubelet")`` starts these after the control plane, every one inside the
+``DevCluster(..., real_node=True)`` starts these after the control plane, every one inside the
 cluster's network namespace (``scapguard.devcluster.netns``). This module holds what is node
 specific: writing the configuration (``nodeconfig``), the pod sandbox image, the host-wide
 kernel settings the kubelet changes (saved and restored), and leaving nothing behind on stop:
@@ -211,7 +211,7 @@ def clean_stale_nodes() -> None:
         log.warning("cleaning up after the local node %s (its owner is gone)", record.netns)
         undo(record)
         record.forget()
-    if stale and not any(r.alive() for r in records):
+    if stale and len(stale) == len(records):  # no local node runs any more
         write_sysctls(stale[0].sysctls)
 
 
