@@ -54,13 +54,21 @@ def installed(real_cluster: DevCluster) -> Iterator[ChartInstall]:
 
 @dataclass
 class ScannerLogs:
-    """Logs of scanner pods, read while they exist (the operator deletes finished Jobs)."""
+    """Logs of scanner pods, streamed with ``kubectl logs -f`` from the moment each pod runs
+    until its container exits (the operator deletes finished Jobs, so a pod may be gone before
+    a later read: a poll could keep only the first lines)."""
 
     cluster: DevCluster
     namespace: str
     logs: dict[str, str] = field(default_factory=dict)
     host_users: set[bool | None] = field(default_factory=set)
     done: threading.Event = field(default_factory=threading.Event)
+    streams: dict[str, threading.Thread] = field(default_factory=dict)
+
+    def _stream(self, name: str) -> None:
+        got = self.cluster.kubectl("-n", self.namespace, "logs", "-f", name)
+        if got.returncode == 0 and got.stdout:
+            self.logs[name] = got.stdout
 
     def follow(self) -> None:
         while not self.done.wait(0.5):
@@ -71,10 +79,15 @@ class ScannerLogs:
             for pod in json.loads(out.stdout)["items"]:
                 name = pod["metadata"]["name"]
                 self.host_users.add(pod["spec"].get("hostUsers"))
-                if pod["status"].get("phase") in ("Running", "Succeeded", "Failed"):
-                    got = self.cluster.kubectl("-n", self.namespace, "logs", name)
-                    if got.returncode == 0 and got.stdout:
-                        self.logs[name] = got.stdout  # the longest read wins: it only grows
+                running = pod["status"].get("phase") in ("Running", "Succeeded", "Failed")
+                if running and name not in self.streams:
+                    stream = threading.Thread(target=self._stream, args=(name,), daemon=True)
+                    self.streams[name] = stream
+                    stream.start()
+
+    def scanner_logged(self) -> bool:
+        """A whole scanner log was read: its lines name scapguard's scanner loggers."""
+        return any("scapguard" in text.lower() for text in self.logs.values())
 
 
 def test_operator_runs_from_its_image_as_the_charts_deployment(
@@ -163,7 +176,7 @@ def test_vulnerable_image_fails_is_denied_and_refused_passing_image_runs(
     summary = json.loads(annotations["quality.images.openshift.io/vulnerability.scapguard"])
     assert summary["compliant"] is False
     # A scanner pod ran the scanner image and its log is readable with kubectl logs.
-    assert any("scapguard" in text.lower() for text in scanner_logs.logs.values()), scanner_logs
+    assert scanner_logs.scanner_logged(), scanner_logs
     refused = _run_pod(cluster, "vulnerable", images["vulnerable"])
     assert refused.returncode != 0
     assert 'admission webhook "pod-images.scapguard.io" denied the request' in refused.stderr
