@@ -46,7 +46,7 @@ def main() -> None:
     policies = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-bench-"))
     workdir.chmod(0o755)
-    dev = DevCluster(workdir, with_node_agent=False)
+    dev = DevCluster(workdir)
     dev.start()
     try:
         kube = KubeClient(k8s_config.new_client_from_config(config_file=str(dev.kubeconfig)))

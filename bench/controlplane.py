@@ -90,7 +90,7 @@ def main() -> None:
             dev.stop()
             shutil.rmtree(workdir, ignore_errors=True)
     out = sys.stdout
-    kind = "real node (kubelet, containerd)" if args.real_node else "node agent"
+    kind = "real node (kubelet, containerd)" if args.real_node else "control plane only"
     out.write(f"cold start to ready over {args.runs} runs, {kind}: ")
     out.write(
         f"median {statistics.median(times):.1f}s, min {min(times):.1f}s, max {max(times):.1f}s\n"

@@ -23,7 +23,7 @@ from kubernetes import config as k8s_config
 from scapguard.api import constants as c
 from scapguard.api.summary import MAX_FINDINGS
 from scapguard.devcluster.cluster import DevCluster
-from scapguard.devcluster.operatorproc import CRDS
+from scapguard.devcluster.helminstall import CRDS
 from scapguard.k8s.api import IMAGESCAN, NAMESPACE
 from scapguard.k8s.client import KubeClient
 
@@ -75,7 +75,7 @@ def main() -> None:
     queued = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-bench-"))
     workdir.chmod(0o755)
-    dev = DevCluster(workdir, with_node_agent=False)
+    dev = DevCluster(workdir)
     dev.start()
     try:
         done = dev.kubectl("apply", "-f", str(ROOT / "deploy" / "crds"))

@@ -18,7 +18,6 @@ from kubernetes import client
 from scapguard.devcluster.cluster import DevCluster
 from scapguard.devcluster.fixtureimages import FixtureImages
 from scapguard.devcluster.registry import Registry
-from scapguard.devcluster.scannerenv import ensure_scanner_venv
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -48,27 +47,34 @@ def started(**kwargs: Any) -> Iterator[DevCluster]:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[DevCluster]:
-    """The control plane with the node agent, started once per session (the e2e suite that
-    runs the operator as a host process; pods find scapguard-scan on their PATH)."""
-    with started(node_path_prepend=(ensure_scanner_venv(),)) as dev:
+    """A real single-node cluster shared by the session (tests/cluster and the e2e suite,
+    where scapguard runs installed with Helm); started on first use."""
+    with started(real_node=True) as dev:
         yield dev
 
 
 @pytest.fixture(scope="module")
 def real_cluster() -> Iterator[DevCluster]:
     """A real single-node cluster (kubelet, containerd, CNI, kube-proxy, CoreDNS) in its own
-    network namespace, with its registry; one per test module."""
+    network namespace, with its registry; one per test module (for its own install)."""
     with started(real_node=True) as dev:
         yield dev
 
 
-@pytest.fixture(scope="session")
-def admin_api(cluster: DevCluster) -> Iterator[client.ApiClient]:
-    api = client.ApiClient(configuration=cluster.admin_configuration())
+@contextlib.contextmanager
+def admin_client(dev: DevCluster) -> Iterator[client.ApiClient]:
+    """An API client with the cluster's admin credentials, closed afterwards."""
+    api = client.ApiClient(configuration=dev.admin_configuration())
     try:
         yield api
     finally:
         api.close()
+
+
+@pytest.fixture(scope="session")
+def admin_api(cluster: DevCluster) -> Iterator[client.ApiClient]:
+    with admin_client(cluster) as api:
+        yield api
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The local control plane is a real Kubernetes: CRDs, RBAC, Jobs, GC, webhooks."""
+"""The local control plane is a real Kubernetes: CRDs, RBAC, GC, webhooks (no node here: the
+real node has tests/cluster/test_node.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
 from scapguard.k8s.api import CONFIGMAP, NotFound
 from scapguard.k8s.client import KubeClient
+from tests.controlplane import control_plane, control_plane_api  # noqa: F401 - this module's
 
 pytestmark = pytest.mark.cluster
 
@@ -36,7 +38,7 @@ def _pid_alive(pid: int) -> bool:
 
 def test_starts_and_stops_cleanly() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-dev-"))
-    dev = DevCluster(workdir, with_node_agent=False)
+    dev = DevCluster(workdir)
     dev.start()
     pids = dev.pids()
     try:
@@ -164,45 +166,6 @@ def test_serviceaccount_needs_rbac(
     other = cluster.kubectl("get", "secrets", "-n", namespace, kubeconfig=kubeconfig)
     assert other.returncode != 0
     assert "forbidden" in other.stderr.lower()
-
-
-def test_job_runs_on_the_node_agent(admin_api: client.ApiClient, namespace: str) -> None:
-    batch = client.BatchV1Api(admin_api)
-    job = client.V1Job(
-        metadata=client.V1ObjectMeta(name="hello"),
-        spec=client.V1JobSpec(
-            backoff_limit=0,
-            template=client.V1PodTemplateSpec(
-                spec=client.V1PodSpec(
-                    restart_policy="Never",
-                    containers=[
-                        client.V1Container(
-                            name="main",
-                            image="registry.invalid/hello:1",
-                            command=["/bin/sh", "-c", 'test "$GREETING" = hi'],
-                            env=[client.V1EnvVar(name="GREETING", value="hi")],
-                        )
-                    ],
-                )
-            ),
-        ),
-    )
-    batch.create_namespaced_job(namespace, job)
-
-    def complete() -> bool:
-        status = batch.read_namespaced_job_status("hello", namespace).status
-        assert status is not None
-        return any(c.type == "Complete" and c.status == "True" for c in status.conditions or [])
-
-    wait_for("Job hello to be Complete", complete, 60, interval=0.5)
-    pods = client.CoreV1Api(admin_api).list_namespaced_pod(
-        namespace, label_selector="job-name=hello"
-    )
-    assert len(pods.items) == 1
-    pod = pods.items[0]
-    assert pod.status is not None and pod.spec is not None
-    assert pod.status.phase == "Succeeded"
-    assert pod.spec.node_name == "scapguard-dev-node"
 
 
 def test_deleting_an_owner_collects_its_children(

@@ -1,15 +1,15 @@
-"""End-to-end fixtures: the operator as a process under its own RBAC, and a Job watcher."""
+"""End-to-end fixtures: scapguard installed with Helm from its images on the session's real
+node (the operator as the chart's Deployment, scanner Jobs from the scanner image), a watcher
+of its scanner Jobs, and one namespace per test."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,40 +24,51 @@ from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
 from scapguard.devcluster.cluster import DevCluster, wait_for
 from scapguard.devcluster.fixtureimages import Distro, FixtureImages, Variant, make_fixture_rootfs
+from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall, install_scapguard
 from scapguard.devcluster.images import PushedImage, build_and_push
 from scapguard.devcluster.imagestreams import GROUP as IMAGE_GROUP
 from scapguard.devcluster.imagestreams import VERSION as IMAGE_VERSION
 from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.operatorproc import NAMESPACE, OperatorProcess
+from scapguard.devcluster.netns import NODE_IP
 from scapguard.devcluster.registry import Registry
-from scapguard.devcluster.scanuser import ensure_scan_user
 
 # The e2e suite shares one operator; its global limit is what scenario 6 checks.
 MAX_CONCURRENT = 3
 
 
 @pytest.fixture(scope="session")
-def operator(
-    cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """scapguard's operator, installed from deploy/ and running as its ServiceAccount."""
-    ensure_scan_user()
-    proc = OperatorProcess(
+def operator(cluster: DevCluster) -> Iterator[ChartInstall]:
+    """scapguard installed with ``helm install`` from its images: one replica, standalone
+    (a test SIGKILLs it: a dead peer's record would pause the restarted one for up to 60 s),
+    a limit of 3 concurrent scans, and retries after 1 s rather than 30 s."""
+    release = install_scapguard(
         cluster,
-        tmp_path_factory.mktemp("operator"),
-        env={
-            "SCAPGUARD_MAX_CONCURRENT_SCANS": str(MAX_CONCURRENT),
-            "SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY": str(MAX_CONCURRENT),
-        },
+        replicas="1",
+        peering="",
+        maxConcurrentScans=str(MAX_CONCURRENT),
+        maxConcurrentScansPerPolicy=str(MAX_CONCURRENT),
+        retryBackoffSeconds="1",
+        retryBackoffMaxSeconds="5",
     )
-    proc.install()
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        log = proc.log_text()
-        assert "Traceback" not in log, log[-5000:]
+    yield release
+    log = release.logs()
+    assert "Traceback" not in log, log[-5000:]
+
+
+@pytest.fixture(scope="session")
+def cluster_registry(cluster: DevCluster) -> Registry:
+    """The session cluster's registry: pushed to at ``.host``, pulled by pods at
+    ``.cluster_host``."""
+    assert cluster.registry is not None
+    return cluster.registry
+
+
+@pytest.fixture(scope="session")
+def cluster_images(
+    cluster_registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> FixtureImages:
+    """The fixture images, built on first use and pushed to the session cluster's registry."""
+    return FixtureImages(cluster_registry.host, tmp_path_factory.mktemp("cluster-images"))
 
 
 def job_finished(job: Any) -> bool:
@@ -121,15 +132,8 @@ class JobRecord:
             self.max_active[key] = max(self.max_active.get(key, 0), now)
 
 
-def scrape_metrics(operator: OperatorProcess, timeout: float = 5.0) -> str:
-    """The operator's Prometheus exposition (raises when the port does not answer)."""
-    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
-        return str(answer.read().decode())
-
-
 @pytest.fixture(scope="session")
-def jobs(admin_api: client.ApiClient, operator: OperatorProcess) -> Iterator[JobRecord]:
+def jobs(admin_api: client.ApiClient, operator: ChartInstall) -> Iterator[JobRecord]:
     record = JobRecord()
     batch = client.BatchV1Api(admin_api)
     w = watch.Watch()
@@ -170,13 +174,29 @@ def jobs(admin_api: client.ApiClient, operator: OperatorProcess) -> Iterator[Job
     w.stop()
 
 
+_SILENT = """\
+import socket, sys, time
+sock = socket.socket()
+sock.bind((sys.argv[1], 0))
+sock.listen(16)
+print(sock.getsockname()[1], flush=True)
+time.sleep(3600)
+"""
+
+
 @pytest.fixture
-def silent_registry() -> Iterator[str]:
-    """``127.0.0.1:PORT`` that accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
+def silent_registry(cluster: DevCluster) -> Iterator[str]:
+    """``NODE_IP:PORT`` in the node's network namespace (where scanner pods reach it) that
+    accepts connections (the kernel's backlog) and never answers."""
+    assert cluster.netns is not None
+    argv = [*cluster.netns.enter(), sys.executable, "-c", _SILENT, NODE_IP]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as listener:
+        try:
+            port = listener.stdout.readline().strip() if listener.stdout is not None else ""
+            assert port.isdigit(), "the silent listener did not start"
+            yield f"{NODE_IP}:{port}"
+        finally:
+            listener.kill()
 
 
 @pytest.fixture
@@ -225,7 +245,7 @@ class E2E:
                 },
                 "failOn": "high",
                 "action": "Enforce",
-                "scanner": {"insecureRegistries": [self.registry.host], "retries": 1},
+                "scanner": {"insecureRegistries": [self.registry.cluster_host], "retries": 1},
                 **spec,
             },
         }
@@ -252,7 +272,8 @@ class E2E:
     # -- images --------------------------------------------------------------------
 
     def tag(self, stream: str, tag: str, image: PushedImage) -> str:
-        repository = f"{self.registry.host}/{image.repository}"
+        """Point ``stream:tag`` at ``image`` in the cluster's registry, as pods reach it."""
+        repository = f"{self.registry.cluster_host}/{image.repository}"
         tag_image(self.api, self.namespace, stream, tag, repository, image.digest)
         return image.digest
 
@@ -415,10 +436,10 @@ def e2e(
     admin_api: client.ApiClient,
     cluster: DevCluster,
     namespace: str,
-    registry: Registry,
-    fixture_images: FixtureImages,
-    operator: OperatorProcess,
+    cluster_registry: Registry,
+    cluster_images: FixtureImages,
+    operator: ChartInstall,
     tmp_path: Path,
 ) -> E2E:
-    assert operator.running, operator.log_text()[-3000:]
-    return E2E(admin_api, cluster, namespace, registry, fixture_images, tmp_path)
+    assert operator.ready(), operator.logs()[-3000:]
+    return E2E(admin_api, cluster, namespace, cluster_registry, cluster_images, tmp_path)

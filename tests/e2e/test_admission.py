@@ -1,5 +1,9 @@
 """The admission webhook on the real control plane: kopf serves it, kube-apiserver calls it.
 
+A control plane of its own without a node (admitted Pods are bound to a node that does not
+exist, so they are stored and never run): the webhook is a host process on 127.0.0.1, where
+that API server calls it, and no installed scapguard's webhook answers beside it.
+
 The operator (``admission_operator.py``: the admission handlers and a startup calling
 ``configure_admission``) runs as a process under a ServiceAccount bound to the shipped
 ClusterRole (deploy/rbac/admission.yaml); the ValidatingWebhookConfiguration comes from the same
@@ -29,6 +33,7 @@ from scapguard.api.annotations import QualityInput, quality_annotation
 from scapguard.builders.admission import NAMESPACE_NAME_LABEL, webhook_configuration
 from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
 from scapguard.devcluster.imagestreams import GROUP, VERSION, tag_image
+from tests.controlplane import control_plane, control_plane_api  # noqa: F401 - this module's
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

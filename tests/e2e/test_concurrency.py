@@ -13,9 +13,9 @@ import pytest
 from scapguard.api.constants import SCAN_NAME_ANNOTATION
 from scapguard.api.naming import scan_name
 from scapguard.devcluster.cluster import wait_for
-from scapguard.devcluster.operatorproc import OperatorProcess
+from scapguard.devcluster.helminstall import ChartInstall
 from scapguard.devcluster.ovalgen import ubuntu_oval
-from tests.e2e.conftest import E2E, MAX_CONCURRENT, JobRecord, scrape_metrics
+from tests.e2e.conftest import E2E, MAX_CONCURRENT, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def test_twenty_new_digests_run_at_most_the_limit_at_a_time(
-    e2e: E2E, jobs: JobRecord, operator: OperatorProcess
+    e2e: E2E, jobs: JobRecord, operator: ChartInstall
 ) -> None:
     xml, _ = ubuntu_oval()
     e2e.feed(xml)
@@ -49,7 +49,7 @@ def test_twenty_new_digests_run_at_most_the_limit_at_a_time(
 
     def all_settled() -> bool:
         nonlocal peak_queue
-        for value in depth.findall(scrape_metrics(operator)):
+        for value in depth.findall(operator.metrics()):
             peak_queue = max(peak_queue, float(value))
         settled = [
             s
@@ -59,7 +59,7 @@ def test_twenty_new_digests_run_at_most_the_limit_at_a_time(
         return len(settled) == BATCH
 
     started = time.monotonic()
-    wait_for(f"all {BATCH} ImageScans to settle", all_settled, 150, 0.25)
+    wait_for(f"all {BATCH} ImageScans to settle", all_settled, 300, 0.25)
     elapsed = time.monotonic() - started
 
     created = jobs.for_policy(key)

@@ -14,8 +14,9 @@ import pytest
 from scapguard.api.constants import JOB_ENDED_ANNOTATION
 from scapguard.api.naming import scan_name
 from scapguard.devcluster.cluster import free_port, wait_for
+from scapguard.devcluster.helminstall import NAMESPACE
 from scapguard.devcluster.images import build_and_push
-from scapguard.devcluster.operatorproc import NAMESPACE
+from scapguard.devcluster.netns import NODE_IP
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import BasicAuth, Registry
 from tests.e2e.conftest import E2E, JobRecord
@@ -58,7 +59,7 @@ def test_registry_nobody_listens_on_is_an_error_after_retries_and_denied(
 ) -> None:
     xml, _ = ubuntu_oval()
     e2e.feed(xml)
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"{NODE_IP}:{free_port()}"  # on the node: nothing listens there
     e2e.policy(onError="Deny", scanner={"insecureRegistries": [dead], "retries": 2})
     digest = f"sha256:{hashlib.sha256(e2e.namespace.encode()).hexdigest()}"
     e2e.tag_pull_spec("app", "v1", f"{dead}/nowhere/app", digest)
@@ -74,14 +75,18 @@ def test_registry_refusing_a_pull_without_credentials_with_on_error_allow(
 ) -> None:
     xml, _ = ubuntu_oval()
     e2e.feed(xml)
-    with Registry(tmp_path / "private", auth=BasicAuth("scapguard", "e2e-only-secret")) as private:
+    auth = BasicAuth("scapguard", "e2e-only-secret")
+    private = Registry(tmp_path / "private", auth=auth, netns=e2e.cluster.netns)
+    with private:
         (image,) = e2e.distinct_images(1, registry=private)
         # No imagePullSecrets: the registry answers 401 to the scanner.
-        e2e.policy(onError="Allow", scanner={"insecureRegistries": [private.host], "retries": 1})
-        digest = e2e.tag_pull_spec("app", "v1", f"{private.host}/{image.repository}", image.digest)
+        pods_reach = private.cluster_host
+        e2e.policy(onError="Allow", scanner={"insecureRegistries": [pods_reach], "retries": 1})
+        digest = e2e.tag_pull_spec("app", "v1", f"{pods_reach}/{image.repository}", image.digest)
         scan = e2e.wait_result(digest, timeout=150)
     status = assert_error(e2e, jobs, scan, "PullFailed", 1)
-    assert "unauthorized" in status["error"]["message"].lower(), status["error"]
+    message = status["error"]["message"].lower()
+    assert "unauthorized" in message or "authentication required" in message, status["error"]
     assert status["denied"] is False
     assert DENY not in image_marks(e2e, digest)
 

@@ -1,7 +1,7 @@
 """The operator end to end: ImageStream -> ImageScan -> scanner Job -> result -> deny-execution.
 
 The real control plane, the operator under its own ServiceAccount and RBAC, the real registry,
-and the real scanner (skopeo, umoci, oscap) running as non-root pods on the node agent.
+and the real scanner (skopeo, umoci, oscap) running as non-root pods on the real node.
 """
 
 from __future__ import annotations

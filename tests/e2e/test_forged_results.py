@@ -20,42 +20,47 @@ from kubernetes.client.exceptions import ApiException
 
 from scapguard.api.constants import KOPF_STORAGE_PREFIX, TOKEN_KEY
 from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.operatorproc import NAMESPACE, OperatorProcess
+from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.results.model import encode_handoff
 from scapguard.testing import scan_result
-from tests.e2e.conftest import E2E, JobRecord, scrape_metrics
+from tests.e2e.conftest import E2E, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 DIGEST = "sha256:" + "5e" * 32
 
 
+RESULTS_PORT = 8443  # the operator container's results port (Service scapguard-results)
+
+
 def post(
-    cluster: DevCluster, operator: OperatorProcess, job: str, token: str | None, body: bytes
+    cluster: DevCluster, operator: ChartInstall, job: str, token: str | None, body: bytes
 ) -> tuple[int, dict[str, Any]]:
-    """POST to the results endpoint over TLS (the cluster CA); returns (status, answer)."""
+    """POST to the operator pod's results endpoint, through ``kubectl port-forward``, over TLS
+    verified against the cluster CA (which issued its serving certificate for the Service
+    name, not 127.0.0.1); returns (status, answer)."""
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        f"https://127.0.0.1:{operator.results_port}/v1/results/{job}",
-        data=body,
-        method="POST",
-        headers=headers,
-    )
     tls = ssl.create_default_context(cafile=str(cluster.ca.cert_path))
-    try:
-        with urllib.request.urlopen(request, timeout=30, context=tls) as answer:  # noqa: S310
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+    tls.check_hostname = False
+    with operator.port_forward(RESULTS_PORT) as port:
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/v1/results/{job}", data=body, method="POST",
+            headers=headers,
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=tls) as answer:  # noqa: S310
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, json.loads(exc.read())
 
 
-def rejected(operator: OperatorProcess, reason: str) -> float:
+def rejected(operator: ChartInstall, reason: str) -> float:
     pattern = rf'^scapguard_results_rejected_total\{{reason="{reason}"\}} (\S+)$'
-    found = re.search(pattern, scrape_metrics(operator), re.M)
+    found = re.search(pattern, operator.metrics(), re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -87,7 +92,7 @@ def result_config_map_exists(e2e: E2E, name: str) -> bool:
 def test_forged_and_replayed_results_are_refused_and_change_nothing(
     e2e: E2E,
     jobs: JobRecord,
-    operator: OperatorProcess,
+    operator: ChartInstall,
     cluster: DevCluster,
     silent_registry: str,
 ) -> None:

@@ -97,7 +97,7 @@ def test_hand_made_imagescan_of_any_pullable_image(e2e: E2E, jobs: JobRecord) ->
     xml, expected = ubuntu_oval()
     e2e.feed(xml)
     e2e.policy(action="Report")
-    image = e2e.images.get("ubuntu2204", "vulnerable")
+    image = e2e.images.get("ubuntu2204", "vulnerable").at(e2e.registry.cluster_host)
     created = e2e.make_scan("by-hand", image.by_digest)
     assert created["spec"]["trigger"] == "OnDemand"  # the CRD's default
 

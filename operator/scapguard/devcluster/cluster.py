@@ -4,14 +4,13 @@
 ``scapguard-cluster`` binary (hack/cluster): etcd, kube-apiserver (RBAC,
 service accounts, aggregation, secure port on 127.0.0.1),
 kube-controller-manager, kube-scheduler and the image.openshift.io/v1
-aggregated API server, plus the node agent (the kubelet stand-in, see
-``scapguard.devcluster.nodeagent``). It waits for each to be ready with a
-deadline, writes an admin kubeconfig, mints kubeconfigs for ServiceAccounts,
-and stops every process it started, by pid.
+aggregated API server: a control plane without a node (Pods stay Pending). It waits for each
+to be ready with a deadline, writes an admin kubeconfig, mints kubeconfigs for
+ServiceAccounts, and stops every process it started, by pid.
 
-``DevCluster(workdir, real_node=True)`` runs a real node instead of the agent: every
-component, the registry and the node (containerd + runc, CNI, kubelet, kube-proxy, CoreDNS,
-see ``scapguard.devcluster.node``) inside a network namespace of its own. The host reaches
+``DevCluster(workdir, real_node=True)`` adds a real node: every component, the registry and
+the node (containerd + runc, CNI, kubelet, kube-proxy, CoreDNS, see
+``scapguard.devcluster.node``) run inside a network namespace of its own. The host reaches
 the API server and the registry at ``127.0.0.1`` on the same port numbers through
 ``scapguard.devcluster.forward``.
 """
@@ -23,11 +22,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -86,10 +83,8 @@ class DevCluster:
     """The local control plane. Use as a context manager or call start()/stop()."""
 
     workdir: Path
-    with_node_agent: bool = True
-    #: A real node (kubelet, containerd) in a network namespace instead of the node agent.
+    #: A real node (kubelet, containerd) and a registry, all in a network namespace.
     real_node: bool = False
-    node_path_prepend: tuple[Path, ...] = ()
     procs: list[_Proc] = field(default_factory=list)
     started_seconds: float = 0.0
     # Seconds from each component's launch to its readiness check passing.
@@ -144,8 +139,6 @@ class DevCluster:
             self._start_image_apiserver(timeout)
             if self.real_node:
                 self._start_real_node(timeout)
-            elif self.with_node_agent:
-                self._start_node_agent()
             self._wait_usable(timeout)
         except BaseException:
             self.stop()
@@ -602,23 +595,6 @@ class DevCluster:
 
         self._wait_alive(proc, "APIService v1.image.openshift.io Available", available, timeout)
 
-    def _start_node_agent(self) -> None:
-        self._node_launched = time.monotonic()
-        env = dict(os.environ)
-        root = self.workdir / "node"
-        root.mkdir(exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "scapguard.devcluster.nodeagent",
-            f"--kubeconfig={self.workdir / 'admin.kubeconfig'}",
-            f"--node-name={NODE_NAME}",
-            f"--root={root}",
-        ]
-        for p in self.node_path_prepend:
-            argv.append(f"--path-prepend={p}")
-        self._spawn("node-agent", argv, env=env)
-
     def _start_real_node(self, timeout: float) -> None:
         """The registry, then containerd, the kubelet, kube-proxy and CoreDNS, in the netns."""
         if self.netns is None:
@@ -713,11 +689,11 @@ class DevCluster:
             return self._http_ok("/api/v1/namespaces/default/serviceaccounts/default")
 
         wait_for("ServiceAccount default/default (token controller)", default_sa, timeout)
-        if self.with_node_agent or self.real_node:
-            agent = next(p for p in self.procs if p.name in ("node-agent", "kubelet"))
+        if self.real_node:
+            kubelet = next(p for p in self.procs if p.name == "kubelet")
 
             def node_ready() -> bool:
-                self._check_alive(agent)
+                self._check_alive(kubelet)
                 try:
                     node = self.api_request("GET", f"/api/v1/nodes/{NODE_NAME}")
                 except ClusterError:

@@ -19,10 +19,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
+import re
+import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -217,12 +223,83 @@ class ChartInstall:
                 text.append(previous.stdout)
         return "\n".join(text)
 
+    def operator_pod(self) -> dict[str, Any]:
+        """The one operator pod (raises when there is none or more than one)."""
+        pods = self.operator_pods()
+        if len(pods) != 1:
+            raise ClusterError(f"expected one operator pod, found {len(pods)}")
+        return pods[0]
+
+    def ready(self) -> bool:
+        """Whether one operator pod runs and is Ready."""
+        try:
+            pod = self.operator_pod()
+        except ClusterError:
+            return False
+        return all(s.get("ready") for s in pod["status"].get("containerStatuses") or [{}])
+
+    def restarts(self) -> int:
+        """The operator container's restart count."""
+        (state,) = self.operator_pod()["status"]["containerStatuses"]
+        return int(state.get("restartCount", 0))
+
+    def kill(self, timeout: float = 120.0) -> None:
+        """A crash: SIGKILL every process of the operator container from the host (no handler
+        runs, nothing is drained); return once the kubelet has restarted it and it is Ready."""
+        before = self.restarts()
+        (state,) = self.operator_pod()["status"]["containerStatuses"]
+        container = state["containerID"].split("://", 1)[1]
+        pids = container_pids(container)
+        if not pids:
+            raise ClusterError(f"no process found in the operator's container {container}")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for("the kubelet to restart the killed operator container",
+                 lambda: self.restarts() > before, timeout, 0.2)  # fmt: skip
+
+    @contextlib.contextmanager
+    def port_forward(self, port: int) -> Iterator[int]:
+        """``kubectl port-forward`` to ``port`` of the operator pod; yields the local port."""
+        name = self.operator_pod()["metadata"]["name"]
+        argv = [str(self.cluster.binary), "kubectl", f"--kubeconfig={self.cluster.kubeconfig}",
+                "-n", self.namespace, "port-forward", f"pod/{name}", f":{port}"]  # fmt: skip
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as proc:
+            try:
+                # "Forwarding from 127.0.0.1:PORT -> 8443"
+                line = proc.stdout.readline() if proc.stdout is not None else ""
+                found = re.search(r"127\.0\.0\.1:(\d+) ->", line)
+                if found is None:
+                    proc.kill()
+                    _, err = proc.communicate(timeout=10)
+                    raise ClusterError(f"kubectl port-forward pod/{name}: {line}{err}".strip())
+                yield int(found.group(1))
+            finally:
+                proc.terminate()
+
     def metrics(self) -> str:
         """The Prometheus exposition of one operator pod, through the API server's pod proxy."""
         name = self.operator_pods()[0]["metadata"]["name"]
         return self.cluster.raw_request(
             "GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}:9090/proxy/metrics"
         ).decode()
+
+
+def container_pids(container_id: str) -> set[int]:
+    """The host pids of one container's processes (its cgroup path ends with its id)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroups = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        if container_id in cgroups:
+            pids.add(int(entry.name))
+    return pids
 
 
 def install_scapguard(cluster: DevCluster, method: str = "helm", **values: str) -> ChartInstall:

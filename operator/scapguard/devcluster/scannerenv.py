@@ -1,11 +1,10 @@
-"""The scanner's runtime on the local node: what the scanner image holds on a real cluster.
+"""``scapguard-scan`` on the host, for the scanner tests and benchmarks that run it by hand.
 
-Pods run as local processes, and the scanner runs as a non-root user, so its
-Python and the installed ``scapguard`` must be readable by any user: the dev
-virtualenv (often under root's 0700 home) is not. This builds a second
-virtualenv at a world-readable path from the system interpreter and installs
-this checkout into it non-editable, like the scanner image does; the node agent
-puts its ``bin/`` first on the PATH of every pod ("the image's PATH").
+The scanner runs as a non-root user, so its Python and the installed
+``scapguard`` must be readable by any user: the dev virtualenv (often under
+root's 0700 home) is not. This builds a second virtualenv at a world-readable
+path from the system interpreter and installs this checkout into it
+non-editable, like the scanner image does.
 
 Rebuilt only when the package's sources or pyproject.toml change.
 """

@@ -1,9 +1,9 @@
-"""The non-root user scans run as on the local node, with a subordinate id range.
+"""The non-root user host-side scans (tests/scanner, bench) run as, with subordinate ids.
 
-The scanner image's USER is 65532. On this machine the node agent runs scanner
-pods as that uid; the scanner then maps the image's owners into an unprivileged
-user namespace (``newuidmap``), which needs the uid's ranges in /etc/subuid and
-/etc/subgid. Creating the user needs root, like the rest of the local node.
+The scanner image's USER is 65532; run by hand as that uid, the scanner maps
+the image's owners into an unprivileged user namespace (``newuidmap``), which
+needs the uid's ranges in /etc/subuid and /etc/subgid. Creating the user needs
+root.
 """
 
 from __future__ import annotations
