@@ -16,8 +16,8 @@ from scapguard.k8s.fake import FakeKube
 @pytest.fixture
 def kube(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     fake = FakeKube()
-    monkeypatch.setattr(cli, "load_client", lambda: fake)
-    monkeypatch.setattr(cli, "current_namespace", lambda: "ctx-ns")
+    monkeypatch.setattr(cli, "load_client", lambda **_: fake)
+    monkeypatch.setattr(cli, "current_namespace", lambda **_: "ctx-ns")
     return fake
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from scapguard.k8s.api import (
     KubeError,
     NotFound,
 )
-from scapguard.k8s.client import KubeClient
+from scapguard.k8s.client import KubeClient, current_namespace, load_client
 
 
 @dataclass
@@ -104,3 +105,46 @@ def test_errors_are_typed(status: int, reason: str, error: type[Exception]) -> N
     kube = KubeClient(StubApi([api_error(status, reason)]))
     with pytest.raises(error):
         kube.get(SECRET, "x", "ns")
+
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+current-context: a
+clusters:
+- {name: ca, cluster: {server: "https://a.example:6443"}}
+- {name: cb, cluster: {server: "https://b.example:6443"}}
+users:
+- {name: u, user: {token: t}}
+contexts:
+- {name: a, context: {cluster: ca, user: u}}
+- {name: b, context: {cluster: cb, user: u, namespace: ns-b}}
+"""
+
+
+def test_kubeconfig_and_context_choose_server_and_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    path = tmp_path / "config"
+    path.write_text(KUBECONFIG, encoding="utf-8")
+    assert current_namespace(kubeconfig=str(path)) == "default"
+    assert current_namespace(kubeconfig=str(path), context="b") == "ns-b"
+    assert load_client(kubeconfig=str(path))._api.configuration.host == "https://a.example:6443"
+    chosen = load_client(kubeconfig=str(path), context="b")
+    assert chosen._api.configuration.host == "https://b.example:6443"
+    with pytest.raises(KubeError, match="no context 'c'"):
+        current_namespace(kubeconfig=str(path), context="c")
+    with pytest.raises(KubeError, match="NoConfiguration"):
+        load_client(kubeconfig=str(path), context="c")
+    with pytest.raises(KubeError, match="NoConfiguration"):
+        current_namespace()  # $KUBECONFIG names no file
+
+
+def test_list_sends_a_field_selector() -> None:
+    stub = StubApi([{"items": []}])
+    KubeClient(stub).list(IMAGESCAN, None, field_selector="metadata.name=x")
+    _method, path, kwargs = stub.calls[0]
+    assert path == "/apis/scapguard.io/v1alpha1/imagescans"
+    assert ("fieldSelector", "metadata.name=x") in kwargs["query_params"]

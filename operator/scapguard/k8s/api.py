@@ -93,8 +93,16 @@ class Kube(Protocol):
         ...
 
     def list(
-        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
-    ) -> list[Obj]: ...
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[Obj]:
+        """``field_selector``: only ``metadata.name=`` / ``metadata.namespace=`` terms (all that
+        custom resources support)."""
+        ...
 
     def create(self, kind: Kind, body: Obj) -> Obj: ...
 

@@ -20,25 +20,47 @@ _MERGE_PATCH = "application/merge-patch+json"
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
-def load_client() -> KubeClient:
-    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+def _in_cluster(kubeconfig: str | None, context: str | None) -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (kubeconfig or context)
+
+
+def _no_config(kubeconfig: str | None, exc: Exception) -> str:
+    return f"no usable kubeconfig ({kubeconfig or '$KUBECONFIG'}): {exc}"
+
+
+def load_client(*, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config.
+
+    ``kubeconfig`` and ``context`` (kubectl's ``--kubeconfig``/``--context``) choose a file and
+    a context in it; either one means a kubeconfig, in a pod too.
+    """
     configuration = k8s_client.Configuration()
     try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if _in_cluster(kubeconfig, context):
             k8s_config.load_incluster_config(client_configuration=configuration)
         else:
-            k8s_config.load_kube_config(client_configuration=configuration)
+            k8s_config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
     except k8s_config.ConfigException as exc:
-        raise KubeError(0, "NoConfiguration", f"no usable kubeconfig ($KUBECONFIG): {exc}") from exc
+        raise KubeError(0, "NoConfiguration", _no_config(kubeconfig, exc)) from exc
     return KubeClient(k8s_client.ApiClient(configuration))
 
 
-def current_namespace() -> str:
-    """The namespace of the current kubeconfig context (in a pod: its own); else "default"."""
+def current_namespace(*, kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig context (the current one unless ``context`` names one;
+    in a pod without either argument: its own); else "default"."""
     in_pod = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and in_pod.is_file():
+    if _in_cluster(kubeconfig, context) and in_pod.is_file():
         return in_pod.read_text().strip()
-    _contexts, active = k8s_config.list_kube_config_contexts()
+    try:
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+    except k8s_config.ConfigException as exc:
+        raise KubeError(0, "NoConfiguration", _no_config(kubeconfig, exc)) from exc
+    if context:
+        active = next((x for x in contexts or [] if x.get("name") == context), None)
+        if active is None:
+            raise KubeError(0, "NoConfiguration", f"no context {context!r} in the kubeconfig")
     namespace = (active or {}).get("context", {}).get("namespace")
     return str(namespace) if namespace else "default"
 
@@ -122,9 +144,15 @@ class KubeClient:
         return self._call("GET", _path(kind, namespace, name), accept=_METADATA_ONLY)
 
     def list(
-        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[Obj]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        query += [("fieldSelector", field_selector)] if field_selector else []
         items: list[Obj] = []
         token: str | None = None
         while True:

@@ -114,14 +114,22 @@ class FakeKube:
         }
 
     def list(
-        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[Obj]:
         kid = self._kid(kind)
         out = []
-        for (k, ns, _), obj in sorted(self.objects.items()):
+        for (k, ns, name), obj in sorted(self.objects.items()):
             if k != kid or (namespace and kind.namespaced and ns != namespace):
                 continue
-            if selector_matches(label_selector, obj["metadata"].get("labels") or {}):
+            fields = {"metadata.name": name, "metadata.namespace": ns}
+            if selector_matches(label_selector, obj["metadata"].get("labels") or {}) and (
+                selector_matches(field_selector, fields)
+            ):
                 out.append(copy.deepcopy(obj))
         return out
 
