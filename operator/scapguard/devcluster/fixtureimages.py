@@ -28,6 +28,7 @@ import fcntl
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
+from scapguard.devcluster import fakesig
 from scapguard.devcluster.images import (
     ImageBuildError,
     ImageConfig,
@@ -166,6 +168,14 @@ _DPKG_META: Final[Mapping[str, tuple[str | None, str, str, int, bool]]] = {
     "openssl": (None, "utils", "optional", 2302, False),
     "zlib1g": ("zlib", "libs", "optional", 168, True),
 }
+#: Metadata of packages :data:`_DPKG_META` does not know (trees made from a feed's packages).
+_DPKG_DEFAULT_META: Final[tuple[str | None, str, str, int, bool]] = (
+    None,
+    "misc",
+    "optional",
+    100,
+    False,
+)
 _MAINTAINER: Final = "scapguard fixtures <fixtures@scapguard.invalid>"
 
 _DPKG_TABLES: Final = ("cputable", "tupletable", "ostable")
@@ -202,7 +212,7 @@ def _os_release_text(fields: Mapping[str, str]) -> str:
     return "".join(f'{key}="{value}"\n' for key, value in fields.items())
 
 
-def _base_tree(root: Path, distro: Distro) -> None:
+def _base_tree(root: Path, os_release: Mapping[str, str]) -> None:
     """Directories, users and os-release shared by all synthetic images."""
     for d in ("etc", "usr/bin", "usr/lib", "usr/share/doc", "var/lib", "var/log", "root"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -212,7 +222,7 @@ def _base_tree(root: Path, distro: Distro) -> None:
     (root / "root").chmod(0o700)
     _write(root / "etc/passwd", _ETC_USERS)
     _write(root / "etc/group", _ETC_GROUPS)
-    _write(root / "usr/lib/os-release", _os_release_text(FIXTURE_OS_RELEASE[distro]))
+    _write(root / "usr/lib/os-release", _os_release_text(os_release))
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
 
 
@@ -220,7 +230,7 @@ def _base_tree(root: Path, distro: Distro) -> None:
 
 
 def _dpkg_stanza(name: str, version: str) -> str:
-    source, section, priority, size, multiarch = _DPKG_META[name]
+    source, section, priority, size, multiarch = _DPKG_META.get(name, _DPKG_DEFAULT_META)
     lines = [
         f"Package: {name}",
         "Status: install ok installed",
@@ -246,16 +256,40 @@ def make_dpkg_rootfs(root: Path, distro: Distro, variant: Variant) -> Path:
     """Fill ``root`` with a synthetic dpkg-based tree (``debian12`` or ``ubuntu2204``)."""
     if PACKAGE_FORMAT[distro] != "dpkg":
         raise ValueError(f"{distro} is not a dpkg distro")
-    packages = FIXTURE_PACKAGES[(distro, variant)]
-    _base_tree(root, distro)
-    _write(root / "etc/debian_version", _DEBIAN_VERSION[distro])
+    lsb = None
     if distro == "ubuntu2204":
         fields = FIXTURE_OS_RELEASE[distro]
-        _write(
-            root / "etc/lsb-release",
+        lsb = (
             "DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE=22.04\nDISTRIB_CODENAME=jammy\n"
-            f'DISTRIB_DESCRIPTION="{fields["PRETTY_NAME"]}"\n',
+            f'DISTRIB_DESCRIPTION="{fields["PRETTY_NAME"]}"\n'
         )
+    return write_dpkg_tree(
+        root,
+        FIXTURE_PACKAGES[(distro, variant)],
+        os_release=FIXTURE_OS_RELEASE[distro],
+        debian_version=_DEBIAN_VERSION[distro],
+        lsb_release=lsb,
+    )
+
+
+def write_dpkg_tree(
+    root: Path,
+    packages: Mapping[str, str],
+    *,
+    os_release: Mapping[str, str],
+    debian_version: str,
+    lsb_release: str | None = None,
+) -> Path:
+    """Fill ``root`` with a dpkg-based tree listing ``packages`` (name -> version) as installed.
+
+    ``os_release`` gives /usr/lib/os-release, ``debian_version`` /etc/debian_version and
+    ``lsb_release`` (if any) /etc/lsb-release; packages :data:`_DPKG_META` does not know get
+    neutral metadata (``Section: misc``, not multi-arch).
+    """
+    _base_tree(root, os_release)
+    _write(root / "etc/debian_version", debian_version)
+    if lsb_release is not None:
+        _write(root / "etc/lsb-release", lsb_release)
     for table in _DPKG_TABLES:
         src = _HOST_DPKG_DIR / table
         if not src.is_file():
@@ -274,13 +308,22 @@ def make_dpkg_rootfs(root: Path, distro: Distro, variant: Variant) -> Path:
         doc = root / "usr/share/doc" / name
         doc.mkdir(parents=True, exist_ok=True)
         _write(doc / "copyright", f"{name}: synthetic scapguard fixture\n")
-        listname = f"{name}:{DPKG_ARCH}" if _DPKG_META[name][4] else name
+        listname = f"{name}:{DPKG_ARCH}" if _DPKG_META.get(name, _DPKG_DEFAULT_META)[4] else name
         _write(
             admin / "info" / f"{listname}.list",
             f"/.\n/usr\n/usr/share\n/usr/share/doc\n/usr/share/doc/{name}\n"
             f"/usr/share/doc/{name}/copyright\n",
         )
     return root
+
+
+def write_oci_manifest(root: Path, packages: Mapping[str, str]) -> Path:
+    """``/manifest`` as in Canonical's OCI images (``NAME:ARCH<TAB>VERSION`` lines), which
+    Ubuntu's ``oci.com.ubuntu.*`` feeds read with textfilecontent54 instead of dpkginfo."""
+    path = root / "manifest"
+    lines = [f"{name}:{DPKG_ARCH}\t{packages[name]}\n" for name in sorted(packages)]
+    _write(path, "".join(lines))
+    return path
 
 
 def dpkg_query_packages(root: Path) -> dict[str, str]:
@@ -316,7 +359,7 @@ def _split_evr(evr: str) -> _Evr:
     return _Evr(match.group(1), match.group(2), match.group(3))
 
 
-def _rpm_spec(name: str, evr: _Evr) -> str:
+def _rpm_spec(name: str, evr: _Evr, files: Mapping[str, str]) -> str:
     lines = [f"Name: {name}"]
     if evr.epoch is not None:
         lines.append(f"Epoch: {evr.epoch}")
@@ -330,18 +373,39 @@ def _rpm_spec(name: str, evr: _Evr) -> str:
         "%global debug_package %{nil}",
         "%description",
         "Synthetic package record for scanner tests; no files are installed.",
-        "%files",
-        "",
     ]
+    if files:
+        lines.append("%install")
+        for path, text in sorted(files.items()):
+            target = "%{buildroot}" + shlex.quote(path)
+            lines.append(f"mkdir -p $(dirname {target})")
+            lines.append(f"printf '%s' {shlex.quote(text)} > {target}")
+    lines.append("%files")
+    lines += sorted(files)
+    lines.append("")
     return "\n".join(lines)
 
 
-def build_rpm(name: str, evr: str, topdir: Path) -> Path:
-    """Build a file-less ``x86_64`` rpm with ``rpmbuild``; return the package path."""
+def build_rpm(
+    name: str,
+    evr: str,
+    topdir: Path,
+    *,
+    files: Mapping[str, str] | None = None,
+    signing_keyid: str | None = None,
+) -> Path:
+    """Build an ``x86_64`` rpm with ``rpmbuild``; return the package path.
+
+    ``files`` (absolute path -> content) are the package's files, none by default.
+    ``signing_keyid`` (16 hex digits) adds a header signature whose issuer is that key id
+    (:mod:`scapguard.devcluster.fakesig`; ``--rpmv3`` so there is a ``SIGPGP`` too, the tag
+    OpenSCAP 1.3.7 reads): what an OVAL ``signature_keyid`` state compares,
+    so vendor feeds that require their signing key can be true on a fixture tree.
+    """
     parsed = _split_evr(evr)
     topdir.mkdir(parents=True, exist_ok=True)
     spec = topdir / f"{name}.spec"
-    spec.write_text(_rpm_spec(name, parsed), encoding="utf-8")
+    spec.write_text(_rpm_spec(name, parsed, files or {}), encoding="utf-8")
     env = dict(os.environ, SOURCE_DATE_EPOCH=_RPM_EPOCH_TIME)
     _run(
         [
@@ -357,6 +421,16 @@ def build_rpm(name: str, evr: str, topdir: Path) -> Path:
     rpm = topdir / "RPMS" / RPM_ARCH / f"{name}-{parsed.version}-{parsed.release}.{RPM_ARCH}.rpm"
     if not rpm.is_file():
         raise ImageBuildError(f"rpmbuild of {spec} did not produce {rpm}")
+    if signing_keyid is not None:
+        _run(
+            [
+                "rpmsign", "--addsign", "--rpmv3",
+                "--define", "_gpg_name scapguard-fixtures",
+                "--define", f"__gpg_sign_cmd {fakesig.sign_command(signing_keyid)}",
+                str(rpm),
+            ],
+            env=env,
+        )  # fmt: skip
     return rpm
 
 
@@ -367,12 +441,49 @@ def make_rpm_rootfs(root: Path, variant: Variant, *, workdir: Path) -> Path:
     sqlite ``-shm`` file next to it; its content (a cache with random salts) is zeroed so the
     tree is reproducible (sqlite rebuilds it on first open).
     """
-    packages = FIXTURE_PACKAGES[("rhel9", variant)]
-    _base_tree(root, "rhel9")
     _write(root / "etc/redhat-release", _REDHAT_RELEASE)
     (root / "etc/system-release").symlink_to("redhat-release")
     _write(root / "etc/system-release-cpe", "cpe:/o:redhat:enterprise_linux:9::baseos\n")
-    rpms = [build_rpm(name, packages[name], workdir / "rpmbuild") for name in sorted(packages)]
+    return write_rpm_tree(
+        root,
+        FIXTURE_PACKAGES[("rhel9", variant)],
+        workdir=workdir,
+        os_release=FIXTURE_OS_RELEASE["rhel9"],
+    )
+
+
+def write_rpm_tree(
+    root: Path,
+    packages: Mapping[str, str],
+    *,
+    workdir: Path,
+    os_release: Mapping[str, str],
+    files: Mapping[str, Mapping[str, str]] | None = None,
+    signing_keyid: str | None = None,
+) -> Path:
+    """Fill ``root`` with a tree whose rpm database (sqlite, ``/var/lib/rpm``) lists ``packages``.
+
+    ``packages``: name -> ``[epoch:]version-release``; ``files``: package -> {path: content}
+    owned by that package in the database and also written into the tree (``--justdb``
+    installs none), e.g. ``/etc/redhat-release`` owned by ``redhat-release`` as Red Hat's
+    feeds check; ``signing_keyid``: every package signed "by" that key id (see
+    :func:`build_rpm`).
+    """
+    owned = files or {}
+    _base_tree(root, os_release)
+    for package_files in owned.values():
+        for path, text in package_files.items():
+            _write(root / path.lstrip("/"), text)
+    rpms = [
+        build_rpm(
+            name,
+            packages[name],
+            workdir / "rpmbuild",
+            files=owned.get(name),
+            signing_keyid=signing_keyid,
+        )
+        for name in sorted(packages)
+    ]
     dbpath = ["--root", str(root), "--dbpath", _RPM_DBPATH]
     env = dict(os.environ, SOURCE_DATE_EPOCH=_RPM_EPOCH_TIME)
     _run(["rpm", *dbpath, "--initdb"], env=env)

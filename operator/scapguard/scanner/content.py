@@ -17,8 +17,10 @@ Fedora                      key, so on a rebuild they would all be false (a fals
 
 An override is a URL with its sha256 (the download must match it; plain http is accepted only
 with a sha256) or a local file (a mounted ConfigMap or volume for air-gapped clusters). Every
-feed is size-bounded, decompressed with a bound when it is bz2 (by magic, not by name; past
-16 MiB also at most 200 times the compressed size), parsed
+feed is size-bounded, decompressed with a bound when it is bz2, gzip or xz (by magic, not by
+name; concatenated streams read to the end; at most ``max_xml``, 2 GiB by default, and past
+16 MiB also at most 200 times the compressed size; ContentInvalid naming the file otherwise),
+parsed
 with :mod:`scapguard.results.xmlsafe` and must have ``oval_definitions`` as its root.
 
 Datastreams come from the SCAP Security Guide shipped in the scanner image (``ssg_dir``,
@@ -34,11 +36,13 @@ from __future__ import annotations
 import bz2
 import hashlib
 import logging
+import lzma
 import shutil
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -48,6 +52,7 @@ from lxml import etree
 from scapguard.results import oval as oval_results
 from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
 from scapguard.results.xmlsafe import XMLContentError, local_name, parse_file, qname
+from scapguard.scanner import feedfilter
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.osdetect import DetectedOS
 
@@ -61,7 +66,8 @@ MAX_XML: Final = 2 * 1024 * 1024 * 1024
 MAX_RATIO: Final = 200
 RATIO_FROM: Final = 16 * 1024 * 1024
 _CHUNK: Final = 1 << 20
-_BZ2_MAGIC: Final = b"BZh"
+_XZ_MAGIC: Final = b"\xfd7zXZ\x00"
+_MAGICS: Final = {"bz2": b"BZh", "gz": b"\x1f\x8b", "xz": _XZ_MAGIC}
 _DS_ROOT: Final = qname("http://scap.nist.gov/schema/scap/source/1.2", "data-stream-collection")
 _TAILORING_ROOTS: Final = frozenset(
     {
@@ -166,21 +172,72 @@ def _download(url: str, dest: Path, *, max_bytes: int, timeout: float) -> None:
         ) from exc
 
 
-def _decompress_if_bz2(src: Path, dest: Path, *, max_bytes: int, name: str) -> Path:
-    """``src`` decompressed into ``dest`` if it is bz2; errors name the content as ``name``."""
-    with src.open("rb") as f:
-        magic = f.read(3)
-    if magic != _BZ2_MAGIC:
+def _new_inflater(kind: str) -> bz2.BZ2Decompressor | lzma.LZMADecompressor | _Gunzip:
+    if kind == "bz2":
+        return bz2.BZ2Decompressor()
+    if kind == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    return _Gunzip()
+
+
+class _Gunzip:
+    """zlib's gzip decompressor with the bz2/lzma interface (``max_length``, ``needs_input``)."""
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(wbits=31)
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._z.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._z.unconsumed_tail
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return self._z.decompress(self._z.unconsumed_tail + data, max_length)
+
+
+def compression_of(path: Path) -> str | None:
+    """``bz2``, ``gz`` or ``xz`` by the file's magic bytes (never by its name), else None."""
+    with path.open("rb") as f:
+        head = f.read(len(_XZ_MAGIC))
+    for kind, magic in _MAGICS.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def decompress(src: Path, dest: Path, *, max_bytes: int, name: str) -> Path:
+    """``src`` decompressed into ``dest`` if it is bz2, gzip or xz (by magic), else ``src``.
+
+    Concatenated streams (pbzip2, multi-member gzip, multi-stream xz) are read to the end.
+    Output is bounded while it is produced: more than ``max_bytes`` (or, past
+    :data:`RATIO_FROM`, more than :data:`MAX_RATIO` times the compressed size) is
+    ContentInvalid naming ``name``, as is a truncated or corrupt stream.
+    """
+    kind = compression_of(src)
+    if kind is None:
         return src
-    inflater = bz2.BZ2Decompressor()
     total = 0
     ratio_limit = max(RATIO_FROM, MAX_RATIO * src.stat().st_size)
     try:
         with src.open("rb") as fin, dest.open("wb") as fout:
-            while not inflater.eof:
-                chunk = fin.read(_CHUNK)
+            inflater = _new_inflater(kind)
+            pending = b""
+            while True:
+                chunk = pending or fin.read(_CHUNK)
+                pending = b""
                 if not chunk:
-                    raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{name}: truncated bz2 stream")
+                    if not inflater.eof:
+                        raise ScanFailure(
+                            ErrorReason.CONTENT_INVALID, f"{name}: truncated {kind} stream"
+                        )
+                    break
                 while True:
                     out = inflater.decompress(chunk, max_length=_CHUNK * 4)
                     total += len(out)
@@ -189,8 +246,13 @@ def _decompress_if_bz2(src: Path, dest: Path, *, max_bytes: int, name: str) -> P
                     chunk = b""
                     if inflater.eof or inflater.needs_input:
                         break
-    except OSError as exc:
-        raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{name}: not valid bz2: {exc}") from exc
+                if inflater.eof:
+                    rest = inflater.unused_data + fin.read(_CHUNK)
+                    if not rest.strip(b"\0"):
+                        break  # end of file (or zero padding, as some tools write)
+                    inflater, pending = _new_inflater(kind), rest
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise ScanFailure(ErrorReason.CONTENT_INVALID, f"{name}: not valid {kind}: {exc}") from exc
     return dest
 
 
@@ -262,9 +324,7 @@ def resolve(
             ErrorReason.CONTENT_INVALID,
             f"{where}: sha256 {digest} does not match the expected {expected_sha}",
         )
-    xml = _decompress_if_bz2(
-        raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=_origin(override, raw)
-    )
+    xml = decompress(raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=_origin(override, raw))
     roots = {
         "oval": {oval_results.DEFINITIONS_ROOT},
         "datastream": {_DS_ROOT},
@@ -278,6 +338,9 @@ def resolve(
     version: str | None
     if kind == "oval":
         version = oval_results.definitions_generator_timestamp(root)
+        # references checked now (ContentInvalid before any oscap run), index kept for the
+        # pre-filter of this scan
+        feedfilter.remember(digest, feedfilter.index_feed(root, _origin(override, raw)))
     else:
         version = next(
             (

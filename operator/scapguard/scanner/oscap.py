@@ -17,7 +17,13 @@
 * probes that chroot() abort oscap (exit 134, SIGABRT) when they lack CAP_SYS_CHROOT: reported
   as ``ProbeFailed`` with the hint to use the user-namespace mode, where chroot() works.
 * exit codes: ``oval eval`` 0 = evaluated; ``xccdf eval`` 0 = all passed, 2 = some rule failed;
-  anything else is an error (``OscapFailed``).
+  anything else is an error (``OscapFailed``). For the feed's evaluation, oscap refusing the
+  content (``Invalid OVAL Definition``), an assertion failure or "No OVAL family" before an
+  abort (broken excerpts: references to missing or mis-namespaced tests and objects), or any
+  other crash by signal is ``ContentInvalid`` naming the feed: the canary has already shown
+  that the probes work on this image.
+* dpkginfo (1.3.7) collects nothing for a ``pattern match`` name; rpminfo does. The rpm canary
+  therefore also lists every installed package (the pre-filter's input, one probe run).
 
 oscap never runs as root: the caller's :class:`~scapguard.scanner.sandbox.Sandbox` wraps it (in
 userns mode it is uid 0 of the scanning user's own namespace, which is that user outside).
@@ -31,6 +37,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from lxml import etree
 
 from scapguard.results.model import ErrorReason
 from scapguard.results.oval import parse_oval_results
@@ -66,10 +74,22 @@ CANARY_PACKAGES: Final = {
 }
 
 
+#: oscap's words for content it cannot use (validation, or an assertion on a broken excerpt).
+CONTENT_ERRORS: Final = ("Invalid OVAL Definition", "Assertion", "No OVAL family")
+_INVENTORY_FAMILIES: Final = frozenset({"rhel", "fedora"})
+
+
 @dataclass(frozen=True)
 class OscapRun:
     returncode: int
     stderr: str
+
+
+@dataclass(frozen=True)
+class Canary:
+    items: int  # package items the probe collected (> 0)
+    #: every installed package name, where the probe can list them (rpm); None for dpkg
+    packages: frozenset[str] | None
 
 
 def version() -> str:
@@ -155,8 +175,21 @@ def _check_stderr(stderr: str, what: str) -> None:
         )
 
 
-def _judge(proc_rc: int, stderr: str, what: str, ok: frozenset[int]) -> None:
+def _judge(
+    proc_rc: int, stderr: str, what: str, ok: frozenset[int], content: str | None = None
+) -> None:
+    """Raise for a failed run. ``content`` names the feed when a failure can be the feed's."""
     _check_stderr(stderr, what)
+    if content is not None and proc_rc not in ok:
+        crashed = proc_rc < 0 or proc_rc > 128
+        said = next((words for words in CONTENT_ERRORS if words in stderr), None)
+        if said is not None or (crashed and proc_rc not in _ABORT_CODES):
+            why = f"oscap reported {said!r}" if said else f"oscap crashed (exit {proc_rc})"
+            raise ScanFailure(
+                ErrorReason.CONTENT_INVALID,
+                f"{what}: {why} on the content {content}: a broken or truncated feed? "
+                f"{stderr[-500:]}",
+            )
     if proc_rc in _ABORT_CODES:
         raise ScanFailure(
             ErrorReason.PROBE_FAILED,
@@ -172,6 +205,34 @@ def canary_definitions(family: str, dest: Path) -> Path:
     probe = _CANARY_OBJECT[family]
     values = "".join(f"<value>{name}</value>" for name in CANARY_PACKAGES[family])
     ns = "http://oval.mitre.org/XMLSchema/oval-definitions-5#linux"
+    inventory = family in _INVENTORY_FAMILIES
+    inv_def = (
+        """
+    <definition id="oval:io.scapguard.canary:def:2" version="1" class="inventory">
+      <metadata><title>installed packages</title><description>every package</description>
+      </metadata>
+      <criteria><criterion test_ref="oval:io.scapguard.canary:tst:2"/></criteria>
+    </definition>"""
+        if inventory
+        else ""
+    )
+    inv_test = (
+        f"""
+    <l:{probe}_test id="oval:io.scapguard.canary:tst:2" version="1" check="all"
+        check_existence="any_exist" comment="every package">
+      <l:object object_ref="oval:io.scapguard.canary:obj:2"/>
+    </l:{probe}_test>"""
+        if inventory
+        else ""
+    )
+    inv_object = (
+        f"""
+    <l:{probe}_object id="oval:io.scapguard.canary:obj:2" version="1">
+      <l:name operation="pattern match">.*</l:name>
+    </l:{probe}_object>"""
+        if inventory
+        else ""
+    )
     dest.write_text(
         f"""<?xml version="1.0" encoding="UTF-8"?>
 <oval_definitions xmlns="http://oval.mitre.org/XMLSchema/oval-definitions-5"
@@ -184,18 +245,18 @@ def canary_definitions(family: str, dest: Path) -> Path:
       <metadata><title>the package database is readable</title>
         <description>at least one installed package</description></metadata>
       <criteria><criterion test_ref="oval:io.scapguard.canary:tst:1"/></criteria>
-    </definition>
+    </definition>{inv_def}
   </definitions>
   <tests>
     <l:{probe}_test id="oval:io.scapguard.canary:tst:1" version="1" check="all"
         check_existence="at_least_one_exists" comment="any package">
       <l:object object_ref="oval:io.scapguard.canary:obj:1"/>
-    </l:{probe}_test>
+    </l:{probe}_test>{inv_test}
   </tests>
   <objects>
     <l:{probe}_object id="oval:io.scapguard.canary:obj:1" version="1">
       <l:name var_ref="oval:io.scapguard.canary:var:1" var_check="at least one"/>
-    </l:{probe}_object>
+    </l:{probe}_object>{inv_object}
   </objects>
   <variables>
     <constant_variable id="oval:io.scapguard.canary:var:1" version="1" datatype="string"
@@ -210,8 +271,8 @@ def canary_definitions(family: str, dest: Path) -> Path:
 
 def run_canary(
     sandbox: Sandbox, env: dict[str, str], workdir: Path, family: str, *, timeout: float
-) -> int:
-    """Evaluate the canary; ScanFailure(ProbeFailed) unless packages were found. Returns count."""
+) -> Canary:
+    """Evaluate the canary; ScanFailure(ProbeFailed) unless packages were found."""
     defs = canary_definitions(family, workdir / "canary-oval.xml")
     results = workdir / "canary-results.xml"
     proc = run(
@@ -231,25 +292,29 @@ def run_canary(
         raise ScanFailure(
             ErrorReason.PROBE_FAILED, f"package database check: {parsed.errors[0].message}"
         )
-    count = _count_items(results)
-    if count == 0:
+    items = _existing_items(results)
+    if not items:
         raise ScanFailure(
             ErrorReason.PROBE_FAILED,
             f"the {_CANARY_OBJECT[family]} probe found no installed package in the image: "
             "its package database could not be read",
         )
-    return count
+    packages = None
+    if family in _INVENTORY_FAMILIES:
+        names = (el.findtext("{*}name") for el in items)
+        packages = frozenset(n for n in names if n)
+    return Canary(len(items), packages)
 
 
-def _count_items(results: Path) -> int:
+def _existing_items(results: Path) -> list[etree._Element]:
     root = parse_file(results)
-    return sum(
-        1
+    return [
+        el
         for el in root.iter()
         if isinstance(el.tag, str)
         and el.tag.endswith("_item")
         and el.get("status", "exists") == "exists"
-    )
+    ]
 
 
 def oval_eval(
@@ -260,7 +325,9 @@ def oval_eval(
     report: Path,
     *,
     timeout: float,
+    content: str | None = None,
 ) -> OscapRun:
+    """Evaluate ``definitions``; ``content`` names the feed in ContentInvalid messages."""
     cmd = [
         "oscap",
         "oval",
@@ -275,7 +342,7 @@ def oval_eval(
         sandbox.wrap(cmd), timeout=timeout, reason=ErrorReason.OSCAP_FAILED, env=env, check=False
     )
     stderr = stderr_tail(proc.stderr)
-    _judge(proc.returncode, stderr, "oscap oval eval", frozenset({0}))
+    _judge(proc.returncode, stderr, "oscap oval eval", frozenset({0}), content or str(definitions))
     return OscapRun(proc.returncode, stderr)
 
 

@@ -35,7 +35,7 @@ from scapguard.results.model import (
 from scapguard.results.oval import OvalResults, parse_oval_results
 from scapguard.results.xccdf import parse_xccdf_results
 from scapguard.results.xmlsafe import XMLContentError
-from scapguard.scanner import content, oscap, osdetect, sandbox, unpack
+from scapguard.scanner import content, feedfilter, inventory, oscap, osdetect, sandbox, unpack
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.pull import PullOptions, pull, split_reference
 
@@ -179,14 +179,14 @@ def scan(req: ScanRequest) -> ScanOutput:
         env = oscap.environment(rootfs, scratch, found, image.architecture or req.pull.arch)
         reports: list[tuple[str, bytes]] = []
         with clock.phase("oscap"):
-            oscap.run_canary(box, env, scratch, found.info.family, timeout=budget.left())
+            canary = oscap.run_canary(box, env, scratch, found.info.family, timeout=budget.left())
             if feed is not None:
-                oscap.oval_eval(
+                evaluate_feed(
                     box,
                     env,
-                    feed.path,
-                    scratch / "oval-results.xml",
-                    scratch / "oval-report.html",
+                    feed,
+                    installed_packages(found, rootfs, canary),
+                    scratch,
                     timeout=budget.left(),
                 )
             if ds is not None:
@@ -244,6 +244,47 @@ def scan(req: ScanRequest) -> ScanOutput:
         timings=clock.timings,
     )
     return ScanOutput(failed, None, box.mode if box else None)
+
+
+def installed_packages(
+    found: osdetect.DetectedOS, rootfs: Path, canary: oscap.Canary
+) -> frozenset[str] | None:
+    """Every installed package name, or None when unknown (then nothing is pre-filtered)."""
+    if canary.packages is not None:
+        return canary.packages
+    if found.info.family == "debian":
+        return inventory.dpkg_packages(rootfs)
+    return None
+
+
+def evaluate_feed(
+    box: sandbox.Sandbox,
+    env: dict[str, str],
+    feed: content.ResolvedContent,
+    installed: frozenset[str] | None,
+    scratch: Path,
+    *,
+    timeout: float,
+) -> feedfilter.Filtered | None:
+    """``oscap oval eval`` of the feed, cut to what can be true on the image when ``installed``
+    is known (:mod:`scapguard.scanner.feedfilter`): writes ``oval-results.xml`` and
+    ``oval-report.html`` in ``scratch``."""
+    index = feedfilter.load(feed.path, feed.info.sha256)
+    definitions = feed.path
+    filtered = None
+    if installed is not None:
+        filtered = feedfilter.prefilter(index, installed, scratch / "oval-filtered.xml")
+        definitions = filtered.path
+    oscap.oval_eval(
+        box,
+        env,
+        definitions,
+        scratch / "oval-results.xml",
+        scratch / "oval-report.html",
+        timeout=timeout,
+        content=f"{feed.info.name} (sha256 {feed.info.sha256})",
+    )
+    return filtered
 
 
 def _vulnerabilities(
