@@ -147,14 +147,9 @@ def world_readable(path: Path, shared_dir: Path, text: str) -> Path:
 ScanRunner = Callable[..., ScanRun]
 
 
-@pytest.fixture
-def run_scan(
-    scan_user: ScanUser, scanner_bin: Path, shared_dir: Path, registry: Registry
-) -> Iterator[ScanRunner]:
-    """Run ``scapguard-scan IMAGE ARGS...`` as the scanning user against the test registry."""
-    made: list[Path] = []
-
-    def runner(image: str, *args: str, user: bool = True, insecure: bool = True,
+def _scan_runner(scan_user: ScanUser, scanner_bin: Path, shared_dir: Path,
+                 registry_host: str | None, made: list[Path]) -> ScanRunner:  # fmt: skip
+    def runner(image: str | None, *args: str, user: bool = True, insecure: bool = True,
                env: dict[str, str] | None = None, timeout: float = 900,
                wrap: Sequence[str] = ()) -> ScanRun:  # fmt: skip
         base = Path(tempfile.mkdtemp(prefix="scan-", dir=shared_dir))
@@ -165,8 +160,10 @@ def run_scan(
             d.mkdir()
             os.chown(d, scan_user.uid, scan_user.gid)
         cmd: Sequence[str] = [
-            *wrap, str(scanner_bin), image, "--output-dir", str(out), "--work-dir", str(work),
-            *(["--insecure-registry", registry.host] if insecure else []), *args,
+            *wrap, str(scanner_bin), *([image] if image is not None else []),
+            "--output-dir", str(out), "--work-dir", str(work),
+            *(["--insecure-registry", registry_host] if insecure and registry_host else []),
+            *args,
         ]  # fmt: skip
         if user:
             cmd = ["setpriv", f"--reuid={scan_user.uid}", f"--regid={scan_user.gid}",
@@ -181,8 +178,31 @@ def run_scan(
             result = ScanResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
         return ScanRun(proc.returncode, result, proc.stdout, proc.stderr, out, work)
 
+    return runner
+
+
+@pytest.fixture
+def run_scan(
+    scan_user: ScanUser, scanner_bin: Path, shared_dir: Path, registry: Registry
+) -> Iterator[ScanRunner]:
+    """Run ``scapguard-scan IMAGE ARGS...`` as the scanning user against the test registry."""
+    made: list[Path] = []
     try:
-        yield runner
+        yield _scan_runner(scan_user, scanner_bin, shared_dir, registry.host, made)
+    finally:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_local_scan(
+    scan_user: ScanUser, scanner_bin: Path, shared_dir: Path
+) -> Iterator[ScanRunner]:
+    """Run ``scapguard-scan ARGS...`` (``--rootfs`` / ``--oci-layout``: no registry) as the
+    scanning user; the runner's first argument is None."""
+    made: list[Path] = []
+    try:
+        yield _scan_runner(scan_user, scanner_bin, shared_dir, None, made)
     finally:
         for path in made:
             shutil.rmtree(path, ignore_errors=True)

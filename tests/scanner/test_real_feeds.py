@@ -9,7 +9,9 @@ fixed version (they stay false). The tree is evaluated twice: by scapguard's own
 (content resolution, canary, pre-filter, ``oscap oval eval`` in the scanner's sandbox as the
 non-root scanning user, results parsing) and by plain ``oscap oval eval`` of the untouched feed
 as root, with only the environment oscap needs to read the tree. The sets of true definition
-ids must be equal, and non-trivial.
+ids must be equal, and non-trivial. Canonical's OCI-flavoured feeds are evaluated as Canonical
+says: plain oscap runs, without a probe root, next to a ``manifest`` made by the real
+``dpkg-query -W`` from the tree's dpkg database; scapguard must write the same manifest itself.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from scapguard.devcluster.fixtureimages import write_dpkg_tree, write_oci_manifest, write_rpm_tree
+from scapguard.devcluster.fixtureimages import dpkg_query_manifest, write_dpkg_tree, write_rpm_tree
 from scapguard.devcluster.scanuser import SUBORDINATE_START, ScanUser
 from scapguard.results.model import ErrorReason, OSInfo
 from scapguard.results.oval import parse_oval_results
-from scapguard.scanner import content, oscap, osdetect, pipeline
+from scapguard.scanner import content, ocifeed, oscap, osdetect, pipeline
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.sandbox import MAPPED_IDS, Sandbox
 
@@ -232,11 +234,19 @@ CASES: dict[str, Case] = {
         "ubuntu/vuls-data-update__oci.com.ubuntu.jammy.cve.oval.xml",
         "oci",
         {**_os("ubuntu", "22.04", "Ubuntu 22.04.4 LTS"), "VERSION_CODENAME": "jammy"},
+        # libc6 and libssh-4 are Multi-Arch: same: their manifest lines read NAME:amd64
+        base={"base-files": "12ubuntu4.6", "libc6": "2.35-0ubuntu3.8"},
+        debian_version="bookworm/sid\n",
+        min_true=1,
+    ),
+    "ubuntu-jammy-oci-pkg": Case(
+        "ubuntu/vuls-data-update__oci.com.ubuntu.jammy.pkg.oval.xml.bz2",
+        "oci",
+        {**_os("ubuntu", "22.04", "Ubuntu 22.04.4 LTS"), "VERSION_CODENAME": "jammy"},
         base={"base-files": "12ubuntu4.6"},
         debian_version="bookworm/sid\n",
-        # oscap 1.3.7 finds no ./manifest under OSCAP_PROBE_ROOT here (plain and scapguard
-        # alike): equality is checked, but nothing is true yet (see docs/scanner.md)
-        min_true=0,
+        count=2,  # one package per definition: one true, one false
+        min_true=1,
     ),
 }
 
@@ -259,12 +269,9 @@ def build_tree(case: Case, doc: bytes, where: Path) -> Tree:
         write_rpm_tree(root, installed, workdir=where / "build", os_release=case.os_release,
                        files=case.files, signing_keyid=case.keyid)  # fmt: skip
     else:
-        dpkg = dict(case.base) if case.format == "oci" else installed
-        write_dpkg_tree(root, dpkg, os_release=case.os_release,
+        write_dpkg_tree(root, installed, os_release=case.os_release,
                         debian_version=case.debian_version,
                         lsb_release=case.lsb_release)  # fmt: skip
-        if case.format == "oci":
-            write_oci_manifest(root, installed)
     if case.os_info is None:
         found = osdetect.detect(root)
     else:
@@ -280,8 +287,11 @@ def true_definitions(results: Path) -> set[str]:
     return {d.get("definition_id", "") for d in defs if d.get("result") == "true"}
 
 
-def plain_oscap(tree: Tree, feed_xml: Path, work: Path) -> set[str]:
-    """``oscap oval eval`` as root, the whole feed, only the environment oscap needs."""
+def plain_oscap(tree: Tree, feed_xml: Path, work: Path, *, oci: bool = False) -> set[str]:
+    """``oscap oval eval`` as root, the whole feed, only the environment oscap needs.
+
+    ``oci``: Canonical's way, ``dpkg-query -W > manifest`` and oscap run in that directory
+    (no probe root: the feed reads nothing but ./manifest)."""
     home = work / "plain-home"
     (home / "apt.conf.d").mkdir(parents=True)
     (home / "apt.conf").write_text(
@@ -292,9 +302,15 @@ def plain_oscap(tree: Tree, feed_xml: Path, work: Path) -> set[str]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
            "OSCAP_PROBE_ROOT": str(tree.root), "APT_CONFIG": str(home / "apt.conf"),
            "OSCAP_PROBE_RPMDB_PATH": "/var/lib/rpm"}  # fmt: skip
+    cwd = work
+    if oci:
+        cwd = work / "plain-oci"
+        cwd.mkdir()
+        (cwd / "manifest").write_text(dpkg_query_manifest(tree.root), encoding="utf-8")
+        env = {k: v for k, v in env.items() if not k.startswith("OSCAP_PROBE_")}
     results = work / "plain-results.xml"
     proc = subprocess.run(["oscap", "oval", "eval", "--results", str(results), str(feed_xml)],
-                          capture_output=True, text=True, env=env, cwd=work, timeout=900,
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=900,
                           check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     return true_definitions(results)
@@ -313,6 +329,7 @@ def scan_sandbox(user: ScanUser) -> Sandbox:
 class ScapguardRun:
     true: set[str]
     findings: set[str]  # definition ids behind the findings
+    packages: set[str]  # affected packages named by the findings
     definitions: int
     kept: int
 
@@ -328,12 +345,14 @@ def scapguard(tree: Tree, feed: Path, work: Path, user: ScanUser) -> ScapguardRu
     env = oscap.environment(tree.root, scratch, tree.found, ARCH)
     canary = oscap.run_canary(box, env, scratch, tree.found.info.family, timeout=600)
     installed = pipeline.installed_packages(tree.found, tree.root, canary)
-    filtered = pipeline.evaluate_feed(box, env, resolved, installed, scratch, timeout=900)
+    filtered = pipeline.evaluate_feed(box, env, resolved, installed, scratch, timeout=900,
+                                      rootfs=tree.root, arch=ARCH)  # fmt: skip
     assert filtered is not None, "the pre-filter did not run (no package inventory)"
     parsed = parse_oval_results(scratch / "oval-results.xml")
     assert pipeline.oval_failure(parsed) is None, parsed.errors
     return ScapguardRun(true_definitions(scratch / "oval-results.xml"),
-                        {f.definition for f in parsed.findings}, filtered.definitions,
+                        {f.definition for f in parsed.findings},
+                        {p.name for f in parsed.findings for p in f.packages}, filtered.definitions,
                         filtered.kept)  # fmt: skip
 
 
@@ -359,8 +378,14 @@ def test_findings_equal_plain_oscap_on_real_feed(
     subprocess.run(["chown", "-R", f"{scan_user.uid}:{scan_user.gid}", str(tree.root)], check=True)
     feed_xml = work / "feed.xml"  # plain oscap reads neither gzip nor our copies
     feed_xml.write_bytes(doc)
-    plain = plain_oscap(tree, feed_xml, work)
+    plain = plain_oscap(tree, feed_xml, work, oci=case.format == "oci")
     ours = scapguard(tree, feed, work, scan_user)
+    if case.format == "oci":  # the manifest scapguard wrote is dpkg-query's, byte for byte
+        written = work / "oscap" / "oci-manifest" / ocifeed.MANIFEST
+        assert written.read_text(encoding="utf-8") == dpkg_query_manifest(tree.root)
+        assert ":amd64\t" in written.read_text(encoding="utf-8")  # Multi-Arch: same names
+        vulnerable = set(list(tree.packages)[: (case.count + 1) // 2])  # choose(): first half
+        assert ours.packages and ours.packages <= vulnerable, (ours.packages, vulnerable)
     only_ours, only_plain = sorted(ours.true - plain), sorted(plain - ours.true)
     assert ours.true == plain, f"{name}: only scapguard {only_ours}, only oscap {only_plain}"
     # Non-trivial: the vulnerable half made definitions true, the fixed half left some false.

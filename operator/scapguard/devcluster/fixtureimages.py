@@ -164,6 +164,7 @@ _DPKG_META: Final[Mapping[str, tuple[str | None, str, str, int, bool]]] = {
     "base-files": (None, "admin", "required", 391, False),
     "libc6": ("glibc", "libs", "optional", 12986, True),
     "libexpat1": ("expat", "libs", "optional", 403, True),
+    "libssh-4": ("libssh", "libs", "optional", 478, True),
     "libssl3": ("openssl", "libs", "optional", 6254, True),
     "openssl": (None, "utils", "optional", 2302, False),
     "zlib1g": ("zlib", "libs", "optional", 168, True),
@@ -317,13 +318,10 @@ def write_dpkg_tree(
     return root
 
 
-def write_oci_manifest(root: Path, packages: Mapping[str, str]) -> Path:
-    """``/manifest`` as in Canonical's OCI images (``NAME:ARCH<TAB>VERSION`` lines), which
-    Ubuntu's ``oci.com.ubuntu.*`` feeds read with textfilecontent54 instead of dpkginfo."""
-    path = root / "manifest"
-    lines = [f"{name}:{DPKG_ARCH}\t{packages[name]}\n" for name in sorted(packages)]
-    _write(path, "".join(lines))
-    return path
+def dpkg_query_manifest(root: Path) -> str:
+    """What Canonical's OCI instructions put in ``manifest`` (``dpkg-query -W`` in the image),
+    for the tree at ``root``: the host's ``dpkg-query --admindir=ROOT/var/lib/dpkg -W``."""
+    return _run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"])
 
 
 def dpkg_query_packages(root: Path) -> dict[str, str]:

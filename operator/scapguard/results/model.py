@@ -93,10 +93,20 @@ class ScanResultError(ValueError):
         self.message = message
 
 
+ImageSource = Literal["registry", "ociLayout", "rootfs"]
+
+
 @dataclass(frozen=True)
 class ImageRef:
+    """What was scanned. ``registry`` (what the operator runs): ``reference`` is
+    ``HOST/REPO@DIGEST``. ``ociLayout`` and ``rootfs`` (``scapguard-scan --oci-layout`` /
+    ``--rootfs``): ``path`` is the directory; ``digest`` is the OCI manifest's for a layout and
+    None for a root filesystem (``reference`` reads ``oci:PATH@DIGEST`` / ``rootfs:PATH``)."""
+
     reference: str
-    digest: str
+    digest: str | None
+    source: ImageSource = "registry"
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +219,7 @@ class ScanResult:
         """The JSON-ready document; raises :class:`ScanResultError` if it breaks the contract."""
         doc: dict[str, Any] = {
             "schemaVersion": SCHEMA_VERSION,
-            "image": {"reference": self.image.reference, "digest": self.image.digest},
+            "image": _image_to_dict(self.image),
             "os": None
             if self.os is None
             else {
@@ -279,7 +289,12 @@ class ScanResult:
         vul_d = d["vulnerabilities"]
         com_d = d["compliance"]
         return cls(
-            image=ImageRef(reference=d["image"]["reference"], digest=d["image"]["digest"]),
+            image=ImageRef(
+                reference=d["image"]["reference"],
+                digest=d["image"]["digest"],
+                source=d["image"].get("source", "registry"),
+                path=d["image"].get("path"),
+            ),
             os=None
             if os_d is None
             else OSInfo(
@@ -385,8 +400,7 @@ def validate_document(doc: object) -> None:
             raise ScanResultError(
                 "vulnerabilities", "a Completed scan has vulnerabilities, compliance or both"
             )
-    if not d["image"]["reference"].endswith("@" + d["image"]["digest"]):
-        raise ScanResultError("image.reference", "must end with @<image.digest>")
+    _check_image(d["image"])
     vul = d["vulnerabilities"]
     if vul is not None:
         seen: set[str] = set()
@@ -407,6 +421,32 @@ def validate_document(doc: object) -> None:
     finished = _parse_time(d["finishedAt"], "finishedAt")
     if finished < started:
         raise ScanResultError("finishedAt", "is before startedAt")
+
+
+def _image_to_dict(image: ImageRef) -> dict[str, Any]:
+    doc: dict[str, Any] = {"reference": image.reference, "digest": image.digest}
+    if image.source != "registry":  # registry documents stay as they always were
+        doc["source"] = image.source
+        doc["path"] = image.path
+    return doc
+
+
+def _check_image(image: Mapping[str, Any]) -> None:
+    source, digest, path = image.get("source", "registry"), image["digest"], image.get("path")
+    if source == "registry":
+        if digest is None:
+            raise ScanResultError("image.digest", "must be set for an image from a registry")
+        if path is not None:
+            raise ScanResultError("image.path", "only for an OCI layout or a root filesystem")
+        if not image["reference"].endswith("@" + digest):
+            raise ScanResultError("image.reference", "must end with @<image.digest>")
+        return
+    if path is None:
+        raise ScanResultError("image.path", f"must be set for source {source}")
+    if source == "ociLayout" and digest is None:
+        raise ScanResultError("image.digest", "must be the manifest's digest for an OCI layout")
+    if source == "rootfs" and digest is not None:
+        raise ScanResultError("image.digest", "must be null for a root filesystem")
 
 
 def _content_to_dict(c: ContentInfo) -> dict[str, Any]:

@@ -8,8 +8,10 @@ definitions is one finding: packages merged, the highest severity kept.
 
 Affected packages come from the system characteristics: the items that made a true criterion's
 test true (``tested_item[@result='true']``), by their ``name``; the fixed version is the value of
-the test's state compared with ``less than`` (``evr`` or ``version``), a leading ``0:`` epoch
-dropped. Severities follow :mod:`scapguard.results.severity`.
+the test's state compared with ``less than`` (``evr``, ``version``, or the ``subexpression`` of
+Canonical's OCI feeds, whose items are lines of ``./manifest``: the package is the line's first
+word without ``:ARCH``), a leading ``0:`` epoch dropped. Severities follow
+:mod:`scapguard.results.severity`.
 
 Collection problems are reported, never hidden: definitions whose result is ``error`` and
 collected objects flagged ``error`` are listed in :attr:`OvalResults.errors`, so the scanner can
@@ -143,13 +145,20 @@ class _Index:
             self.collected = sc.find(qname(NS_SC, "collected_objects"))
 
 
+#: The path items of Canonical's OCI feeds carry (``path`` ``.``, ``filename`` ``manifest``).
+OCI_MANIFEST: Final = "./manifest"
+
+
 def _fixed_version(index: _Index, test: etree._Element) -> str | None:
     for state_ref in _children(test, "state"):
         state = index.states.get(state_ref.get("state_ref", ""))
         if state is None:
             continue
         for ent in state:
-            if local_name(ent.tag) in {"evr", "version"} and ent.get("operation") == "less than":
+            if (
+                local_name(ent.tag) in {"evr", "version", "subexpression"}
+                and ent.get("operation") == "less than"
+            ):
                 value = _text(ent)
                 if value:
                     return _strip_epoch(value)
@@ -168,6 +177,17 @@ def _true_criteria_tests(criteria: etree._Element | None) -> Iterable[str]:
             yield from _true_criteria_tests(el)
 
 
+def _item_package(item: etree._Element) -> str:
+    """A package item's ``name``, or the package of a line of an OCI ``./manifest``
+    (``NAME[:ARCH]<TAB>VERSION``, Canonical's OCI-flavoured feeds)."""
+    if local_name(item.tag) == "textfilecontent_item":
+        if _text(_child(item, "filepath")) != OCI_MANIFEST:
+            return ""
+        words = _text(_child(item, "text")).split()
+        return words[0].split(":", 1)[0] if words else ""
+    return _text(_child(item, "name"))
+
+
 def _affected_packages(index: _Index, result_def: etree._Element) -> dict[str, str | None]:
     packages: dict[str, str | None] = {}
     for test_ref in _true_criteria_tests(_child(result_def, "criteria")):
@@ -182,7 +202,7 @@ def _affected_packages(index: _Index, result_def: etree._Element) -> dict[str, s
             if tested.get("result") != "true":
                 continue
             item = index.items.get(tested.get("item_id", ""))
-            name = _text(_child(item, "name")) if item is not None else ""
+            name = _item_package(item) if item is not None else ""
             if name:
                 packages[name] = fixed
     return packages

@@ -1,5 +1,9 @@
 """``scapguard-scan IMAGE [--policy-file p.yaml]``: scan one image by digest.
 
+Or a local directory instead of IMAGE: ``--oci-layout DIR [--oci-ref NAME]`` (an OCI image
+layout: copied, checked and unpacked like a pulled image) or ``--rootfs DIR`` (an unpacked root
+filesystem, scanned in place and never written to); see :mod:`scapguard.scanner.local`.
+
 Standalone (no ``SCAPGUARD_RESULTS_URL``): writes ``result.json`` and ``report.html`` to
 ``--output-dir`` and exits 0 (pass), 1 (fail) or 2 (error), the verdict coming from
 ``scapguard.api.evaluation.evaluate`` with the policy's failOn/failOnRules/exceptions.
@@ -93,7 +97,26 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scapguard-scan", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    p.add_argument("image", help="HOST/REPO@sha256:<digest>")
+    p.add_argument(
+        "image", nargs="?", help="HOST/REPO@sha256:<digest> (or --oci-layout / --rootfs)"
+    )
+    p.add_argument(
+        "--oci-layout",
+        type=Path,
+        metavar="DIR",
+        help="scan the image in this OCI image layout (oci-layout + index.json) instead",
+    )
+    p.add_argument(
+        "--oci-ref",
+        metavar="NAME",
+        help="with --oci-layout: the image whose org.opencontainers.image.ref.name is NAME",
+    )
+    p.add_argument(
+        "--rootfs",
+        type=Path,
+        metavar="DIR",
+        help="scan this unpacked root filesystem in place (read only) instead",
+    )
     p.add_argument("--policy-file", type=Path, help="a ScanPolicy object or its spec (YAML)")
     p.add_argument("--output-dir", type=Path, help="write result.json and report.html here")
     p.add_argument("--authfile", type=Path, default=_env_path("REGISTRY_AUTH_FILE"))
@@ -151,11 +174,46 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+def check_source(args: argparse.Namespace) -> None:
+    """Exactly one of IMAGE, ``--oci-layout`` and ``--rootfs``; errors name the path."""
+    given = [
+        name
+        for name, value in (
+            ("IMAGE", args.image),
+            ("--oci-layout", args.oci_layout),
+            ("--rootfs", args.rootfs),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise UsageError(
+            "give one of IMAGE, --oci-layout DIR or --rootfs DIR"
+            + (f" (got {' and '.join(given)})" if given else "")
+        )
+    if args.oci_ref is not None and args.oci_layout is None:
+        raise UsageError("--oci-ref needs --oci-layout")
+    if args.image is not None:
+        try:
+            split_reference(args.image)
+        except ScanFailure as exc:
+            raise UsageError(exc.message) from exc
+    elif args.rootfs is not None:
+        if not args.rootfs.is_dir():
+            raise UsageError(f"--rootfs {args.rootfs}: not a directory")
+    else:
+        layout: Path = args.oci_layout
+        if not layout.is_dir():
+            raise UsageError(f"--oci-layout {layout}: not a directory")
+        for name in ("oci-layout", "index.json"):
+            if not (layout / name).is_file():
+                raise UsageError(
+                    f"--oci-layout {layout}: no {name} (not an OCI image layout; "
+                    "an unpacked tree is --rootfs)"
+                )
+
+
 def build_request(args: argparse.Namespace, spec: ScanPolicySpec) -> ScanRequest:
-    try:
-        split_reference(args.image)
-    except ScanFailure as exc:
-        raise UsageError(exc.message) from exc
+    check_source(args)
     content_dir: Path = args.content_dir
     feed = _override(spec.vulnerabilities.feed, content_dir)
     if args.feed_file is not None:
@@ -176,7 +234,10 @@ def build_request(args: argparse.Namespace, spec: ScanPolicySpec) -> ScanRequest
     # The Job's activeDeadlineSeconds is the policy's timeoutSeconds: keep 15% of it to report.
     timeout = float(args.timeout or spec.scanner.timeout_seconds * POLICY_TIMEOUT_SHARE)
     return ScanRequest(
-        reference=args.image,
+        reference=args.image or "",
+        oci_layout=args.oci_layout,
+        oci_ref=args.oci_ref,
+        rootfs=args.rootfs,
         workdir=args.work_dir,
         pull=PullOptions(
             authfile=args.authfile,

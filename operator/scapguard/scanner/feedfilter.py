@@ -15,9 +15,15 @@ A definition is dropped only when its criteria are *provably* false, evaluated t
   ``constant_variable``'s values with ``var_check="at least one"`` (Ubuntu), and none of them
   is installed: the object collects nothing, so the existence check fails and OVAL makes the
   test false whatever its states say;
-* everything else is unknown: other test types (textfilecontent54, uname, rpmverifyfile,
-  family...), patterns, variables, ``extend_definition``, operators or attributes this module
-  does not know. An unknown criterion never lets a definition be dropped.
+* likewise a ``textfilecontent54_test`` on Canonical's OCI ``./manifest``
+  (:func:`is_manifest_object`) whose patterns are all ``^NAME(?::\\w+|)\\s+(.*)$`` with a
+  NAME free of regex metacharacters, so that it matches a manifest line only when NAME is that
+  line's package (the manifest lists a subset of the ``Package:`` stanzas, see
+  :mod:`scapguard.scanner.inventory`), and none of those NAMEs is installed;
+* everything else is unknown: other test types (other textfilecontent54, uname,
+  rpmverifyfile, family...), patterns, variables, ``extend_definition``, operators or
+  attributes this module does not know. An unknown criterion never lets a definition be
+  dropped.
 
 So the true definitions (the findings) are exactly oscap's on the full feed; the tests check
 this definition for definition on real vendor feeds. The installed names come from the same
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -54,6 +61,10 @@ from scapguard.scanner.errors import ScanFailure
 log = logging.getLogger(__name__)
 
 _NS_LINUX: Final = NS_DEF + "#linux"
+_NS_IND: Final = NS_DEF + "#independent"
+_MANIFEST_OBJECT: Final = f"{{{_NS_IND}}}textfilecontent54_object"
+#: Canonical's manifest pattern for one package whose name has no regex metacharacter.
+_MANIFEST_LINE: Final = re.compile(r"\^([a-z0-9][a-z0-9-]*)\(\?::\\w\+\|\)\\s\+\(\.\*\)\$")
 _COMPONENT_PREFIX: Final = NS_DEF + "#"
 _SECTIONS: Final = ("definitions", "tests", "objects", "states", "variables")
 _COMPONENT_SECTIONS: Final = frozenset({"tests", "objects", "states"})
@@ -61,6 +72,7 @@ _COMPONENT_SECTIONS: Final = frozenset({"tests", "objects", "states"})
 _PACKAGE_TESTS: Final = {
     f"{{{_NS_LINUX}}}rpminfo_test": f"{{{_NS_LINUX}}}rpminfo_object",
     f"{{{_NS_LINUX}}}dpkginfo_test": f"{{{_NS_LINUX}}}dpkginfo_object",
+    f"{{{_NS_IND}}}textfilecontent54_test": _MANIFEST_OBJECT,  # only on ./manifest
 }
 _FAILS_WHEN_ABSENT: Final = frozenset({"at_least_one_exists", "only_one_exists"})
 _REF_TEXT_ELEMENTS: Final = frozenset({"object_reference", "filter"})
@@ -186,6 +198,72 @@ def _literal(value: str | None) -> str | None:
     return value if value and value == value.strip() else None
 
 
+def _entity_values(entity: etree._Element, elements: dict[str, etree._Element]) -> list[str] | None:
+    """An entity's literal value, or a ``constant_variable``'s values under
+    ``var_check="at least one"`` (Ubuntu: the binary packages of a source package)."""
+    var_ref = entity.get("var_ref")
+    if var_ref is None:
+        text = _literal(entity.text)
+        return [text] if text is not None else None
+    variable = elements.get(var_ref)
+    if variable is None or local_name(variable.tag) != "constant_variable":
+        return None
+    if entity.get("var_check", "all") != "at least one":
+        return None
+    values = [_literal(v.text) for v in variable if local_name(v.tag) == "value"]
+    if not values or any(v is None for v in values):
+        return None
+    return [v for v in values if v is not None]
+
+
+def _plain_entity(entity: etree._Element | None, operation: str = "equals") -> bool:
+    if entity is None or len(entity) or entity.get("operation", "equals") != operation:
+        return False
+    return entity.get("datatype", "string") == "string"
+
+
+def is_manifest_object(obj: etree._Element) -> bool:
+    """A textfilecontent54_object reading ``./manifest`` and nothing else (path ``.`` +
+    filename ``manifest``, or filepath ``./manifest``; no recursion): Canonical's OCI feeds,
+    see :mod:`scapguard.scanner.ocifeed`."""
+    if obj.tag != _MANIFEST_OBJECT:
+        return False
+    children = {local_name(c.tag): c for c in obj if isinstance(c.tag, str)}
+    behaviors = children.get("behaviors")
+    if behaviors is not None and behaviors.get("recurse_direction", "none") != "none":
+        return False
+
+    def value(name: str) -> str | None:
+        entity = children.get(name)
+        if not _plain_entity(entity) or entity is None or entity.get("var_ref") is not None:
+            return None
+        return (entity.text or "").strip()
+
+    if "filepath" in children:
+        return value("filepath") == "./manifest"
+    return (value("path"), value("filename")) == (".", "manifest")
+
+
+def _manifest_packages_of(
+    obj: etree._Element, elements: dict[str, etree._Element]
+) -> frozenset[str] | None:
+    """The packages of a manifest object whose every pattern is Canonical's plain
+    ``^NAME(?::\\w+|)\\s+(.*)$`` (a NAME without regex metacharacters): it matches a manifest
+    line only if NAME is that line's package."""
+    if not is_manifest_object(obj):
+        return None
+    patterns = [c for c in obj if isinstance(c.tag, str) and local_name(c.tag) == "pattern"]
+    if len(patterns) != 1 or not _plain_entity(patterns[0], "pattern match"):
+        return None
+    values = _entity_values(patterns[0], elements)
+    if values is None:
+        return None
+    names = [_MANIFEST_LINE.fullmatch(v) for v in values]
+    if any(m is None for m in names):
+        return None
+    return frozenset(m.group(1) for m in names if m is not None)
+
+
 def _packages_of(
     test: etree._Element, elements: dict[str, etree._Element]
 ) -> frozenset[str] | None:
@@ -201,28 +279,16 @@ def _packages_of(
     obj = elements.get(refs[0].get("object_ref", ""))
     if obj is None or obj.tag != object_tag:
         return None
+    if object_tag == _MANIFEST_OBJECT:
+        return _manifest_packages_of(obj, elements)
     entities = [c for c in obj if isinstance(c.tag, str) and local_name(c.tag) != "behaviors"]
     if len(entities) != 1 or local_name(entities[0].tag) != "name":
         return None  # a set, a filter, or entities this module does not know
     name = entities[0]
-    if len(name) or name.get("operation", "equals") != "equals":
+    if not _plain_entity(name):
         return None
-    if name.get("datatype", "string") != "string":
-        return None
-    var_ref = name.get("var_ref")
-    if var_ref is None:
-        text = _literal(name.text)
-        return frozenset({text}) if text is not None else None
-    # Ubuntu: the binary packages of a source package, as a constant_variable's values
-    variable = elements.get(var_ref)
-    if variable is None or local_name(variable.tag) != "constant_variable":
-        return None
-    if name.get("var_check", "all") != "at least one":
-        return None
-    values = [_literal(v.text) for v in variable if local_name(v.tag) == "value"]
-    if not values or any(v is None for v in values):
-        return None
-    return frozenset(v for v in values if v is not None)
+    values = _entity_values(name, elements)
+    return frozenset(values) if values is not None else None
 
 
 def _negate(value: Value, el: etree._Element) -> Value:

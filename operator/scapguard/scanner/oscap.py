@@ -101,11 +101,17 @@ def version() -> str:
     return match.group(1)
 
 
+def debian_arch(arch: str) -> str:
+    """The Debian name of an OCI architecture; UnsupportedOS for one dpkg does not know."""
+    found = DEBIAN_ARCH.get(arch)
+    if found is None:
+        raise ScanFailure(ErrorReason.UNSUPPORTED_OS, f"image architecture {arch!r} unsupported")
+    return found
+
+
 def write_apt_config(workdir: Path, arch: str) -> Path:
     """An apt configuration that ignores the host's and the image's apt settings."""
-    debian_arch = DEBIAN_ARCH.get(arch)
-    if debian_arch is None:
-        raise ScanFailure(ErrorReason.UNSUPPORTED_OS, f"image architecture {arch!r} unsupported")
+    apt_arch = debian_arch(arch)
     parts = workdir / "apt.conf.d"
     parts.mkdir(parents=True, exist_ok=True)
     conf = workdir / "apt.conf"
@@ -120,8 +126,8 @@ def write_apt_config(workdir: Path, arch: str) -> Path:
                 f'Dir::Etc::sourcelist "{_MISSING}/sources.list";',
                 f'Dir::Etc::sourceparts "{_MISSING}/sources.list.d";',
                 f'Dir::State::lists "{_MISSING}/lists";',
-                f'APT::Architecture "{debian_arch}";',
-                f'APT::Architectures {{ "{debian_arch}"; }};',
+                f'APT::Architecture "{apt_arch}";',
+                f'APT::Architectures {{ "{apt_arch}"; }};',
                 "",
             ]
         ),
@@ -149,6 +155,17 @@ def environment(rootfs: Path, workdir: Path, os_: DetectedOS, arch: str) -> dict
         env["OSCAP_PROBE_RPMDB_PATH"] = _plain_path(os_.rpmdb_path)
     (home / ".rpmmacros").write_text(rpm_macros(os_.rpmdb_path), encoding="utf-8")
     return env
+
+
+def manifest_root(env: dict[str, str], directory: Path) -> dict[str, str]:
+    """``env`` for an OCI-flavoured feed (:mod:`scapguard.scanner.ocifeed`): the probe root is
+    ``directory`` (holding only the scanner's ``manifest``) *with* a trailing slash, the one
+    form under which oscap 1.3.7 resolves the feed's path ``.`` to the root; the image tree is
+    not read. A probe root rather than none keeps oscap from describing the scanner's own
+    host (name, addresses) in the results' system_info."""
+    out = {k: v for k, v in env.items() if k != "OSCAP_PROBE_RPMDB_PATH"}
+    out["OSCAP_PROBE_ROOT"] = os.fspath(directory).rstrip("/") + "/"
+    return out
 
 
 def _plain_path(path: str) -> str:
@@ -339,7 +356,11 @@ def oval_eval(
         str(definitions),
     ]
     proc = run(
-        sandbox.wrap(cmd), timeout=timeout, reason=ErrorReason.OSCAP_FAILED, env=env, check=False
+        sandbox.wrap(cmd),
+        timeout=timeout,
+        reason=ErrorReason.OSCAP_FAILED,
+        env=env,
+        check=False,
     )
     stderr = stderr_tail(proc.stderr)
     _judge(proc.returncode, stderr, "oscap oval eval", frozenset({0}), content or str(definitions))

@@ -25,6 +25,7 @@ from scapguard.results.model import (
     Compliance,
     ErrorReason,
     ImageRef,
+    ImageSource,
     OSInfo,
     RuleResult,
     ScanError,
@@ -35,7 +36,17 @@ from scapguard.results.model import (
 from scapguard.results.oval import OvalResults, parse_oval_results
 from scapguard.results.xccdf import parse_xccdf_results
 from scapguard.results.xmlsafe import XMLContentError
-from scapguard.scanner import content, feedfilter, inventory, oscap, osdetect, sandbox, unpack
+from scapguard.scanner import (
+    content,
+    feedfilter,
+    inventory,
+    local,
+    ocifeed,
+    oscap,
+    osdetect,
+    sandbox,
+    unpack,
+)
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.pull import PullOptions, pull, split_reference
 
@@ -49,6 +60,11 @@ OWNERSHIP_RULE: Final = re.compile(
 )
 #: Definition ids named in a ProbeFailed message; the rest are counted.
 MAX_NAMED_DEFINITIONS: Final = 3
+ROOTFS_REASON: Final = (
+    "root filesystem scanned in place: files have the owners the scanning user sees, not "
+    "necessarily the image's, so rules on ownership and permissions are reported notchecked "
+    "(scan the image or an OCI layout to judge them)"
+)
 ROOTLESS_REASON: Final = (
     "rootless unpack: file owners were not preserved, so rules on ownership and permissions "
     "are reported notchecked (run with a subordinate id range for --id-mapping=userns)"
@@ -57,6 +73,11 @@ ROOTLESS_REASON: Final = (
 
 @dataclass(frozen=True)
 class ScanRequest:
+    """One scan. The image is ``reference`` (``HOST/REPO@DIGEST``, pulled), or a local
+    directory: ``oci_layout`` (the image ``oci_ref`` or its only one, copied and unpacked like
+    a pulled image) or ``rootfs`` (scanned in place, never written to); see
+    :mod:`scapguard.scanner.local`."""
+
     reference: str
     workdir: Path
     pull: PullOptions = field(default_factory=PullOptions)
@@ -71,6 +92,28 @@ class ScanRequest:
     id_mapping: sandbox.Requested = "auto"
     timeout: float = 1800.0  # the whole scan's budget; each step gets what is left of it
     keep_workdir: bool = False
+    oci_layout: Path | None = None
+    oci_ref: str | None = None
+    rootfs: Path | None = None
+
+    @property
+    def source(self) -> ImageSource:
+        if self.rootfs is not None:
+            return "rootfs"
+        return "ociLayout" if self.oci_layout is not None else "registry"
+
+    def image_ref(self, digest: str | None) -> ImageRef:
+        """What the result says was scanned (``digest``: the image's, once known)."""
+        if self.rootfs is not None:
+            path = str(self.rootfs.absolute())
+            return ImageRef(f"rootfs:{path}", None, "rootfs", path)
+        zero = "sha256:" + "0" * 64
+        if self.oci_layout is not None:
+            path = str(self.oci_layout.absolute())
+            return ImageRef(f"oci:{path}@{digest or zero}", digest or zero, "ociLayout", path)
+        digest = digest or zero
+        ref = self.reference
+        return ImageRef(ref if digest in ref else f"{ref}@{digest}", digest)
 
 
 @dataclass(frozen=True)
@@ -151,22 +194,51 @@ def scan(req: ScanRequest) -> ScanOutput:
     budget = _Budget(req.timeout)
     detected: OSInfo | None = None
     oscap_version: str | None = None
-    digest = "sha256:" + "0" * 64
+    digest: str | None = None
     box: sandbox.Sandbox | None = None
     work: Path | None = None
     try:
-        _, _, digest = split_reference(req.reference)
+        if req.source == "registry":
+            _, _, digest = split_reference(req.reference)
         box = sandbox.select(req.id_mapping)
         oscap_version = oscap.version()
         req.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="scan-", dir=req.workdir))
-        with clock.phase("pull"):
-            image = pull(req.reference, work / "oci", replace(req.pull, timeout=budget.left()))
-        with clock.phase("unpack"):
-            unpack.inspect_layers(image, req.limits)
-            rootfs = unpack.unpack(image, work / "bundle", box, timeout=budget.left())
-            found = osdetect.detect(rootfs)
-            detected = found.info
+        if req.rootfs is not None:
+            with clock.phase("detect"):
+                rootfs = local.check_rootfs(req.rootfs)
+                escaping = local.escaping_symlinks(rootfs)
+                if escaping:
+                    log.warning(
+                        "%s: %d symlinks are absolute or climb out of the tree; a root "
+                        "filesystem is scanned in place, so they are not contained",
+                        rootfs,
+                        escaping,
+                    )
+                found = osdetect.detect(rootfs)
+                detected = found.info
+            arch = req.pull.arch
+        else:
+            with clock.phase("pull"):
+                if req.oci_layout is not None:
+                    image = local.copy_layout(
+                        req.oci_layout,
+                        work / "oci",
+                        ref=req.oci_ref,
+                        arch=req.pull.arch,
+                        max_compressed_bytes=req.pull.max_compressed_bytes,
+                    )
+                    digest = image.digest
+                else:
+                    image = pull(
+                        req.reference, work / "oci", replace(req.pull, timeout=budget.left())
+                    )
+            with clock.phase("unpack"):
+                unpack.inspect_layers(image, req.limits)
+                rootfs = unpack.unpack(image, work / "bundle", box, timeout=budget.left())
+                found = osdetect.detect(rootfs)
+                detected = found.info
+            arch = image.architecture or req.pull.arch
         scratch = work / "oscap"
         oscap.ensure_writable_by_sandbox(scratch)
         with clock.phase("content"):
@@ -176,7 +248,7 @@ def scan(req: ScanRequest) -> ScanOutput:
                 if req.compliance
                 else (None, None)
             )
-        env = oscap.environment(rootfs, scratch, found, image.architecture or req.pull.arch)
+        env = oscap.environment(rootfs, scratch, found, arch)
         reports: list[tuple[str, bytes]] = []
         with clock.phase("oscap"):
             canary = oscap.run_canary(box, env, scratch, found.info.family, timeout=budget.left())
@@ -188,6 +260,8 @@ def scan(req: ScanRequest) -> ScanOutput:
                     installed_packages(found, rootfs, canary),
                     scratch,
                     timeout=budget.left(),
+                    rootfs=rootfs,
+                    arch=arch,
                 )
             if ds is not None:
                 oscap.xccdf_eval(
@@ -204,7 +278,7 @@ def scan(req: ScanRequest) -> ScanOutput:
             vulnerabilities = _vulnerabilities(feed, scratch, reports)
             compliance = _compliance(req, ds, scratch, reports, found, box)
         result = ScanResult(
-            image=ImageRef(req.reference, digest),
+            image=req.image_ref(digest),
             os=detected,
             outcome="Completed",
             error=None,
@@ -218,10 +292,10 @@ def scan(req: ScanRequest) -> ScanOutput:
     except (ScanFailure, XMLContentError) as exc:
         reason = exc.reason if isinstance(exc, ScanFailure) else ErrorReason.RESULTS_INVALID
         message = exc.message if isinstance(exc, ScanFailure) else str(exc)
-        log.error("scan of %s failed (%s): %s", req.reference, reason, message)
+        log.error("scan of %s failed (%s): %s", req.image_ref(digest).reference, reason, message)
         error = ScanError(reason, message[:4096])
     except Exception as exc:  # a bug: reported as a result, not a crash without one
-        log.exception("scan of %s failed unexpectedly", req.reference)
+        log.exception("scan of %s failed unexpectedly", req.image_ref(digest).reference)
         message = f"unexpected {type(exc).__name__} in the scanner: {exc}"
         error = ScanError(ErrorReason.SCANNER_ERROR, message[:4096])
     else:
@@ -230,9 +304,7 @@ def scan(req: ScanRequest) -> ScanOutput:
         if work is not None and box is not None and not req.keep_workdir:
             box.remove_tree(work)
     failed = ScanResult(
-        image=ImageRef(
-            req.reference if digest in req.reference else f"{req.reference}@{digest}", digest
-        ),
+        image=req.image_ref(digest),
         os=detected,
         outcome="Error",
         error=error,
@@ -265,11 +337,28 @@ def evaluate_feed(
     scratch: Path,
     *,
     timeout: float,
+    rootfs: Path,
+    arch: str,
 ) -> feedfilter.Filtered | None:
     """``oscap oval eval`` of the feed, cut to what can be true on the image when ``installed``
     is known (:mod:`scapguard.scanner.feedfilter`): writes ``oval-results.xml`` and
-    ``oval-report.html`` in ``scratch``."""
+    ``oval-report.html`` in ``scratch``.
+
+    A feed of Canonical's OCI flavour (:mod:`scapguard.scanner.ocifeed`) is evaluated with a
+    probe root holding only the ``manifest`` written from the image's dpkg database (``arch``,
+    the image's architecture, decides which names get ``:ARCH``), not the image tree."""
     index = feedfilter.load(feed.path, feed.info.sha256)
+    if ocifeed.is_manifest_feed(index):
+        lines = inventory.dpkg_manifest(rootfs, oscap.debian_arch(arch))
+        if lines is None:
+            raise ScanFailure(
+                ErrorReason.CONTENT_INVALID,
+                f"{feed.info.name} reads a dpkg manifest (Canonical's OCI OVAL), but the "
+                f"image has no readable {inventory.DPKG_STATUS}: wrong feed for this OS?",
+            )
+        manifest_dir = scratch / "oci-manifest"
+        ocifeed.write_manifest(lines, manifest_dir)
+        env = oscap.manifest_root(env, manifest_dir)
     definitions = feed.path
     filtered = None
     if installed is not None:
@@ -344,7 +433,9 @@ def _compliance(
             "wrong datastream for this OS?",
         )
     reason = None
-    if not box.owners_preserved:
+    if req.rootfs is not None:
+        rules, reason = _mark_rootless(rules), ROOTFS_REASON
+    elif not box.owners_preserved:
         rules, reason = _mark_rootless(rules), ROOTLESS_REASON
     reports.append(("Compliance (XCCDF)", (scratch / "xccdf-report.html").read_bytes()))
     return Compliance(ds.info, xr.profile or req.profile, xr.score, rules, reason)

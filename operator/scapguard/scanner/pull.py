@@ -167,7 +167,7 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     return loaded
 
 
-def _pick_platform(index: dict[str, Any], arch: str, ref: str) -> str:
+def pick_platform(index: dict[str, Any], arch: str, ref: str) -> str:
     for entry in index.get("manifests", []):
         platform = entry.get("platform", {}) if isinstance(entry, dict) else {}
         if platform.get("os") == "linux" and platform.get("architecture") == arch:
@@ -175,7 +175,7 @@ def _pick_platform(index: dict[str, Any], arch: str, ref: str) -> str:
     raise ScanFailure(ErrorReason.PULL_FAILED, f"{ref} is an index without a linux/{arch} image")
 
 
-def _compressed_size(manifest: dict[str, Any], what: str) -> int:
+def compressed_size(manifest: dict[str, Any], what: str) -> int:
     try:
         sizes = [int(manifest["config"]["size"])]
         sizes += [int(layer["size"]) for layer in manifest["layers"]]
@@ -199,7 +199,7 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
     manifest_digest = digest
     manifest = top
     if top.get("mediaType") in INDEX_TYPES or "manifests" in top:
-        manifest_digest = _pick_platform(top, opts.arch, reference)
+        manifest_digest = pick_platform(top, opts.arch, reference)
         child_ref = f"{host}/{repo}@{manifest_digest}"
         child_raw = _inspect_raw(child_ref, host, opts, home)
         if _sha(child_raw) != manifest_digest:
@@ -212,7 +212,7 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
             ErrorReason.PULL_FAILED,
             f"unsupported manifest media type {manifest.get('mediaType')!r}",
         )
-    size = _compressed_size(manifest, reference)
+    size = compressed_size(manifest, reference)
     if size > opts.max_compressed_bytes:
         raise ScanFailure(
             ErrorReason.IMAGE_TOO_LARGE,
