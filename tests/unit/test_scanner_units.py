@@ -518,6 +518,30 @@ def test_a_configured_user_namespace_that_fails_is_a_named_fallback(
     assert sandbox.select("auto") == sandbox.Sandbox("rootless")
 
 
+def test_no_new_privs_skips_the_user_namespace_probe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a pod with allowPrivilegeEscalation: false the probe would hang until its timeout
+    (unshare waits for a newuidmap that cannot gain privileges): it is not even run."""
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython3\nNoNewPrivs:\t1\nSeccomp:\t2\n", encoding="utf-8")
+    assert sandbox.no_new_privs(status)
+    status.write_text("Name:\tpython3\nNoNewPrivs:\t0\n", encoding="utf-8")
+    assert not sandbox.no_new_privs(status)
+    assert not sandbox.no_new_privs(tmp_path / "absent")
+
+    def never(*_a: object, **_k: object) -> None:
+        raise AssertionError("the probe ran")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 65532)
+    monkeypatch.setattr(sandbox, "userns_prefix", lambda: ("unshare", "--"))
+    monkeypatch.setattr(sandbox, "no_new_privs", lambda: True)
+    monkeypatch.setattr(subprocess, "run", never)
+    box = sandbox.select("auto")
+    assert box.mode == "rootless"
+    assert box.fallback is not None and "no_new_privs" in box.fallback
+
+
 def test_skopeo_always_gets_an_auth_file_and_a_runtime_dir_of_the_scans_own(
     tmp_path: Path,
 ) -> None:

@@ -48,7 +48,9 @@ Requested = Literal["auto", "userns", "inherited", "rootless"]
 
 #: ids mapped beside the user's own (which becomes 0): 1..65535, the range images use.
 MAPPED_IDS: Final = 65535
-_PROBE_TIMEOUT: Final = 30.0
+# ``unshare --map-users`` hangs (rather than failing) when newuidmap cannot map: a probe that
+# works takes milliseconds.
+_PROBE_TIMEOUT: Final = 10.0
 _CLEANUP_TIMEOUT: Final = 600.0
 
 
@@ -95,6 +97,16 @@ def _read_map(path: str) -> list[tuple[int, int, int]]:
 
 def in_initial_userns() -> bool:
     return _read_map("/proc/self/uid_map") == [(0, 0, 4294967295)]
+
+
+def no_new_privs(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process may not gain privileges (``allowPrivilegeEscalation: false``):
+    then setuid ``newuidmap`` cannot map subordinate ids."""
+    try:
+        lines = status.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    return any(line.split() == ["NoNewPrivs:", "1"] for line in lines)
 
 
 def _subordinate(path: Path, user: str, uid: int) -> tuple[int, int] | None:
@@ -157,7 +169,12 @@ def select(requested: Requested = "auto") -> Sandbox:
     if requested in {"auto", "userns"} and os.geteuid() != 0:
         prefix = userns_prefix()
         if prefix is not None:
-            problem = _probe(prefix)
+            problem = (
+                "no_new_privs is set (allowPrivilegeEscalation: false), so setuid newuidmap "
+                "cannot map the subordinate ids"
+                if no_new_privs()
+                else _probe(prefix)
+            )
             if problem is None:
                 return Sandbox("userns", prefix)
             fallback = f"uid {os.getuid()} has subordinate ids, but {problem}"
