@@ -69,12 +69,16 @@ def _open_regular(path: Path, what: str, layout: Path) -> int:
     return fd
 
 
-def _read_json(path: Path, what: str, layout: Path) -> dict[str, Any]:
+def _read_bounded(path: Path, what: str, layout: Path) -> bytes:
     fd = _open_regular(path, what, layout)
     with os.fdopen(fd, "rb") as f:
         data = f.read(_MAX_JSON + 1)
     if len(data) > _MAX_JSON:
         raise _bad(layout, f"{what} is larger than {_MAX_JSON} bytes")
+    return data
+
+
+def _json_object(data: bytes, what: str, layout: Path) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except ValueError as exc:
@@ -82,6 +86,10 @@ def _read_json(path: Path, what: str, layout: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise _bad(layout, f"{what} is not a JSON object")
     return doc
+
+
+def _read_json(path: Path, what: str, layout: Path) -> dict[str, Any]:
+    return _json_object(_read_bounded(path, what, layout), what, layout)
 
 
 def _blob(layout: Path, digest: object) -> Path:
@@ -92,21 +100,11 @@ def _blob(layout: Path, digest: object) -> Path:
 
 
 def _read_blob_json(layout: Path, digest: object) -> tuple[bytes, dict[str, Any]]:
-    path = _blob(layout, digest)
-    fd = _open_regular(path, f"blob {digest}", layout)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(_MAX_JSON + 1)
-    if len(data) > _MAX_JSON:
-        raise _bad(layout, f"blob {digest} is larger than {_MAX_JSON} bytes")
+    what = f"blob {digest}"
+    data = _read_bounded(_blob(layout, digest), what, layout)
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise _bad(layout, f"blob {digest} does not match its digest", ErrorReason.DIGEST_MISMATCH)
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise _bad(layout, f"blob {digest} is not JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise _bad(layout, f"blob {digest} is not a JSON object")
-    return data, doc
+        raise _bad(layout, f"{what} does not match its digest", ErrorReason.DIGEST_MISMATCH)
+    return data, _json_object(data, what, layout)
 
 
 def _copy_blob(layout: Path, descriptor: dict[str, Any], dest: Path) -> None:
