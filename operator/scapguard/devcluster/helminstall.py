@@ -245,9 +245,10 @@ class ChartInstall:
 
     def kill(self, timeout: float = 120.0) -> None:
         """A crash: SIGKILL every process of the operator container from the host (no handler
-        runs, nothing is drained); return once the kubelet has restarted it and it is Ready."""
-        before = self.restarts()
+        runs, nothing is drained); return once the kubelet has restarted it (not yet Ready:
+        see :meth:`ready`)."""
         (state,) = self.operator_pod()["status"]["containerStatuses"]
+        before = int(state.get("restartCount", 0))
         container = state["containerID"].split("://", 1)[1]
         pids = container_pids(container)
         if not pids:
