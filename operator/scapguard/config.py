@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeVar
+
+from scapguard.contentcache import catalogue
 
 T = TypeVar("T")
 
@@ -60,6 +63,13 @@ class Settings:
     admission_bind: str
     admission_port: int
     admission_failure_policy: str
+    #: The content cache: where (a volume), how big, how often upstream feeds are checked,
+    #: the largest download, and catalogue keys the admin added or pointed at a mirror.
+    content_cache_dir: str = "/var/cache/scapguard"
+    content_cache_max_bytes: int = 4 * 1024**3
+    content_poll_seconds: int = 21600
+    content_max_download: int = 512 * 1024**2
+    content_catalogue: Mapping[str, str] = field(default_factory=dict)
 
     def watches(self, namespace: str | None) -> bool:
         """Whether objects in ``namespace`` are ours (the operator's own is always watched)."""
@@ -144,6 +154,17 @@ class Settings:
             admission_bind=reader.text("SCAPGUARD_ADMISSION_BIND", "0.0.0.0"),  # noqa: S104
             admission_port=reader.integer("SCAPGUARD_ADMISSION_PORT", 9443, 1, 65535),
             admission_failure_policy=failure_policy,
+            content_cache_dir=reader.text("SCAPGUARD_CONTENT_CACHE_DIR", "/var/cache/scapguard"),
+            content_cache_max_bytes=reader.integer(
+                "SCAPGUARD_CONTENT_CACHE_MAX_BYTES", 4 * 1024**3, 256 * 1024**2, 1024**4
+            ),
+            content_poll_seconds=reader.integer(
+                "SCAPGUARD_CONTENT_POLL_SECONDS", 21600, 1, 30 * 86400
+            ),
+            content_max_download=reader.integer(
+                "SCAPGUARD_CONTENT_MAX_DOWNLOAD_BYTES", 512 * 1024**2, 1024**2, 16 * 1024**3
+            ),
+            content_catalogue=reader.catalogue("SCAPGUARD_CONTENT_CATALOGUE"),
         )
 
 
@@ -210,6 +231,24 @@ class _Reader:
             raise SettingsError(var, f"{raw!r} is not a boolean (true/false)")
 
         return self._parsed(var, default, parse)
+
+    def catalogue(self, var: str) -> dict[str, str]:
+        """A JSON object of catalogue key (``debian-bookworm``) to feed URL."""
+        raw = self.text(var, "")
+        if not raw:
+            return {}
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise SettingsError(var, f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise SettingsError(var, "must be a JSON object of feed key to URL")
+        for key, url in doc.items():
+            if not catalogue.KEY.fullmatch(key):
+                raise SettingsError(var, f"{key!r} is not a feed key like debian-bookworm")
+            if not isinstance(url, str) or not _URL.fullmatch(url):
+                raise SettingsError(var, f"{key}: {url!r} is not an http(s) URL")
+        return {str(k): str(v) for k, v in doc.items()}
 
     def url(self, var: str, default: str) -> str:
         value = self.text(var, default).rstrip("/")

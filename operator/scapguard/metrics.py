@@ -85,6 +85,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.content_fetches = Counter(
+            "scapguard_content_requests",
+            "Scanner requests for content served from the operator's cache, by source "
+            "(url, catalogue, oci, configMap; policy or catalogue on error) and result.",
+            ["source", "result"],
+            registry=r,
+        )
         self.content_age = Gauge(
             "scapguard_content_age_seconds",
             "Age of the scan content (feed or datastream) used by the latest scan.",

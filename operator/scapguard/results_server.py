@@ -1,7 +1,9 @@
-"""The HTTP endpoint scanner pods POST their results to (started in kopf's startup).
+"""The HTTP endpoint scanner pods talk to (started in kopf's startup), one bearer token per scan.
 
-``POST /v1/results/{job}`` with ``Authorization: Bearer <per-scan token>``; the checks and the
-recording are in ``scapguard.reconcile.ingest`` (blocking API calls run in a thread).
+``POST /v1/results/{job}``: the scan's result; the checks and the recording are in
+``scapguard.reconcile.ingest``. ``GET /v1/content/{job}/{what}``: the SCAP content the scan's
+policy names, from the operator's content cache (``scapguard.reconcile.contentserve``). Blocking
+work (API calls, upstream fetches) runs in a thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Final
 
 from aiohttp import web
 
+from scapguard.contentcache.catalogue import ORIGIN_HEADER, SHA256_HEADER, SOURCE_HEADER
+from scapguard.reconcile.contentserve import Served, serve
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.ingest import Ingested, ingest
 
@@ -26,6 +30,7 @@ def build_app(ctx: OperatorContext) -> web.Application:
     app = web.Application(client_max_size=ctx.settings.results_max_bytes)
     app[CONTEXT] = ctx
     app.router.add_post("/v1/results/{job}", post_result)
+    app.router.add_get("/v1/content/{job}/{what:.+}", get_content)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -58,6 +63,38 @@ async def post_result(request: web.Request) -> web.Response:
         return _answer(Ingested(413, "TooLarge", f"results are limited to {limit} bytes"))
     result = await asyncio.to_thread(ingest, ctx, job, header[len(BEARER) :].strip(), body)
     return _answer(result)
+
+
+async def get_content(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    header = request.headers.get("Authorization", "")
+    if not header.startswith(BEARER) or len(header) == len(BEARER):
+        return _content_error(Served(401, "Unauthorized", "a bearer token is required"))
+    served = await asyncio.to_thread(
+        serve,
+        ctx,
+        request.match_info["job"],
+        header[len(BEARER) :].strip(),
+        request.match_info["what"],
+    )
+    entry = served.entry
+    if entry is None:
+        return _content_error(served)
+    return web.FileResponse(
+        entry.path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            SHA256_HEADER: entry.sha256,
+            SOURCE_HEADER: entry.source,
+            ORIGIN_HEADER: entry.origin,
+        },
+    )
+
+
+def _content_error(served: Served) -> web.Response:
+    return web.json_response(
+        {"reason": served.reason, "message": served.message}, status=served.status
+    )
 
 
 async def start_results_server(ctx: OperatorContext) -> web.AppRunner:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -49,7 +50,12 @@ class Harness:
 
 
 def settings(**env: str) -> Settings:
-    base = {"SCAPGUARD_NAMESPACE": OPERATOR_NS, "SCAPGUARD_RETRY_BACKOFF_SECONDS": "10"}
+    base = {
+        "SCAPGUARD_NAMESPACE": OPERATOR_NS,
+        "SCAPGUARD_RETRY_BACKOFF_SECONDS": "10",
+        # Each harness its own content cache, never the operator's default directory.
+        "SCAPGUARD_CONTENT_CACHE_DIR": tempfile.mkdtemp(prefix="scapguard-content-"),
+    }
     return Settings.from_env({**base, **env})
 
 
@@ -143,8 +149,11 @@ def scan_result(
     *,
     error: tuple[str, str] | None = None,
     reference: str = "registry.local:5000/apps/app",
+    content: m.ContentInfo | None = None,
 ) -> m.ScanResult:
-    content = m.ContentInfo("oval:debian-12", "catalogue", "cd" * 32, "2026-02-28T00:00:00")
+    content = content or m.ContentInfo(
+        "oval:debian-12", "catalogue", "cd" * 32, "2026-02-28T00:00:00"
+    )
     compliance = None
     if rules is not None:
         compliance = m.Compliance(

@@ -5,6 +5,7 @@ of its scanner Jobs, and one namespace per test."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ MAX_CONCURRENT = 3
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: DevCluster) -> Iterator[ChartInstall]:
+def operator(cluster: DevCluster, feed_server: FeedServer) -> Iterator[ChartInstall]:
     """scapguard installed with ``helm install`` from its images: one replica, standalone
     (a test SIGKILLs it: a dead peer's record would pause the restarted one for up to 60 s),
     a limit of 3 concurrent scans, and retries after 1 s rather than 30 s."""
@@ -49,10 +50,61 @@ def operator(cluster: DevCluster) -> Iterator[ChartInstall]:
         maxConcurrentScansPerPolicy=str(MAX_CONCURRENT),
         retryBackoffSeconds="1",
         retryBackoffMaxSeconds="5",
+        # Catalogue feeds and OCI tags checked every 5 s (ContentUpdate within a policy timer),
+        # and the fixtures' Ubuntu feed from the session's feed server instead of Canonical.
+        **{
+            "contentCache.pollSeconds": "5",
+            f"contentCache.catalogue.{CATALOGUE_KEY}": feed_server.url(CATALOGUE_FILE),
+        },
     )
     yield release
     log = release.logs()
     assert "Traceback" not in log, log[-5000:]
+
+
+CATALOGUE_KEY = "ubuntu-jammy"
+CATALOGUE_FILE = "com.ubuntu.jammy.cve.oval.xml"
+
+
+class FeedServer:
+    """A vendor's feed server as the operator sees it: Python's http.server (Last-Modified,
+    304 to If-Modified-Since) on the node's address in its network namespace."""
+
+    def __init__(self, root: Path, address: str) -> None:
+        self.root = root
+        self.address = address
+
+    def url(self, name: str) -> str:
+        return f"http://{self.address}/{name}"
+
+    def put(self, name: str, data: bytes) -> None:
+        """Publish ``data``; its Last-Modified moves a minute on from the last version's."""
+        path = self.root / name
+        before = path.stat().st_mtime if path.exists() else time.time()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.utime(tmp, (before + 60, before + 60))
+        tmp.replace(path)
+
+
+@pytest.fixture(scope="session")
+def feed_server(
+    cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FeedServer]:
+    assert cluster.netns is not None
+    root = tmp_path_factory.mktemp("feeds")
+    argv = [*cluster.netns.enter(), sys.executable, "-u", "-m", "http.server", "0",
+            "--bind", NODE_IP, "--directory", str(root)]  # fmt: skip
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as server:
+        try:
+            line = server.stdout.readline() if server.stdout is not None else ""
+            match = re.search(r" port (\d+) ", line)
+            assert match, f"the feed server did not start: {line!r}"
+            yield FeedServer(root, f"{NODE_IP}:{match.group(1)}")
+        finally:
+            server.kill()
 
 
 @pytest.fixture(scope="session")

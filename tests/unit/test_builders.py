@@ -145,32 +145,27 @@ def test_result_config_map_is_owned_by_the_scan() -> None:
     assert json.dumps(cm)
 
 
-def test_configmap_content_travels_in_the_secret_and_mounts_by_name() -> None:
-    inp = job_input(content_refs=(("feeds", "debian.xml.bz2"),), run_as_user=65532)
+def test_content_is_served_not_carried_the_secret_records_its_digests() -> None:
+    """The Secret holds the digests of the ConfigMap bytes read for the scan, never the bytes;
+    the pod fetches content from the operator's endpoint for its own Job."""
+    inp = job_input(run_as_user=65532)
+    plan = '{"feed": {"origin": "apps/feeds/debian.xml.bz2", "sha256": "' + "a" * 64 + '"}}'
     secret = build_scan_secret(
         inp,
         token=secrets.token_hex(8),
         policy_json="{}",
         registry_auth_json=None,
-        content={("feeds", "debian.xml.bz2"): b"BZh9\x00binary"},
+        content_plan_json=plan,
     )
-    assert base64.b64decode(secret["data"]["content.feeds.debian.xml.bz2"]) == b"BZh9\x00binary"
+    assert base64.b64decode(secret["data"][c.CONTENT_KEY]).decode() == plan
     pod = build_scan_job(inp)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 65532
-    volume = next(v for v in pod["volumes"] if v["name"] == "content")
-    assert volume["secret"]["items"] == [
-        {"key": "content.feeds.debian.xml.bz2", "path": "feeds/debian.xml.bz2"}
-    ]
-    container = pod["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "content")
-    assert env["SCAPGUARD_CONTENT_DIR"] == mount["mountPath"]
-
-
-def test_no_content_no_content_volume() -> None:
-    pod = build_scan_job(job_input())["spec"]["template"]["spec"]
     assert "content" not in [v["name"] for v in pod["volumes"]]
-    assert "runAsUser" not in pod["securityContext"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["SCAPGUARD_CONTENT_URL"] == (
+        env["SCAPGUARD_RESULTS_URL"].replace("/v1/results/", "/v1/content/")
+    )
+    assert env["SCAPGUARD_CONTENT_URL"].endswith(f"/v1/content/{inp.job_name}")
 
 
 def test_user_namespace_pod_is_uid_0_of_its_own_namespace_and_otherwise_hardened() -> None:

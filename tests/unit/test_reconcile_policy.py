@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 
 from scapguard.api import constants as c
 from scapguard.k8s.api import (
@@ -349,10 +350,14 @@ def test_a_changed_feed_config_map_rescans_every_image_as_content_update() -> No
     reconcile_scanpolicy(h.ctx, policy(h))
     for scan in h.kube.list(IMAGESCAN, "apps"):
         reconcile_imagescan(h.ctx, scan)
-    # The new bytes go to the scanner: the rescan Jobs' Secrets carry them.
+    # The new bytes go to the scanner: the rescan Jobs' Secrets name their digest, and the
+    # content cache serves those bytes under it.
     for name in h.kube.created("jobs")[2:]:
         secret = h.kube.get(SECRET, name, h.ctx.settings.namespace)
-        assert base64.b64decode(secret["data"]["content.feed.oval.xml"]) == b"<oval>2</oval>"
+        plan = json.loads(base64.b64decode(secret["data"][c.CONTENT_KEY]))
+        path = h.ctx.content.blob(plan["feed"]["sha256"])
+        assert path is not None and path.read_bytes() == b"<oval>2</oval>"
+        assert plan["feed"]["origin"] == "apps/feed/oval.xml"
     complete_all(h)
     assert sorted(requests(h).values()) == [(2, "ContentUpdate"), (2, "ContentUpdate")]
     assert len(h.kube.created("jobs")) == 4

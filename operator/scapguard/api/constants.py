@@ -68,5 +68,7 @@ CONSUMED_ANNOTATION: Final = f"{PREFIX}/consumed"
 TOKEN_KEY: Final = "token"  # noqa: S105 -- a Secret key name, not a secret
 POLICY_KEY: Final = "policy.json"
 AUTH_KEY: Final = "auth.json"
+#: The per-scan Secret's record of the policy content the operator read for the scan (JSON).
+CONTENT_KEY: Final = "content.json"
 RESULT_KEY: Final = "result.json.gz"
 REPORT_KEY: Final = "report.html.gz"

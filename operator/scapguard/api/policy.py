@@ -27,6 +27,11 @@ DEFAULT_RETRIES: Final = 2
 DEFAULT_KEEP: Final = 3
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_OCI_REFERENCE: Final = re.compile(
+    r"[A-Za-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(@sha256:[0-9a-f]{64})?"
+)
+_OCI_FILE: Final = re.compile(r"/?[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
 _CVE_OR_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 
@@ -66,10 +71,20 @@ class ConfigMapRef:
 
 
 @dataclass(frozen=True)
+class OciSource:
+    """Content in a registry: an OCI artifact (``file``: a layer's title, optional when it has
+    one layer) or an image (``file``: the path of the file inside it)."""
+
+    reference: str
+    file: str | None = None
+
+
+@dataclass(frozen=True)
 class ContentSource:
     url: str | None = None
     sha256: str | None = None
     config_map: ConfigMapRef | None = None
+    oci: OciSource | None = None
 
 
 @dataclass(frozen=True)
@@ -239,9 +254,26 @@ def _source(value: object, path: str) -> ContentSource | None:
     if sha is not None:
         f.matching(sha, _SHA256, f"{path}.sha256", "64 lowercase hex digits")
     cm = _config_map_ref(data.get("configMapRef"), f"{path}.configMapRef")
-    if url is None and cm is None:
-        raise SpecError(path, "needs url (with sha256) or configMapRef")
-    return ContentSource(url=url, sha256=sha, config_map=cm)
+    oci = _oci_source(data.get("oci"), f"{path}.oci")
+    if url is None and cm is None and oci is None:
+        raise SpecError(path, "needs url (with sha256), configMapRef or oci")
+    if oci is not None and (url is not None or cm is not None):
+        raise SpecError(f"{path}.oci", "excludes url and configMapRef")
+    return ContentSource(url=url, sha256=sha, config_map=cm, oci=oci)
+
+
+def _oci_source(value: object, path: str) -> OciSource | None:
+    if value is None:
+        return None
+    data = f.mapping(value, path)
+    reference = f.req_str(data, "reference", path)
+    f.matching(reference, _OCI_REFERENCE, f"{path}.reference", "registry/repository:tag or @sha256")
+    if ":" not in reference.rsplit("/", 1)[-1]:
+        raise SpecError(f"{path}.reference", "needs a :tag or an @sha256: digest")
+    file = f.opt_str(data, "file", path)
+    if file is not None:
+        f.matching(file, _OCI_FILE, f"{path}.file", "a file name or an absolute path")
+    return OciSource(reference=reference, file=file)
 
 
 def _vulnerabilities(value: object) -> Vulnerabilities:

@@ -32,7 +32,7 @@ def _content(kind: str, section: Mapping[str, Any]) -> dict[str, Any] | None:
     if not content:
         return None
     out = {"kind": kind}
-    for key in ("name", "source", "sha256", "version"):
+    for key in ("name", "source", "sha256", "version", "origin"):
         if content.get(key) is not None:
             out[key] = str(content[key])
     return out

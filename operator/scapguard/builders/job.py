@@ -28,8 +28,6 @@ SCANNER_COMMAND: Final = "scapguard-scan"
 CONTAINER_NAME: Final = "scanner"
 CREDENTIALS_DIR: Final = "/var/run/scapguard"
 CA_DIR: Final = "/var/run/scapguard-ca"
-# Where the scanner looks for ConfigMap-provided content: CONTENT_DIR/<configmap>/<key>.
-CONTENT_DIR: Final = "/var/run/scapguard-content"
 # The key OpenShift's service CA operator injects into an annotated ConfigMap.
 CA_KEY: Final = "service-ca.crt"
 SCRATCH_DIR: Final = "/scratch"
@@ -67,9 +65,6 @@ class ScanJobInput:
     #: Run in a user namespace of the pod's own (``hostUsers: false``) as its uid 0, so the
     #: scanner keeps the image's file owners (id mapping ``inherited``).
     user_namespace: bool = False
-    # ConfigMap content (feeds, datastreams, tailoring) copied into the per-scan Secret:
-    # (configmap, key) pairs, in the order the policy names them.
-    content_refs: tuple[tuple[str, str], ...] = ()
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -119,9 +114,9 @@ def scanner_selector() -> str:
     return f"{c.COMPONENT_LABEL}={c.SCANNER_COMPONENT},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"
 
 
-def content_key(config_map: str, key: str) -> str:
-    """The per-scan Secret's key holding ConfigMap ``config_map``'s ``key``."""
-    return f"content.{config_map}.{key}"
+def content_url(base_url: str, job_name: str) -> str:
+    """Where the scan's pod fetches its policy content and catalogue feeds."""
+    return f"{base_url.rstrip('/')}/v1/content/{job_name}"
 
 
 def build_scan_secret(
@@ -130,19 +125,19 @@ def build_scan_secret(
     token: str,
     policy_json: str,
     registry_auth_json: str | None,
-    content: Mapping[tuple[str, str], bytes] | None = None,
+    content_plan_json: str | None = None,
 ) -> dict[str, Any]:
     """The per-scan Secret: bearer token, the policy for the scanner, registry credentials,
-    and a copy of the ConfigMap content the policy names (a pod in the operator's namespace
-    cannot mount a ConfigMap from the policy's namespace).
+    and which bytes of the policy's ConfigMap content the operator read for the scan (the
+    digests it serves them under from its content cache).
 
     Created before the Job (so the pod never waits for it) and then given the Job as owner.
     """
     data = {c.TOKEN_KEY: token.encode(), c.POLICY_KEY: policy_json.encode()}
     if registry_auth_json is not None:
         data[c.AUTH_KEY] = registry_auth_json.encode()
-    for (config_map, key), raw in (content or {}).items():
-        data[content_key(config_map, key)] = raw
+    if content_plan_json is not None:
+        data[c.CONTENT_KEY] = content_plan_json.encode()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -232,8 +227,9 @@ def _env(inp: ScanJobInput) -> list[dict[str, str]]:
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
     ]
-    if inp.content_refs:
-        env.append({"name": "SCAPGUARD_CONTENT_DIR", "value": CONTENT_DIR})
+    env.append(
+        {"name": "SCAPGUARD_CONTENT_URL", "value": content_url(inp.results_url, inp.job_name)}
+    )
     if inp.ca_config_map:
         env.append({"name": "SCAPGUARD_RESULTS_CA_FILE", "value": f"{CA_DIR}/{CA_KEY}"})
     if inp.registry_auth:
@@ -260,21 +256,6 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
         {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
     ]
-    if inp.content_refs:
-        volumes.append(
-            {
-                "name": "content",
-                "secret": {
-                    "secretName": inp.job_name,
-                    "defaultMode": READ_ONLY_FILE_MODE,
-                    "items": [
-                        {"key": content_key(cm, key), "path": f"{cm}/{key}"}
-                        for cm, key in inp.content_refs
-                    ],
-                },
-            }
-        )
-        mounts.append({"name": "content", "mountPath": CONTENT_DIR, "readOnly": True})
     if inp.ca_config_map:
         volumes.append(
             {

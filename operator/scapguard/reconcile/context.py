@@ -10,10 +10,13 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from scapguard.builders.events import build_event
 from scapguard.config import Settings
+from scapguard.contentcache.cache import ContentCache
+from scapguard.contentcache.store import ContentStore
 from scapguard.k8s.api import EVENT, Kube, KubeError
 from scapguard.metrics import Metrics
 
@@ -78,6 +81,28 @@ class OperatorContext:
     sweep_throttle: Throttle = field(default_factory=lambda: Throttle(60.0))
     deny_repair_throttle: Throttle = field(default_factory=lambda: Throttle(DENY_REPAIR_SECONDS))
     digest_lock: DigestLocks = field(default_factory=DigestLocks)
+    _content: ContentCache | None = field(default=None, repr=False)
+    _content_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def content(self) -> ContentCache:
+        """The content cache under ``settings.content_cache_dir`` (made on first use)."""
+        with self._content_lock:
+            if self._content is None:
+                settings = self.settings
+                store = ContentStore(
+                    Path(settings.content_cache_dir),
+                    max_bytes=settings.content_cache_max_bytes,
+                    clock=lambda: self.clock().timestamp(),
+                )
+                self._content = ContentCache(
+                    store,
+                    catalogue_overrides=settings.content_catalogue,
+                    poll_seconds=settings.content_poll_seconds,
+                    max_download=settings.content_max_download,
+                    clock=lambda: self.clock().timestamp(),
+                )
+            return self._content
 
     def now(self) -> dt.datetime:
         return self.clock()

@@ -56,7 +56,7 @@ def _reject(ctx: OperatorContext, job: str, status: int, reason: str, message: s
     return Ingested(status, reason, message)
 
 
-def _token_ok(secret: Obj, presented: str) -> bool:
+def token_ok(secret: Obj, presented: str) -> bool:
     stored = (secret.get("data") or {}).get(c.TOKEN_KEY)
     if not isinstance(stored, str):
         return False
@@ -78,7 +78,7 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
         secret = ctx.kube.get(SECRET, job, settings.namespace)
     except NotFound:
         return _reject(ctx, job, 401, "Unauthorized", "unknown scan or bad credential")
-    if not _token_ok(secret, token):
+    if not token_ok(secret, token):
         return _reject(ctx, job, 401, "Unauthorized", "unknown scan or bad credential")
     notes = annotations_of(secret)
     if notes.get(c.CONSUMED_ANNOTATION) == "true":

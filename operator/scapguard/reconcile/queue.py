@@ -53,7 +53,7 @@ from scapguard.k8s.api import (
     namespace_of,
     uid_of,
 )
-from scapguard.reconcile.content import read_content
+from scapguard.reconcile.contentserve import content_plan
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
 from scapguard.reconcile.scans import parsed
@@ -227,36 +227,6 @@ def registry_auth(ctx: OperatorContext, namespace: str, policy: ScanPolicySpec) 
     return json.dumps({"auths": auths}, sort_keys=True) if auths else None
 
 
-# A Secret holds at most 1 MiB; leave room for the token, policy and registry credentials.
-_CONTENT_BUDGET = 900 * 1024
-
-
-def policy_content(
-    ctx: OperatorContext, namespace: str, policy: ScanPolicySpec
-) -> dict[tuple[str, str], bytes]:
-    """The ConfigMap content (feed, datastream, tailoring) the policy names, from its namespace.
-
-    A missing ConfigMap or key is left out: the scanner then reports ``ContentUnavailable``
-    naming the file, through the ordinary error path (retries, onError).
-    """
-    content: dict[tuple[str, str], bytes] = {}
-    total = 0
-    for item in read_content(ctx, namespace, policy):
-        if item.data is None:
-            logger.warning("%s (named by the policy)", item.problem)
-            continue
-        total += len(item.data)
-        if total > _CONTENT_BUDGET:
-            logger.warning(
-                "ConfigMap content for %s exceeds %d bytes; left out (use a URL)",
-                item.ref.name,
-                _CONTENT_BUDGET,
-            )
-            continue
-        content[(item.ref.name, item.ref.key)] = item.data
-    return content
-
-
 def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: ScanPolicySpec) -> bool:
     """Create the next attempt's Secret and Job, then record the attempt on the scan.
 
@@ -272,7 +242,7 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     namespace = namespace_of(scan) or ""
     settings = ctx.settings
     auth = registry_auth(ctx, namespace, policy)
-    content = policy_content(ctx, namespace, policy)
+    content = content_plan(ctx, namespace, policy)
     inp = ScanJobInput(
         job_name=name,
         namespace=settings.namespace,
@@ -293,14 +263,13 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
         registry_auth=auth is not None,
         run_as_user=settings.scanner_run_as_user,
         user_namespace=ctx.scanner_user_namespace,
-        content_refs=tuple(content),
     )
     secret = build_scan_secret(
         inp,
         token=ctx.token_factory(),
         policy_json=json.dumps(dict(policy.raw), sort_keys=True),
         registry_auth_json=auth,
-        content=content,
+        content_plan_json=json.dumps(content, sort_keys=True),
     )
     job_body = build_scan_job(inp)
     key = f"{namespace}/{spec.policy}"

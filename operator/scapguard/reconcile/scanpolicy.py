@@ -29,6 +29,7 @@ from scapguard.k8s.api import (
     namespace_of,
 )
 from scapguard.reconcile.content import changed_sources, content_records, identity
+from scapguard.reconcile.contentupdate import upstream_updates
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.jobs import sweep
 from scapguard.reconcile.queue import in_queue, pump_queue
@@ -105,6 +106,7 @@ def _rescans(
     updated = changed_sources(recorded, records)
     # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
     update = f"ContentUpdate:{fingerprint([identity(r) for r in records])}" if updated else None
+    upstream = upstream_updates(ctx, namespace_of(policy) or "", spec, scans)
     for scan in scans:
         progress = read_progress(scan.get("status"))
         if wanted and wanted != observed:
@@ -118,6 +120,9 @@ def _rescans(
         if update is not None:
             # Scans under way too: their attempt may have started with the old content.
             _annotate_rescan(ctx, scan, update)
+            continue
+        if name_of(scan) in upstream:
+            _annotate_rescan(ctx, scan, upstream[name_of(scan)])
             continue
         if progress.finished and spec.schedule:
             due = due_rescan(
@@ -136,6 +141,14 @@ def _rescans(
             "Normal",
             Reason.CONTENT_UPDATED,
             f"content changed in {', '.join(updated)}: rescan of {len(scans)} images requested",
+        )
+    if upstream:
+        moved = sorted({v.removeprefix("ContentUpdate:").split("@")[0] for v in upstream.values()})
+        ctx.event(
+            policy,
+            "Normal",
+            Reason.CONTENT_UPDATED,
+            f"new content in {', '.join(moved)}: rescan of {len(upstream)} images requested",
         )
     fields["contentSources"] = records or None
     if spec.schedule:

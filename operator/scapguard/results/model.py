@@ -52,7 +52,7 @@ RuleOutcome = Literal[
     "fixed",
 ]
 Outcome = Literal["Completed", "Error"]
-ContentSource = Literal["url", "file", "catalogue"]
+ContentSource = Literal["url", "file", "catalogue", "configMap", "oci"]
 OSFamily = Literal["debian", "rhel", "fedora"]
 
 SEVERITIES: Final[tuple[Severity, ...]] = get_args(Severity)
@@ -131,6 +131,9 @@ class ContentInfo:
     source: ContentSource
     sha256: str
     version: str | None
+    #: Where the bytes came from: the URL, an OCI reference with its manifest digest, a
+    #: ConfigMap (namespace/name/key) or a file.
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -450,11 +453,20 @@ def _check_image(image: Mapping[str, Any]) -> None:
 
 
 def _content_to_dict(c: ContentInfo) -> dict[str, Any]:
-    return {"name": c.name, "source": c.source, "sha256": c.sha256, "version": c.version}
+    out = {"name": c.name, "source": c.source, "sha256": c.sha256, "version": c.version}
+    if c.origin is not None:
+        out["origin"] = c.origin
+    return out
 
 
 def _content_from_dict(d: Mapping[str, Any]) -> ContentInfo:
-    return ContentInfo(name=d["name"], source=d["source"], sha256=d["sha256"], version=d["version"])
+    return ContentInfo(
+        name=d["name"],
+        source=d["source"],
+        sha256=d["sha256"],
+        version=d["version"],
+        origin=d.get("origin"),
+    )
 
 
 def _format_time(value: dt.datetime, name: str) -> str:

@@ -16,6 +16,10 @@ Other environment: ``REGISTRY_AUTH_FILE`` (a ``.dockerconfigjson``; same as ``--
 ``SCAPGUARD_WORK_DIR`` (scratch space; default ``$TMPDIR``), ``SCAPGUARD_CONTENT_DIR`` (where
 ConfigMaps named by ``configMapRef`` are mounted: ``DIR/<name>/<key>``; default
 ``/var/run/scapguard-content``), ``SCAPGUARD_SSG_DIR`` (SSG datastreams).
+
+``SCAPGUARD_CONTENT_URL`` (set in scanner Jobs): the operator's content endpoint for this scan.
+The policy's feed, datastream and tailoring file, and catalogue feeds, then come from the
+operator's content cache (same bearer token and CA as the results), never from their source.
 """
 
 from __future__ import annotations
@@ -212,10 +216,33 @@ def check_source(args: argparse.Namespace) -> None:
                 )
 
 
+def content_server() -> content.ContentServer | None:
+    """The operator's content endpoint when the environment names one (a scan Job)."""
+    url = os.environ.get("SCAPGUARD_CONTENT_URL")
+    if not url:
+        return None
+    token = os.environ.get("SCAPGUARD_RESULTS_TOKEN_FILE")
+    if not token:
+        raise UsageError("SCAPGUARD_CONTENT_URL needs SCAPGUARD_RESULTS_TOKEN_FILE")
+    return content.ContentServer(url, Path(token), _env_path("SCAPGUARD_RESULTS_CA_FILE"))
+
+
+def _served(
+    source: ContentSource | ConfigMapRef | None, what: str
+) -> content.ContentOverride | None:
+    if source is None:
+        return None
+    pinned = source.sha256 if isinstance(source, ContentSource) else None
+    return content.ContentOverride(served=what, sha256=pinned)
+
+
 def build_request(args: argparse.Namespace, spec: ScanPolicySpec) -> ScanRequest:
     check_source(args)
     content_dir: Path = args.content_dir
+    server = content_server()
     feed = _override(spec.vulnerabilities.feed, content_dir)
+    if server is not None:
+        feed = _served(spec.vulnerabilities.feed, "feed")
     if args.feed_file is not None:
         feed = content.ContentOverride(file=args.feed_file, sha256=args.feed_sha256)
     elif args.feed_url is not None:
@@ -223,11 +250,19 @@ def build_request(args: argparse.Namespace, spec: ScanPolicySpec) -> ScanRequest
             raise UsageError("--feed-url needs --feed-sha256")
         feed = content.ContentOverride(url=args.feed_url, sha256=args.feed_sha256)
     datastream = _override(spec.compliance.datastream, content_dir)
+    if server is not None:
+        datastream = _served(spec.compliance.datastream, "datastream")
     if args.datastream_file is not None:
         datastream = content.ContentOverride(file=args.datastream_file)
-    tailoring = args.tailoring_file
-    if tailoring is None and spec.compliance.tailoring is not None:
-        tailoring = _config_map_file(spec.compliance.tailoring, content_dir)
+    tailoring: content.ContentOverride | None = None
+    if args.tailoring_file is not None:
+        tailoring = content.ContentOverride(file=args.tailoring_file)
+    elif server is not None:
+        tailoring = _served(spec.compliance.tailoring, "tailoring")
+    elif spec.compliance.tailoring is not None:
+        tailoring = content.ContentOverride(
+            file=_config_map_file(spec.compliance.tailoring, content_dir)
+        )
     limits_kw: dict[str, Any] = {}
     if args.max_unpacked_bytes is not None:
         limits_kw["max_unpacked_bytes"] = args.max_unpacked_bytes
@@ -256,6 +291,7 @@ def build_request(args: argparse.Namespace, spec: ScanPolicySpec) -> ScanRequest
         profile=args.profile or spec.compliance.profile or DEFAULT_PROFILE,
         tailoring=tailoring,
         ssg_dir=args.ssg_dir,
+        content_server=server,
         id_mapping=cast(sandbox.Requested, args.id_mapping),
         timeout=timeout,
         keep_workdir=args.keep_work_dir,

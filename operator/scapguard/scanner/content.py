@@ -34,21 +34,21 @@ built with it) is refused: oscap would run the scripts it names.
 from __future__ import annotations
 
 import bz2
-import hashlib
 import logging
 import lzma
 import shutil
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from lxml import etree
 
+from scapguard.contentcache import catalogue
+from scapguard.contentcache.catalogue import ORIGIN_HEADER, SHA256_HEADER, SOURCE_HEADER
+from scapguard.contentcache.errors import ContentFetchError
+from scapguard.contentcache.fetch import fetch_url
+from scapguard.contentcache.store import sha256_file
 from scapguard.results import oval as oval_results
 from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
 from scapguard.results.xmlsafe import XMLContentError, local_name, parse_file, qname
@@ -84,11 +84,47 @@ Kind = Literal["oval", "datastream", "tailoring"]
 
 @dataclass(frozen=True)
 class ContentOverride:
-    """A user-chosen source: ``url`` (+ ``sha256``) or ``file`` (+ optional ``sha256``)."""
+    """A user-chosen source: ``url`` (+ ``sha256``), ``file`` (+ optional ``sha256``), or
+    ``served``: what to ask the operator's content server for (``feed``, ``datastream``,
+    ``tailoring``), which fetched the policy's source and serves it from its cache."""
 
     url: str | None = None
     sha256: str | None = None
     file: Path | None = None
+    served: str | None = None
+
+
+@dataclass(frozen=True)
+class ContentServer:
+    """The operator's content endpoint for this scan (``.../v1/content/<job>``), with the
+    scan's bearer token (the one results are posted with) and the CA that signed it."""
+
+    url: str
+    token_file: Path
+    ca_file: Path | None = None
+
+    def fetch(self, what: str, dest: Path, *, max_bytes: int, timeout: float) -> dict[str, str]:
+        """GET ``what`` into ``dest``; the response headers (lower-case names)."""
+        url = f"{self.url.rstrip('/')}/{what}"
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ScanFailure(
+                ErrorReason.CONTENT_UNAVAILABLE, f"{self.token_file}: cannot read token: {exc}"
+            ) from exc
+        try:
+            got = fetch_url(
+                url,
+                dest,
+                max_bytes=max_bytes,
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {token}"},
+                ca_file=str(self.ca_file) if self.ca_file else None,
+                name=f"{what} from the operator",
+            )
+        except ContentFetchError as exc:
+            raise _failure(exc) from exc
+        return dict(got.headers or {})
 
 
 @dataclass(frozen=True)
@@ -97,27 +133,19 @@ class ResolvedContent:
     info: ContentInfo
 
 
+def catalogue_key(os: DetectedOS) -> str:
+    """The catalogue key of the OS's feed: codename for Debian and Ubuntu, else major."""
+    if os.info.id in ("debian", "ubuntu") and os.codename:
+        return catalogue.feed_key(os.info.id, os.codename)
+    return catalogue.feed_key(os.info.id, os.major)
+
+
 def catalogue_feed_url(os: DetectedOS) -> str | None:
-    info = os.info
-    if info.id == "debian" and os.codename:
-        return f"https://www.debian.org/security/oval/oval-definitions-{os.codename}.xml.bz2"
-    if info.id == "ubuntu" and os.codename:
-        return (
-            "https://security-metadata.canonical.com/oval/"
-            f"com.ubuntu.{os.codename}.cve.oval.xml.bz2"
-        )
-    if info.id == "rhel":
-        return (
-            f"https://security.access.redhat.com/data/oval/v2/RHEL{os.major}/"
-            f"rhel-{os.major}.oval.xml.bz2"
-        )
-    if info.id == "almalinux":
-        return f"https://security.almalinux.org/oval/org.almalinux.alsa-{os.major}.xml.bz2"
-    return None
+    return catalogue.builtin_url(catalogue_key(os))
 
 
 def feed_name(os: DetectedOS) -> str:
-    return f"oval:{os.info.id}-{os.codename or os.major}"
+    return catalogue.feed_name(catalogue_key(os))
 
 
 def datastream_file(os: DetectedOS, ssg_dir: Path = DEFAULT_SSG_DIR) -> Path | None:
@@ -134,42 +162,16 @@ def datastream_file(os: DetectedOS, ssg_dir: Path = DEFAULT_SSG_DIR) -> Path | N
     return ssg_dir / name if name else None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _failure(exc: ContentFetchError) -> ScanFailure:
+    reason = ErrorReason.CONTENT_INVALID if exc.invalid else ErrorReason.CONTENT_UNAVAILABLE
+    return ScanFailure(reason, str(exc))
 
 
 def _download(url: str, dest: Path, *, max_bytes: int, timeout: float) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in {"https", "http"}:
-        raise ScanFailure(ErrorReason.CONTENT_UNAVAILABLE, f"{url}: only https/http URLs")
-    context = ssl.create_default_context() if parsed.scheme == "https" else None
-    request = urllib.request.Request(url, headers={"User-Agent": "scapguard-scan"})  # noqa: S310
     try:
-        with (
-            urllib.request.urlopen(request, timeout=timeout, context=context) as resp,  # noqa: S310
-            dest.open("wb") as out,
-        ):
-            total = 0
-            while chunk := resp.read(_CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ScanFailure(
-                        ErrorReason.CONTENT_UNAVAILABLE, f"{url}: larger than {max_bytes} bytes"
-                    )
-                out.write(chunk)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise ScanFailure(
-            ErrorReason.CONTENT_UNAVAILABLE, f"{url}: download failed: {exc}"
-        ) from exc
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise ScanFailure(
-            ErrorReason.CONTENT_UNAVAILABLE, f"{url}: download failed: {exc}"
-        ) from exc
+        fetch_url(url, dest, max_bytes=max_bytes, timeout=timeout)
+    except ContentFetchError as exc:
+        raise _failure(exc) from exc
 
 
 def _new_inflater(kind: str) -> bz2.BZ2Decompressor | lzma.LZMADecompressor | _Gunzip:
@@ -277,15 +279,23 @@ def resolve(
     override: ContentOverride | None,
     catalogue_url: str | None = None,
     catalogue_file: Path | None = None,
+    catalogue_key: str | None = None,
+    server: ContentServer | None = None,
     timeout: float = 600.0,
     max_download: int = MAX_DOWNLOAD,
     max_xml: int = MAX_XML,
 ) -> ResolvedContent:
-    """Fetch/copy, verify (sha256), decompress and check one piece of content."""
+    """Fetch/copy, verify (sha256), decompress and check one piece of content.
+
+    With a ``server`` (a scan Job), content the policy names and catalogue feeds come from the
+    operator's cache; without one (``scapguard-scan`` on a workstation), from their source.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     raw = workdir / f"{kind}.raw"
     source: ContentSource
+    origin: str | None = None
     expected_sha = override.sha256 if override else None
+    served_sha: str | None = None
     if override is not None and override.file is not None:
         source = "file"
         if not override.file.is_file():
@@ -296,6 +306,12 @@ def resolve(
                 f"{override.file}: larger than {max_download} bytes",
             )
         shutil.copyfile(override.file, raw)
+    elif override is not None and override.served is not None:
+        if server is None:
+            raise ScanFailure(
+                ErrorReason.CONTENT_UNAVAILABLE, f"{override.served}: no content server given"
+            )
+        source, origin, served_sha = _served(server, override.served, raw, max_download, timeout)
     elif override is not None and override.url is not None:
         source = "url"
         if not expected_sha:
@@ -309,6 +325,9 @@ def resolve(
                 f"{catalogue_file}: not installed in the scanner image",
             )
         raw = catalogue_file
+    elif server is not None and catalogue_key is not None:
+        what = f"catalogue/{catalogue_key}"
+        source, origin, served_sha = _served(server, what, raw, max_download, timeout)
     elif catalogue_url is not None:
         source = "catalogue"
         _download(catalogue_url, raw, max_bytes=max_download, timeout=timeout)
@@ -317,14 +336,20 @@ def resolve(
             ErrorReason.CONTENT_UNAVAILABLE,
             f"no built-in {kind} content for {name}: give one in the policy",
         )
+    origin = origin or (override.url if override and override.url else None)
+    where = origin or _origin(override, raw)
     digest = sha256_file(raw)
+    if served_sha is not None and digest != served_sha:
+        raise ScanFailure(
+            ErrorReason.CONTENT_UNAVAILABLE,
+            f"{origin}: received bytes with sha256 {digest}, the operator sent {served_sha}",
+        )
     if expected_sha and digest != expected_sha.lower():
-        where = _origin(override, raw)
         raise ScanFailure(
             ErrorReason.CONTENT_INVALID,
             f"{where}: sha256 {digest} does not match the expected {expected_sha}",
         )
-    xml = decompress(raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=_origin(override, raw))
+    xml = decompress(raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=where)
     roots = {
         "oval": {oval_results.DEFINITIONS_ROOT},
         "datastream": {_DS_ROOT},
@@ -334,13 +359,13 @@ def resolve(
         root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
     except XMLContentError as exc:
         raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
-    _refuse_script_checks(root, _origin(override, raw))
+    _refuse_script_checks(root, where)
     version: str | None
     if kind == "oval":
         version = oval_results.definitions_generator_timestamp(root)
         # references checked now (ContentInvalid before any oscap run), index kept for the
         # pre-filter of this scan
-        feedfilter.remember(digest, feedfilter.index_feed(root, _origin(override, raw)))
+        feedfilter.remember(digest, feedfilter.index_feed(root, where))
     else:
         version = next(
             (
@@ -353,14 +378,36 @@ def resolve(
     del root
     log.info("%s content %s from %s: sha256 %s, version %s", kind, name, source, digest, version)
     return ResolvedContent(
-        path=xml, info=ContentInfo(name=name, source=source, sha256=digest, version=version)
+        path=xml,
+        info=ContentInfo(name=name, source=source, sha256=digest, version=version, origin=origin),
     )
+
+
+_SERVED_SOURCES: Final = frozenset({"url", "catalogue", "configMap", "oci"})
+
+
+def _served(
+    server: ContentServer, what: str, raw: Path, max_download: int, timeout: float
+) -> tuple[ContentSource, str, str]:
+    """Fetch ``what`` from the operator: its source kind, origin and the sha256 it announced."""
+    headers = server.fetch(what, raw, max_bytes=max_download, timeout=timeout)
+    source = headers.get(SOURCE_HEADER, "")
+    sha = headers.get(SHA256_HEADER, "")
+    if source not in _SERVED_SOURCES or len(sha) != 64:
+        raise ScanFailure(
+            ErrorReason.CONTENT_UNAVAILABLE,
+            f"{what} from the operator: no {SOURCE_HEADER}/{SHA256_HEADER} headers",
+        )
+    origin = headers.get(ORIGIN_HEADER) or what
+    return cast(ContentSource, source), origin, sha
 
 
 def _origin(override: ContentOverride | None, raw: Path) -> str:
     """How an error names the content: the user's URL or file, else the catalogue file."""
     if override is not None and (override.url or override.file):
         return str(override.url or override.file)
+    if override is not None and override.served:
+        return f"{override.served} from the operator"
     return str(raw)
 
 

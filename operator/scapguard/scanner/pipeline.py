@@ -87,8 +87,11 @@ class ScanRequest:
     compliance: bool = False
     datastream: content.ContentOverride | None = None
     profile: str = DEFAULT_PROFILE
-    tailoring: Path | None = None
+    tailoring: content.ContentOverride | None = None
     ssg_dir: Path = content.DEFAULT_SSG_DIR
+    #: The operator's content endpoint (scan Jobs): policy content and catalogue feeds from
+    #: its cache instead of their sources.
+    content_server: content.ContentServer | None = None
     id_mapping: sandbox.Requested = "auto"
     timeout: float = 1800.0  # the whole scan's budget; each step gets what is left of it
     keep_workdir: bool = False
@@ -450,6 +453,8 @@ def vuln_content(
         scratch / "feed",
         override=req.feed,
         catalogue_url=content.catalogue_feed_url(found),
+        catalogue_key=content.catalogue_key(found),
+        server=req.content_server,
         timeout=timeout,
     )
 
@@ -464,15 +469,17 @@ def compliance_content(
         scratch / "datastream",
         override=req.datastream,
         catalogue_file=ds_file,
+        server=req.content_server,
         timeout=timeout,
     )
     tailoring = None
     if req.tailoring is not None:
         tailoring = content.resolve(
             "tailoring",
-            req.tailoring.name,
+            req.tailoring.file.name if req.tailoring.file else "tailoring",
             scratch / "tailoring",
-            override=content.ContentOverride(file=req.tailoring),
+            override=req.tailoring,
+            server=req.content_server,
             timeout=timeout,
         )
     return ds, tailoring

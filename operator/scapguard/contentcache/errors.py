@@ -1,0 +1,15 @@
+"""The one error type of the content cache: content could not be fetched or verified."""
+
+from __future__ import annotations
+
+
+class ContentFetchError(Exception):
+    """Fetching or verifying content failed; the message names the URL, reference or file.
+
+    ``invalid`` is True when the bytes arrived but are not the ones promised (a digest
+    mismatch): the scan ends ``ContentInvalid`` rather than ``ContentUnavailable``.
+    """
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid

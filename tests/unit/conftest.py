@@ -1,0 +1,5 @@
+"""Fixtures shared by the unit tests."""
+
+from tests.httpupstream import upstream
+
+__all__ = ["upstream"]
