@@ -404,10 +404,22 @@ def test_one_below_is_lower() -> None:
     assert one_below("2.0-0") == "1.0-0"
 
 
-def test_refused_broken_excerpt_is_content_invalid(work: Path) -> None:
-    """The SUSE excerpt whose references dangle makes oscap 1.3.7 abort (SIGABRT) under
-    --skip-valid; the scanner refuses it as ContentInvalid, naming the file, before oscap."""
-    feed = feed_file("other/vuls-data-update__suse.linux.enterprise.15-affected.xml.gz")
+@pytest.mark.parametrize(
+    "name",
+    [
+        # oscap 1.3.7 aborts (SIGABRT, exit 134) on it under --skip-valid.
+        "other/vuls-data-update__suse.linux.enterprise.15-affected.xml.gz",
+        # Red Hat OVAL v2 (rhel-8/9 .oval.xml) excerpts: each keeps one object_ref to a
+        # local_variable left out of the excerpt (PROVENANCE.md); plain and as published (bz2).
+        "redhat/claircore__rhel-8-rpm-unpatched.xml",
+        "redhat/vuls-data-update__rhel-9-including-unpatched.oval.xml",
+        "redhat/vuls-data-update__rhel-9-including-unpatched.oval.xml.bz2",
+    ],
+)
+def test_refused_broken_excerpt_is_content_invalid(work: Path, name: str) -> None:
+    """Real excerpts whose references dangle: the scanner refuses them as ContentInvalid,
+    naming the file, before oscap (which aborts or errors on them)."""
+    feed = feed_file(name)
     with pytest.raises(ScanFailure) as info:
         content.resolve("oval", "suse", work / "feed", override=content.ContentOverride(file=feed))
     assert info.value.reason == ErrorReason.CONTENT_INVALID
