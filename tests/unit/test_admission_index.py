@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from scapguard.api import constants as c
-from scapguard.reconcile.imageindex import IMAGES, ImageIndex, render_quality
+from scapguard.reconcile.imageindex import IMAGES, SCAN_SOURCES, ImageIndex, render_quality
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -114,3 +114,50 @@ def test_render_quality() -> None:
     assert long is not None
     assert len(long) == 400
     assert long.endswith("...")
+
+
+# -- plain Kubernetes: no image API, the ImageScans' verdicts feed the index --------------------
+
+
+def scan(namespace: str, name: str, digest: str, policy: str, denied: bool) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"image": f"registry.local:5000/apps/app@{digest}", "policy": policy},
+        "status": {"denied": denied, "vulnerabilities": {"critical": 1, "high": 0}},
+    }
+
+
+def test_without_the_image_api_scans_feed_the_index() -> None:
+    index = ImageIndex(SCAN_SOURCES)
+    assert index.not_ready_reason() == "initial listing of imagescans not finished"
+    index.replace_scans(
+        [scan("apps", "s1", D1, "strict", True), scan("apps", "s2", D2, "p", False)]
+    )
+    assert index.ready  # no ImageStreams to wait for
+    deny = index.denied(D1)
+    assert deny is not None and deny.from_scans and deny.denied_by == ("apps/strict",)
+    assert deny.describe().startswith("denied by scapguard for ScanPolicy apps/strict (ImageScan")
+    assert "critical=1 high=0" in deny.describe()
+    assert index.denied(D2) is None
+
+    # A second policy denies D1 too; the first lifts: still denied, by the second only.
+    index.apply_scan("ADDED", scan("ops", "s3", D1, "baseline", True))
+    assert index.denied(D1).denied_by == ("apps/strict", "ops/baseline")  # type: ignore[union-attr]
+    index.apply_scan("MODIFIED", scan("apps", "s1", D1, "strict", False))
+    assert index.denied(D1).denied_by == ("ops/baseline",)  # type: ignore[union-attr]
+    index.apply_scan("DELETED", scan("ops", "s3", D1, "baseline", True))
+    assert index.denied(D1) is None
+    # A scan that denies its digest on a later verdict.
+    index.apply_scan("MODIFIED", scan("apps", "s2", D2, "p", True))
+    assert index.denied(D2) is not None
+    # A relist forgets what is gone.
+    index.replace_scans([])
+    assert index.denied(D2) is None
+
+
+def test_a_scan_without_a_digest_denies_nothing() -> None:
+    index = ImageIndex(SCAN_SOURCES)
+    odd = scan("apps", "s", D1, "p", True)
+    odd["spec"]["image"] = "registry.local:5000/apps/app:latest"
+    index.replace_scans([odd])
+    assert index.counts() == (0, 0)

@@ -22,10 +22,17 @@ from scapguard.builders.admission import (
     FAILURE_POLICIES,
     POD_WEBHOOK,
 )
-from scapguard.k8s.api import IMAGE, IMAGESTREAM
-from scapguard.k8s.informer import Informer, load_api_client
+from scapguard.k8s.api import IMAGE, IMAGESCAN, IMAGESTREAM
+from scapguard.k8s.informer import Informer, load_api_client, served
 from scapguard.reconcile.admission import review_pod
-from scapguard.reconcile.imageindex import IMAGES, IMAGESTREAMS, ImageIndex
+from scapguard.reconcile.imageindex import (
+    IMAGES,
+    IMAGESCANS,
+    IMAGESTREAMS,
+    OPENSHIFT_SOURCES,
+    SCAN_SOURCES,
+    ImageIndex,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,24 +93,39 @@ def configure_admission(
         settings.admission.server = _NoWebhookServer()
         logger.warning("admission webhook disabled: denied images are only annotated")
         return None
-    index = ImageIndex()
     api_client = load_api_client()
-    informers = (
-        Informer(
-            api_client,
-            IMAGE,
-            on_replace=index.replace_images,
-            on_event=index.apply_image,
-            on_failure=lambda reason: index.fail(IMAGES, reason),
-        ),
-        Informer(
-            api_client,
-            IMAGESTREAM,
-            on_replace=index.replace_streams,
-            on_event=index.apply_stream,
-            on_failure=lambda reason: index.fail(IMAGESTREAMS, reason),
-        ),
-    )
+    if served(api_client, IMAGE):
+        index = ImageIndex(OPENSHIFT_SOURCES)
+        informers: tuple[Informer, ...] = (
+            Informer(
+                api_client,
+                IMAGE,
+                on_replace=index.replace_images,
+                on_event=index.apply_image,
+                on_failure=lambda reason: index.fail(IMAGES, reason),
+            ),
+            Informer(
+                api_client,
+                IMAGESTREAM,
+                on_replace=index.replace_streams,
+                on_event=index.apply_stream,
+                on_failure=lambda reason: index.fail(IMAGESTREAMS, reason),
+            ),
+        )
+        watched = "images and imagestreams"
+    else:
+        # Plain Kubernetes: no Images to carry a deny, no ImageStreams to resolve tags.
+        index = ImageIndex(SCAN_SOURCES)
+        informers = (
+            Informer(
+                api_client,
+                IMAGESCAN,
+                on_replace=index.replace_scans,
+                on_event=index.apply_scan,
+                on_failure=lambda reason: index.fail(IMAGESCANS, reason),
+            ),
+        )
+        watched = "imagescans (no image.openshift.io API: denies come from scan verdicts)"
     runtime = AdmissionRuntime(
         index=index, fail_closed=options.failure_policy == "Fail", informers=informers
     )
@@ -118,10 +140,11 @@ def configure_admission(
     for informer in informers:
         informer.start()
     logger.info(
-        "admission webhook on %s:%s (failurePolicy %s); watching images and imagestreams",
+        "admission webhook on %s:%s (failurePolicy %s); watching %s",
         options.bind,
         options.port,
         options.failure_policy,
+        watched,
     )
     return runtime
 

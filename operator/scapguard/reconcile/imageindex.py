@@ -1,9 +1,12 @@
 """What the admission webhook knows without an API call: denied digests and ImageStream tags.
 
 Fed with whole objects by list+watch of ``image.openshift.io/v1`` Images and ImageStreams
-(:mod:`scapguard.k8s.informer`), read on every Pod admission. The watches run in threads and the
-webhook in kopf's event loop, so every read and write holds one lock for microseconds; objects are
-reduced to the few fields the decision needs before the lock is taken.
+(:mod:`scapguard.k8s.informer`), read on every Pod admission. On a cluster without the image
+API (plain Kubernetes) there are no Images to annotate and no ImageStreams: the index is fed by
+the ImageScans themselves, a digest being denied while any of its scans has ``status.denied``.
+The watches run in threads and the webhook in kopf's event loop, so every read and write holds
+one lock for microseconds; objects are reduced to the few fields the decision needs before the
+lock is taken.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from scapguard.k8s.api import Obj, annotations_of, name_of, namespace_of
 
 IMAGES: Final = "images"
 IMAGESTREAMS: Final = "imagestreams"
-_SOURCES: Final = (IMAGES, IMAGESTREAMS)
+IMAGESCANS: Final = "imagescans"
+#: What feeds the index: the image API where it is served, else the ImageScans' verdicts.
+OPENSHIFT_SOURCES: Final = (IMAGES, IMAGESTREAMS)
+SCAN_SOURCES: Final = (IMAGESCANS,)
 _MAX_QUALITY: Final = 400
+_SEVERITY_ORDER: Final = ("critical", "high", "medium", "low", "unknown")
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,16 @@ class DeniedImage:
     by_scapguard: bool  # carries scapguard's marker; without it a person set the deny
     denied_by: tuple[str, ...]  # "namespace/policy" of the ScanPolicies that deny it
     quality: str | None  # the scapguard quality annotation, rendered for people
+    #: From ImageScan verdicts (no image API on the cluster), not from an Image's annotation.
+    from_scans: bool = False
 
     def describe(self) -> str:
         """One line for a refusal: who denied it, the ImageScans, the scan summary."""
+        if self.from_scans:
+            scans = [_scan_ref(self.digest, ref) for ref in self.denied_by]
+            text = "denied by scapguard for ScanPolicy " + ", ".join(self.denied_by)
+            text += " (ImageScan " + ", ".join(s for s in scans if s) + ")"
+            return text + (f"; scapguard: {self.quality}" if self.quality else "")
         if self.by_scapguard:
             who = "set by scapguard"
             if self.denied_by:
@@ -114,6 +128,43 @@ def denied_image(image: Obj) -> DeniedImage | None:
     )
 
 
+def scan_denial(scan: Obj) -> DeniedImage | None:
+    """The deny an ImageScan's verdict asks for (``status.denied``), or None."""
+    status = scan.get("status") or {}
+    spec = scan.get("spec") or {}
+    image = spec.get("image")
+    if status.get("denied") is not True or not isinstance(image, str) or "@" not in image:
+        return None
+    counts = status.get("vulnerabilities")
+    quality = None
+    if isinstance(counts, Mapping):
+        quality = " ".join(f"{k}={counts[k]}" for k in _SEVERITY_ORDER if k in counts) or None
+    if quality and status.get("failedRules"):
+        quality += f" failedRules={len(status['failedRules'])}"
+    return DeniedImage(
+        digest=image.rsplit("@", 1)[1],
+        by_scapguard=True,
+        denied_by=(f"{namespace_of(scan)}/{spec.get('policy', '')}",),
+        quality=quality,
+        from_scans=True,
+    )
+
+
+def _merge_scan_denials(denials: Iterable[DeniedImage]) -> dict[str, DeniedImage]:
+    """One deny per digest: the policies of all its denying scans, the first one's summary."""
+    merged: dict[str, DeniedImage] = {}
+    for deny in sorted(denials, key=lambda d: d.denied_by):
+        before = merged.get(deny.digest)
+        if before is None:
+            merged[deny.digest] = deny
+        else:
+            policies = tuple(sorted({*before.denied_by, *deny.denied_by}))
+            merged[deny.digest] = DeniedImage(
+                deny.digest, True, policies, before.quality, from_scans=True
+            )
+    return merged
+
+
 def stream_entry(stream: Obj) -> StreamEntry:
     spec: Mapping[str, Any] = stream.get("spec") or {}
     status: Mapping[str, Any] = stream.get("status") or {}
@@ -152,9 +203,12 @@ def normalize_repository(repository: str) -> str:
 class ImageIndex:
     """Denied digests and ImageStream tags, kept current by watches."""
 
-    def __init__(self) -> None:
+    def __init__(self, sources: tuple[str, ...] = OPENSHIFT_SOURCES) -> None:
+        self._sources = sources
         self._lock = threading.Lock()
         self._denied: dict[str, DeniedImage] = {}
+        #: Without the image API: (namespace, name) of each denying ImageScan -> its deny.
+        self._denying_scans: dict[tuple[str, str], DeniedImage] = {}
         self._streams: dict[tuple[str, str], StreamEntry] = {}
         self._repositories: dict[str, tuple[str, str]] = {}
         self._synced: set[str] = set()
@@ -209,6 +263,35 @@ class ImageIndex:
             for repository in entry.repositories:
                 self._repositories.setdefault(repository, key)
 
+    def replace_scans(self, scans: Iterable[Obj]) -> None:
+        """A complete listing of ImageScans (all namespaces): forget anything not in it."""
+        denying = {}
+        for scan in scans:
+            deny = scan_denial(scan)
+            if deny is not None:
+                denying[(namespace_of(scan) or "", name_of(scan))] = deny
+        with self._lock:
+            self._denying_scans = denying
+            self._denied = _merge_scan_denials(denying.values())
+            self._synced.add(IMAGESCANS)
+            self._failed.pop(IMAGESCANS, None)
+
+    def apply_scan(self, event: str, scan: Obj) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) for an ImageScan."""
+        key = (namespace_of(scan) or "", name_of(scan))
+        deny = None if event == "DELETED" else scan_denial(scan)
+        with self._lock:
+            old = self._denying_scans.pop(key, None)
+            if deny is not None:
+                self._denying_scans[key] = deny
+            for digest in {d.digest for d in (old, deny) if d is not None}:
+                same = [d for d in self._denying_scans.values() if d.digest == digest]
+                merged = _merge_scan_denials(same)
+                if digest in merged:
+                    self._denied[digest] = merged[digest]
+                else:
+                    self._denied.pop(digest, None)
+
     def fail(self, source: str, reason: str) -> None:
         """A watch stopped for good (a bug, not the network): the index can no longer be
         trusted for ``source``, so the webhook answers as if it were not synced."""
@@ -221,12 +304,12 @@ class ImageIndex:
     @property
     def ready(self) -> bool:
         with self._lock:
-            return all(s in self._synced for s in _SOURCES)
+            return all(s in self._synced for s in self._sources)
 
     def not_ready_reason(self) -> str:
         with self._lock:
             failed = [f"{s}: {r}" for s, r in sorted(self._failed.items())]
-            waiting = [s for s in _SOURCES if s not in self._synced and s not in self._failed]
+            waiting = [s for s in self._sources if s not in self._synced and s not in self._failed]
         parts = []
         if failed:
             parts.append("watch failed (" + "; ".join(failed) + ")")
