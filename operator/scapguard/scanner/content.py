@@ -49,7 +49,6 @@ from scapguard.contentcache.catalogue import ORIGIN_HEADER, SHA256_HEADER, SOURC
 from scapguard.contentcache.errors import ContentFetchError
 from scapguard.contentcache.fetch import fetch_url
 from scapguard.contentcache.store import sha256_file
-from scapguard.results import oval as oval_results
 from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
 from scapguard.results.xmlsafe import XMLContentError, local_name, parse_file, qname
 from scapguard.scanner import feedfilter
@@ -350,23 +349,23 @@ def resolve(
             f"{where}: sha256 {digest} does not match the expected {expected_sha}",
         )
     xml = decompress(raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=where)
-    roots = {
-        "oval": {oval_results.DEFINITIONS_ROOT},
-        "datastream": {_DS_ROOT},
-        "tailoring": set(_TAILORING_ROOTS),
-    }[kind]
-    try:
-        root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
-    except XMLContentError as exc:
-        raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
-    _refuse_script_checks(root, where)
     version: str | None
     if kind == "oval":
-        version = oval_results.definitions_generator_timestamp(root)
-        # references checked now (ContentInvalid before any oscap run), index kept for the
-        # pre-filter of this scan
-        feedfilter.remember(digest, feedfilter.index_feed(root, where))
+        # Streamed (a feed can be hundreds of MiB): root, safety, script checks and references
+        # checked now (ContentInvalid before any oscap run), the index kept for the pre-filter.
+        index = feedfilter.index_file(
+            xml, where, max_bytes=max_xml, on_element=lambda el: _refuse_script_check(el, where)
+        )
+        version = index.timestamp
+        feedfilter.remember(digest, index)
     else:
+        roots = {"datastream": {_DS_ROOT}, "tailoring": set(_TAILORING_ROOTS)}[kind]
+        try:
+            root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
+        except XMLContentError as exc:
+            raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
+        for el in root.iter():
+            _refuse_script_check(el, where)
         version = next(
             (
                 "".join(str(t) for t in el.itertext()).strip()
@@ -375,7 +374,7 @@ def resolve(
             ),
             None,
         )
-    del root
+        del root
     log.info("%s content %s from %s: sha256 %s, version %s", kind, name, source, digest, version)
     return ResolvedContent(
         path=xml,
@@ -411,13 +410,12 @@ def _origin(override: ContentOverride | None, raw: Path) -> str:
     return str(raw)
 
 
-def _refuse_script_checks(root: etree._Element, where: str) -> None:
+def _refuse_script_check(el: etree._Element, where: str) -> None:
     """Refuse content with a check of the Script Check Engine's system (it runs scripts)."""
-    for el in root.iter():
-        system = el.get("system")
-        if system is not None and system.strip().casefold() == SCE_SYSTEM.casefold():
-            raise ScanFailure(
-                ErrorReason.CONTENT_INVALID,
-                f"{where}: a <{local_name(el.tag)}> uses the Script Check Engine "
-                f"(system {SCE_SYSTEM!r}), which would run scripts from the content",
-            )
+    system = el.get("system")
+    if system is not None and system.strip().casefold() == SCE_SYSTEM.casefold():
+        raise ScanFailure(
+            ErrorReason.CONTENT_INVALID,
+            f"{where}: a <{local_name(el.tag)}> uses the Script Check Engine "
+            f"(system {SCE_SYSTEM!r}), which would run scripts from the content",
+        )

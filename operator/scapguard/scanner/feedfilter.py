@@ -35,27 +35,36 @@ Before anything is filtered, :func:`index_feed` checks the feed's references: a 
 define, or a test/object/state outside an OVAL component namespace, makes oscap 1.3.7 abort
 (SIGABRT) or refuse the file. Such a feed is ``ContentInvalid``, named, before oscap runs.
 
-Parsing is :mod:`scapguard.results.xmlsafe`'s (no entities, no DTD, no network). The parsed and
-indexed feed is kept by sha256 (:func:`remember`, :func:`cached`; one entry) so the content step
-and the pre-filter parse it once per scan process.
+Parsing is :mod:`scapguard.results.xmlsafe`'s (no entities, no DTD, no network), streamed
+(:func:`index_file`): a real feed is far bigger as a tree than as a file (libxml2 nodes: ~10x),
+so the index keeps only what the reasoning needs (each definition's criteria, the tests,
+objects and variables; no metadata), and :func:`prefilter` reads the file again to copy the
+kept definitions whole. The index is kept by sha256 (:func:`remember`, :func:`cached`; one
+entry) so the content step and the pre-filter build it once per scan process.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from lxml import etree
 
 from scapguard.results.model import ErrorReason
-from scapguard.results.oval import DEFINITIONS_ROOT, NS_DEF
-from scapguard.results.xmlsafe import DEFAULT_MAX_BYTES, XMLContentError, local_name, parse_file
+from scapguard.results.oval import DEFINITIONS_ROOT, NS_COMMON, NS_DEF
+from scapguard.results.xmlsafe import (
+    DEFAULT_MAX_BYTES,
+    XMLContentError,
+    iterparse_file,
+    local_name,
+    qname,
+)
 from scapguard.scanner.errors import ScanFailure
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,10 @@ _PACKAGE_TESTS: Final = {
 _FAILS_WHEN_ABSENT: Final = frozenset({"at_least_one_exists", "only_one_exists"})
 _REF_TEXT_ELEMENTS: Final = frozenset({"object_reference", "filter"})
 _CACHE_SIZE: Final = 1
+_GENERATOR: Final = qname(NS_DEF, "generator")
+_TIMESTAMP: Final = qname(NS_COMMON, "timestamp")
+#: The feed file read again by the pre-filter was checked against the caller's bound already.
+MAX_FILTERED_SOURCE: Final = 4 * 1024 * 1024 * 1024
 _NAMED_PROBLEMS: Final = 3
 
 Value = Literal["true", "false", "unknown"]
@@ -84,16 +97,26 @@ Value = Literal["true", "false", "unknown"]
 
 @dataclass(frozen=True)
 class FeedIndex:
-    """A parsed feed with what the pre-filter needs; built once per feed digest."""
+    """What the pre-filter needs of a feed; built once per feed digest."""
 
-    root: etree._Element
     source: str
-    #: every id the feed defines (definitions, tests, objects, states, variables) -> element
+    #: every id the feed defines (definitions, tests, objects, states, variables) -> element;
+    #: from a file, a definition keeps only its criteria and a state only its tag and id
     elements: dict[str, etree._Element]
     #: id -> ids referenced from that element (``*_ref`` attributes, set/filter texts)
     references: dict[str, tuple[str, ...]]
     #: test id -> the packages whose absence (all of them) makes the test false
     package_tests: dict[str, frozenset[str]]
+    #: id -> the section it is in (definitions, tests, objects, states, variables)
+    sections: dict[str, str] = field(default_factory=dict)
+    root_tag: str = DEFINITIONS_ROOT
+    root_attrib: dict[str, str] = field(default_factory=dict)
+    nsmap: dict[str, str] = field(default_factory=dict)
+    #: the generator's timestamp (the feed's version)
+    timestamp: str | None = None
+    #: the feed file, read again by :func:`prefilter`; None for an in-memory ``root``
+    path: Path | None = None
+    root: etree._Element | None = None
 
     @property
     def definition_ids(self) -> list[str]:
@@ -126,11 +149,7 @@ def load(path: Path, digest: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Feed
     found = cached(digest)
     if found is not None:
         return found
-    try:
-        root = parse_file(path, expected_roots={DEFINITIONS_ROOT}, max_bytes=max_bytes)
-    except XMLContentError as exc:
-        raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
-    index = index_feed(root, str(path))
+    index = index_file(path, str(path), max_bytes=max_bytes)
     remember(digest, index)
     return index
 
@@ -164,34 +183,157 @@ def _invalid(source: str, what: str, problems: list[str]) -> ScanFailure:
     )
 
 
-def index_feed(root: etree._Element, source: str) -> FeedIndex:
-    """Index ``root`` (an oval_definitions document); ContentInvalid for broken references."""
-    elements: dict[str, etree._Element] = {}
-    misplaced: list[str] = []
-    for section, el in _section_items(root):
+class _Collector:
+    """Builds a :class:`FeedIndex` from a feed's items, section by section."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.elements: dict[str, etree._Element] = {}
+        self.references: dict[str, tuple[str, ...]] = {}
+        self.sections: dict[str, str] = {}
+        self.misplaced: list[str] = []
+
+    def add(self, section: str, el: etree._Element, *, compact: bool) -> None:
         ident = el.get("id")
-        if ident:
-            elements[ident] = el
         namespace = etree.QName(el).namespace or ""
         if section in _COMPONENT_SECTIONS and not namespace.startswith(_COMPONENT_PREFIX):
-            misplaced.append(f"<{local_name(el.tag)} id={ident!r}> in namespace {namespace!r}")
-    if misplaced:
-        raise _invalid(source, "tests/objects/states outside a component namespace", misplaced)
-    references = {ident: _refs_of(el) for ident, el in elements.items()}
-    dangling = [
-        f"{ident} -> {ref}"
-        for ident, refs in references.items()
-        for ref in refs
-        if ref not in elements
-    ]
-    if dangling:
-        raise _invalid(source, "references to ids the feed does not define", dangling)
-    package_tests: dict[str, frozenset[str]] = {}
-    for ident, el in elements.items():
-        names = _packages_of(el, elements)
-        if names is not None:
-            package_tests[ident] = names
-    return FeedIndex(root, source, elements, references, package_tests)
+            self.misplaced.append(f"<{local_name(el.tag)} id={ident!r}> in namespace {namespace!r}")
+        if not ident:
+            return
+        self.references[ident] = _refs_of(el)
+        self.sections[ident] = section
+        self.elements[ident] = _compacted(section, el) if compact else el
+
+    def index(
+        self,
+        *,
+        root_tag: str,
+        root_attrib: dict[str, str],
+        nsmap: dict[str, str],
+        timestamp: str | None,
+        path: Path | None = None,
+        root: etree._Element | None = None,
+    ) -> FeedIndex:
+        if self.misplaced:
+            raise _invalid(
+                self.source, "tests/objects/states outside a component namespace", self.misplaced
+            )
+        elements = self.elements
+        dangling = [
+            f"{ident} -> {ref}"
+            for ident, refs in self.references.items()
+            for ref in refs
+            if ref not in elements
+        ]
+        if dangling:
+            raise _invalid(self.source, "references to ids the feed does not define", dangling)
+        package_tests: dict[str, frozenset[str]] = {}
+        for ident, el in elements.items():
+            names = _packages_of(el, elements)
+            if names is not None:
+                package_tests[ident] = names
+        return FeedIndex(
+            self.source,
+            elements,
+            self.references,
+            package_tests,
+            sections=self.sections,
+            root_tag=root_tag,
+            root_attrib=root_attrib,
+            nsmap=nsmap,
+            timestamp=timestamp,
+            path=path,
+            root=root,
+        )
+
+
+def _compacted(section: str, el: etree._Element) -> etree._Element:
+    """``el`` cut, in place, to what the reasoning reads: a definition's criteria, a state's
+    tag and id (its metadata and values are read again from the file by the pre-filter).
+    Kept in the parsed document itself: a copy would cost a document of its own per item."""
+    if section in ("definitions", "states"):
+        for child in list(el):
+            if section == "states" or local_name(child.tag) != "criteria":
+                el.remove(child)
+    el.text = el.tail = None
+    return el
+
+
+def index_feed(root: etree._Element, source: str) -> FeedIndex:
+    """Index an in-memory ``root`` (an oval_definitions document); ContentInvalid for broken
+    references."""
+    collector = _Collector(source)
+    for section, el in _section_items(root):
+        collector.add(section, el, compact=False)
+    return collector.index(
+        root_tag=str(root.tag),
+        root_attrib=_attrib(root),
+        nsmap=_nsmap(root),
+        timestamp=_timestamp(root.find(_GENERATOR)),
+        root=root,
+    )
+
+
+def index_file(
+    path: Path,
+    source: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_element: Callable[[etree._Element], None] | None = None,
+) -> FeedIndex:
+    """Index the feed at ``path`` streamed, keeping no metadata; ``on_element`` sees every
+    element (complete, at its end) before it is dropped. ContentInvalid for a file that is not
+    a safe, well-formed oval_definitions document or whose references are broken."""
+    collector = _Collector(source)
+    root_tag, root_attrib, nsmap, timestamp = DEFINITIONS_ROOT, {}, {}, None
+    depth = 0
+    section = ""
+    try:
+        for event, el in iterparse_file(path, expected_roots={DEFINITIONS_ROOT},
+                                        max_bytes=max_bytes):  # fmt: skip
+            if event == "start":
+                depth += 1
+                if depth == 1:
+                    root_tag, root_attrib, nsmap = str(el.tag), _attrib(el), _nsmap(el)
+                elif depth == 2:
+                    section = local_name(el.tag)
+                continue
+            if on_element is not None:
+                on_element(el)
+            if depth == 3 and section in _SECTIONS and isinstance(el.tag, str):
+                collector.add(section, el, compact=True)
+            if depth == 2 and el.tag == _GENERATOR:
+                timestamp = _timestamp(el)
+            if depth == 2 and section not in _SECTIONS:
+                _drop(el)  # the generator, a signature: sections keep their compacted items
+            depth -= 1
+    except XMLContentError as exc:
+        raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
+    return collector.index(
+        root_tag=root_tag, root_attrib=root_attrib, nsmap=nsmap, timestamp=timestamp, path=path
+    )
+
+
+def _drop(el: etree._Element) -> None:
+    """Free a finished element and the siblings before it (iterparse keeps the whole tree)."""
+    el.clear()
+    parent = el.getparent()
+    if parent is not None:
+        while el.getprevious() is not None:
+            del parent[0]
+
+
+def _timestamp(generator: etree._Element | None) -> str | None:
+    if generator is None:
+        return None
+    stamp = generator.find(_TIMESTAMP)
+    text = (stamp.text or "").strip() if stamp is not None else ""
+    return text or None
+
+
+def _nsmap(el: etree._Element) -> dict[str, str]:
+    # lxml takes the default namespace under the key None; its stubs only know str keys
+    return cast("dict[str, str]", dict(el.nsmap))
 
 
 def _literal(value: str | None) -> str | None:
@@ -358,36 +500,66 @@ def _attrib(el: etree._Element) -> dict[str, str]:
 
 
 def prefilter(index: FeedIndex, installed: frozenset[str], dest: Path) -> Filtered:
-    """Write to ``dest`` the feed without its provably false definitions (module docstring)."""
+    """Write to ``dest`` the feed without its provably false definitions (module docstring).
+
+    The kept items are copied whole from the feed file, streamed: the generator, then each
+    section that keeps anything. ``ds:Signature`` and anything else is not carried over (a
+    signature would not match).
+    """
     definitions = index.definition_ids
     kept = [
         i for i in definitions if could_be_true(index.elements[i], index, installed)
     ] or definitions[:1]  # keep one: a feed without definitions is not an OVAL document
     keep = _closure(kept, index)
-    src = index.root
-    # lxml takes the default namespace under the key None; its stubs only know str keys
-    nsmap = cast("dict[str, str]", dict(src.nsmap))
-    out = etree.Element(src.tag, attrib=_attrib(src), nsmap=nsmap)
-    out.text = "\n"
-    for section in src:
-        if not isinstance(section.tag, str):
-            continue
-        name = local_name(section.tag)
-        if name == "generator":
-            out.append(copy.deepcopy(section))
-        elif name in _SECTIONS:
-            items = [el for el in section if isinstance(el.tag, str) and el.get("id") in keep]
-            if items:
-                part = etree.SubElement(out, section.tag, attrib=_attrib(section))
-                part.extend(copy.deepcopy(el) for el in items)
-        # ds:Signature and anything else: not carried over (a signature would not match)
-    etree.ElementTree(out).write(str(dest), xml_declaration=True, encoding="UTF-8")
-    count = sum(1 for i in kept)
+    source = index.path
+    if source is None:  # an in-memory feed: written once, then read like a file
+        if index.root is None:
+            raise ValueError(f"{index.source}: an index without its file or tree")
+        source = dest.with_name(dest.name + ".full.xml")
+        tree = etree.ElementTree(index.root)
+        tree.write(str(source), xml_declaration=True, encoding="UTF-8")
+    sections = {index.sections[i] for i in keep}
+    with contextlib.ExitStack() as stack:
+        xf = stack.enter_context(etree.xmlfile(str(dest), encoding="UTF-8"))
+        xf.write_declaration()
+        stack.enter_context(xf.element(index.root_tag, attrib=index.root_attrib, nsmap=index.nsmap))
+        section: contextlib.ExitStack | None = None
+        parent = ""
+        depth = 0
+        for event, el in iterparse_file(
+            source, expected_roots={index.root_tag}, max_bytes=MAX_FILTERED_SOURCE
+        ):
+            if event == "start":
+                depth += 1
+                if depth == 2:
+                    parent = local_name(el.tag)
+                    if parent in sections:
+                        section = contextlib.ExitStack()
+                        section.enter_context(xf.element(el.tag, attrib=_attrib(el)))
+                continue
+            if depth == 2:
+                if el.tag == _GENERATOR:
+                    _write(xf, el)
+                if section is not None:
+                    section.close()
+                    section = None
+                _drop(el)
+            elif depth == 3 and parent in _SECTIONS:
+                if section is not None and el.get("id") in keep:
+                    _write(xf, el)
+                _drop(el)
+            depth -= 1
     log.info(
         "feed %s: %d of %d definitions can be true on this image (%d packages installed)",
         index.source,
-        count,
+        len(kept),
         len(definitions),
         len(installed),
     )
-    return Filtered(dest, len(definitions), count)
+    return Filtered(dest, len(definitions), len(kept))
+
+
+def _write(xf: Any, el: etree._Element) -> None:
+    """``xf``: lxml's incremental writer (``etree.xmlfile``), which its stubs leave untyped."""
+    el.tail = "\n"
+    xf.write(el)
