@@ -44,6 +44,8 @@ QUALITY_ANNOTATION: Final = "quality.images.openshift.io/vulnerability.scapguard
 # Labels.
 ORIGIN_LABEL: Final = f"{PREFIX}/origin"  # "imagestream" on ImageScans the operator created
 ORIGIN_IMAGESTREAM: Final = "imagestream"
+ORIGIN_WORKLOAD: Final = "workload"  # a Pod the policy selects runs the digest
+ORIGIN_REGISTRY_PUSH: Final = "registry-push"  # a registry notified a push of the digest
 DIGEST_LABEL: Final = f"{PREFIX}/digest"  # first 63 hex chars of the sha256 digest
 POLICY_LABEL: Final = f"{PREFIX}/policy"  # policy name on ImageScans (same namespace)
 # "true" on ImageScans waiting in the queue (Queued or Retrying): an index for the queue's list,

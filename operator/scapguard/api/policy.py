@@ -31,6 +31,7 @@ _OCI_REFERENCE: Final = re.compile(
     r"[A-Za-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
     r"(@sha256:[0-9a-f]{64})?"
 )
+_REGISTRY: Final = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?")
 _OCI_FILE: Final = re.compile(r"/?[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
 _CVE_OR_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
@@ -125,6 +126,23 @@ class ScannerSettings:
 
 
 @dataclass(frozen=True)
+class Workloads:
+    """Scan what runs: the images of Pods matching ``pod_selector`` (in the policy's namespace,
+    or the namespaces of its ``namespaceSelector`` for a cluster-wide policy)."""
+
+    pod_selector: LabelSelector = field(default_factory=LabelSelector)
+
+
+@dataclass(frozen=True)
+class RegistryPushes:
+    """Scan on push: digests a registry notifies pushes of, in ``repositories`` (fnmatch globs
+    over the repository path), pulled as ``registry/repository@digest``."""
+
+    registry: str
+    repositories: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
 class ScanPolicySpec:
     selector: LabelSelector = field(default_factory=LabelSelector)
     namespace_selector: LabelSelector | None = None
@@ -141,6 +159,8 @@ class ScanPolicySpec:
     schedule: str | None = None
     scanner: ScannerSettings = field(default_factory=ScannerSettings)
     keep: int = DEFAULT_KEEP
+    workloads: Workloads | None = None
+    registry_pushes: RegistryPushes | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -213,8 +233,27 @@ def parse_policy_spec(spec: object) -> ScanPolicySpec:
         schedule=schedule,
         scanner=_scanner(data.get("scanner")),
         keep=f.opt_int(retention, "keep", "spec.retention", DEFAULT_KEEP),
+        workloads=_workloads(data.get("workloads")),
+        registry_pushes=_registry_pushes(data.get("registryPushes")),
         raw=dict(data),
     )
+
+
+def _workloads(value: object) -> Workloads | None:
+    if value is None:
+        return None
+    data = f.mapping(value, "spec.workloads")
+    return Workloads(pod_selector=_selector(data.get("podSelector"), "spec.workloads.podSelector"))
+
+
+def _registry_pushes(value: object) -> RegistryPushes | None:
+    if value is None:
+        return None
+    data = f.mapping(value, "spec.registryPushes")
+    registry = f.req_str(data, "registry", "spec.registryPushes")
+    f.matching(registry, _REGISTRY, "spec.registryPushes.registry", "a registry host[:port]")
+    repositories = f.str_list(data.get("repositories", ["*"]), "spec.registryPushes.repositories")
+    return RegistryPushes(registry=registry, repositories=repositories or ("*",))
 
 
 def _selector(value: object, path: str) -> LabelSelector:

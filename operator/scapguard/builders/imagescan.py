@@ -21,7 +21,10 @@ def build_imagescan(
     policy: str,
     trigger: str,
     tags: Sequence[TagRef],
+    origin: str = c.ORIGIN_IMAGESTREAM,
 ) -> dict[str, Any]:
+    """An ImageScan the operator creates; ``origin`` says why (its ``scapguard.io/origin``
+    label: an ImageStream tag, a Pod the policy selects, a registry's push notification)."""
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.IMAGESCAN_KIND,
@@ -29,7 +32,7 @@ def build_imagescan(
             "name": name,
             "namespace": namespace,
             "labels": {
-                c.ORIGIN_LABEL: c.ORIGIN_IMAGESTREAM,
+                c.ORIGIN_LABEL: origin,
                 c.DIGEST_LABEL: digest_label(digest),
                 c.POLICY_LABEL: policy,
                 c.MANAGED_BY_LABEL: c.MANAGED_BY,
