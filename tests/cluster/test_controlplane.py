@@ -21,7 +21,6 @@ from kubernetes.client.exceptions import ApiException
 from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
 from scapguard.k8s.api import CONFIGMAP, IMAGE, Kind, NotFound
 from scapguard.k8s.client import KubeClient
-from scapguard.k8s.informer import served
 from tests.controlplane import control_plane, control_plane_api  # noqa: F401 - this module's
 
 pytestmark = pytest.mark.cluster
@@ -319,5 +318,7 @@ def test_the_operators_client_reads_metadata_without_data(
 def test_discovery_tells_whether_the_image_api_is_served(admin_api: client.ApiClient) -> None:
     """The admission webhook picks its index by this at start (plain Kubernetes has no
     image.openshift.io: its denies then come from the ImageScans' verdicts)."""
-    assert served(admin_api, IMAGE) is True
-    assert served(admin_api, Kind("images.example.com", "v1", "images", "Image")) is False
+    kube = KubeClient(admin_api)
+    assert kube.serves(IMAGE) is True
+    assert kube.serves(Kind("images.example.com", "v1", "images", "Image")) is False
+    assert kube.serves(Kind("", "v1", "pods", "Pod")) is True

@@ -23,7 +23,7 @@ from scapguard.builders.admission import (
     POD_WEBHOOK,
 )
 from scapguard.k8s.api import IMAGE, IMAGESCAN, IMAGESTREAM
-from scapguard.k8s.informer import Informer, load_api_client, served
+from scapguard.k8s.informer import Informer, load_api_client
 from scapguard.reconcile.admission import review_pod
 from scapguard.reconcile.imageindex import (
     IMAGES,
@@ -52,6 +52,8 @@ class AdmissionOptions:
     host: str | None = None  # the name the API server uses; only logged (kopf does not manage)
     failure_policy: str = DEFAULT_FAILURE_POLICY
     enabled: bool = True
+    #: whether the cluster serves image.openshift.io (else the index reads ImageScan verdicts)
+    image_api: bool = True
 
     def __post_init__(self) -> None:
         if self.failure_policy not in FAILURE_POLICIES:
@@ -94,7 +96,7 @@ def configure_admission(
         logger.warning("admission webhook disabled: denied images are only annotated")
         return None
     api_client = load_api_client()
-    if served(api_client, IMAGE):
+    if options.image_api:
         index = ImageIndex(OPENSHIFT_SOURCES)
         informers: tuple[Informer, ...] = (
             Informer(

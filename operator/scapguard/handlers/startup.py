@@ -16,6 +16,7 @@ from scapguard.config import Settings, SettingsError
 from scapguard.handlers.admission import AdmissionOptions, configure_admission
 from scapguard.handlers.context import MEMO_KEY, Logger
 from scapguard.handlers.jobs import watch_scanner_jobs
+from scapguard.k8s.api import IMAGE
 from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
 from scapguard.reconcile.context import OperatorContext
@@ -56,11 +57,17 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
     else:
         settings.peering.standalone = True
     kube = await asyncio.to_thread(load_client)
+    image_api = await asyncio.to_thread(kube.serves, IMAGE)
+    if not image_api:
+        logger.warning(
+            "no image.openshift.io API: no ImageStreams to select nor Images to annotate; "
+            "workloads and registry pushes are scanned, and the webhook refuses by scan verdict"
+        )
     metrics = Metrics(per_cve=config.per_cve_metrics)
     userns, why = await asyncio.to_thread(scanner_user_namespace, kube, config)
     logger.info("scanner pods %s a user namespace: %s", "get" if userns else "do not get", why)
     ctx = OperatorContext(kube=kube, settings=config, metrics=metrics,
-                          scanner_user_namespace=userns)  # fmt: skip
+                          scanner_user_namespace=userns, image_api=image_api)  # fmt: skip
     memo[MEMO_KEY] = ctx
     if config.metrics_port:
         server, _thread = start_http_server(
@@ -80,6 +87,7 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
             port=config.admission_port,
             failure_policy=config.admission_failure_policy,
             enabled=config.admission_enabled,
+            image_api=image_api,
         ),
     )
     logger.info(

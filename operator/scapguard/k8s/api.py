@@ -88,6 +88,10 @@ class Kube(Protocol):
 
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj: ...
 
+    def serves(self, kind: Kind) -> bool:
+        """Whether the API server serves ``kind``'s group and version (discovery)."""
+        ...
+
     def get_metadata(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
         """The object's ``metadata`` only (a PartialObjectMetadata): no data, no status."""
         ...

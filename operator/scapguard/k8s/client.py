@@ -139,6 +139,19 @@ class KubeClient:
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
         return self._call("GET", _path(kind, namespace, name))
 
+    def serves(self, kind: Kind) -> bool:
+        # /apis lists every group, aggregated ones (image.openshift.io) included; errors
+        # propagate: a start-up that cannot reach the API server should not guess.
+        if not kind.group:
+            return kind.version in (self._call("GET", "/api").get("versions") or [])
+        groups = self._call("GET", "/apis").get("groups")
+        return any(
+            isinstance(g, dict)
+            and g.get("name") == kind.group
+            and any(v.get("version") == kind.version for v in g.get("versions") or [])
+            for g in groups or []
+        )
+
     def get_metadata(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
         # The API server strips data and status; plain JSON is the fallback it may choose.
         return self._call("GET", _path(kind, namespace, name), accept=_METADATA_ONLY)

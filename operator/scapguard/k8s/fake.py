@@ -61,9 +61,12 @@ class FakeKube:
         self.objects: dict[Key, Obj] = {}
         self.kinds: dict[str, Kind] = {}
         self.actions: list[tuple[str, str, str, str]] = []  # (verb, plural, namespace, name)
-        self.reads: list[tuple[str, str, str, str]] = []  # gets, the same way
+        # gets the same way; lists as ("list", plural, namespace, label selector)
+        self.reads: list[tuple[str, str, str, str]] = []
         self.clock = clock or (lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
         self._versions = itertools.count(1)
+        #: API groups the fake API server does not serve (``serves``)
+        self.unserved_groups: set[str] = set()
         # Called before each write; may raise to simulate API failures or crashes.
         self.before_write: Callable[[str, Kind, Obj], None] | None = None
 
@@ -113,6 +116,9 @@ class FakeKube:
             "metadata": obj["metadata"],
         }
 
+    def serves(self, kind: Kind) -> bool:
+        return kind.group not in self.unserved_groups
+
     def list(
         self,
         kind: Kind,
@@ -122,6 +128,7 @@ class FakeKube:
         field_selector: str | None = None,
     ) -> list[Obj]:
         kid = self._kid(kind)
+        self.reads.append(("list", kind.plural, namespace or "", label_selector or ""))
         out = []
         for (k, ns, name), obj in sorted(self.objects.items()):
             if k != kid or (namespace and kind.namespaced and ns != namespace):

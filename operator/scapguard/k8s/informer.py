@@ -47,19 +47,6 @@ def load_api_client() -> Any:
     return k8s_client.ApiClient(configuration)
 
 
-def served(api_client: Any, kind: Kind) -> bool:
-    """Whether the API server serves ``kind``'s group/version (the discovery of API groups).
-
-    Errors propagate: a start-up that cannot reach the API server should fail loudly rather
-    than guess which APIs exist.
-    """
-    groups = k8s_client.ApisApi(api_client).get_api_versions().groups or []
-    return any(
-        group.name == kind.group and any(v.version == kind.version for v in group.versions or [])
-        for group in groups
-    )
-
-
 class Informer:
     """Keep ``on_replace``/``on_event`` fed with the objects of ``kind``.
 

@@ -74,6 +74,9 @@ class OperatorContext:
     #: Whether scanner pods get a user namespace of their own (decided once at start:
     #: ``scapguard.reconcile.runtime.scanner_user_namespace``).
     scanner_user_namespace: bool = False
+    #: Whether the cluster serves image.openshift.io (decided once at start): without it there
+    #: are no ImageStreams to select nor Images to annotate (plain Kubernetes).
+    image_api: bool = True
     clock: Callable[[], dt.datetime] = utcnow
     token_factory: Callable[[], str] = new_token
     # Serialises queue admission so the concurrency limits hold (one active replica: peering).

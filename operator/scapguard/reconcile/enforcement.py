@@ -144,6 +144,8 @@ def _annotate(
     None when there is no Image. The patch carries the resourceVersion read: on a Conflict
     the Image changed meanwhile (a person's annotation, say) and is judged again.
     """
+    if not ctx.image_api:
+        return None
     conflicts = 0
     while True:
         try:
@@ -174,8 +176,8 @@ def repair_denies(ctx: OperatorContext) -> int:
     down): a deny no live scan wants is lifted; a person's (no marker) is never touched. One
     list of Images, at most once per ``ctx.deny_repair_throttle`` interval.
     """
-    if not ctx.deny_repair_throttle.ready():
-        return 0
+    if not ctx.image_api or not ctx.deny_repair_throttle.ready():
+        return 0  # plain Kubernetes: no Images, nothing was ever annotated
     lifted = 0
     for image in ctx.kube.list(IMAGE):
         if annotations_of(image).get(c.DENY_MARKER_ANNOTATION) != "true":

@@ -5,6 +5,8 @@
 - a digest in a tag's history beyond ``retention.keep``: deleted;
 - a digest no selected tag knows any more: marked ``scapguard.io/untagged-since`` and deleted
   after the cleanup grace period.
+Scans made for a running Pod (origin ``workload``) follow the same rules: kept while a selected
+Pod runs the digest (or a tag points at it), then collected after the grace period.
 Hand-made ImageScans are never collected, nor a scan that denies its image: a Deployment may
 still pin that digest, and deleting the scan would lift the deny (delete it by hand to lift
 it; a rescan that passes lifts it too, and the scan is collected after that). Deleting a scan
@@ -24,17 +26,20 @@ from scapguard.k8s.api import (
     NotFound,
     Obj,
     annotations_of,
+    labels_of,
     name_of,
     namespace_of,
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import enforce_digest
-from scapguard.reconcile.scans import from_imagestream, parsed
+from scapguard.reconcile.scans import parsed
 from scapguard.reconcile.selection import Selection
 from scapguard.reconcile.status import mark_scan
 
 logger = logging.getLogger(__name__)
+
+_COLLECTED = frozenset({c.ORIGIN_IMAGESTREAM, c.ORIGIN_WORKLOAD})
 
 
 def collect(ctx: OperatorContext, policy: Obj, selection: Selection, scans: list[Obj]) -> int:
@@ -44,13 +49,13 @@ def collect(ctx: OperatorContext, policy: Obj, selection: Selection, scans: list
     deleted = 0
     for scan in scans:
         spec = parsed(scan)
-        if spec is None or not from_imagestream(scan):
+        if spec is None or labels_of(scan).get(c.ORIGIN_LABEL) not in _COLLECTED:
             continue
         if name_of(scan) != scan_name(spec.digest, namespace, name_of(policy)):
             continue
         digest = spec.digest
         since_text = annotations_of(scan).get(c.UNTAGGED_SINCE_ANNOTATION)
-        if digest in selection.current or digest in selection.retained:
+        if digest in selection.selected() or digest in selection.retained:
             if since_text is not None:
                 _annotate(ctx, scan, None)
             continue
@@ -63,7 +68,7 @@ def collect(ctx: OperatorContext, policy: Obj, selection: Selection, scans: list
                 continue
             if (now - since).total_seconds() < grace:
                 continue
-            why = f"no tag has pointed at it for {grace}s"
+            why = f"no tag has pointed at it and no selected Pod has run it for {grace}s"
         if (scan.get("status") or {}).get("denied") is True:
             logger.debug("keeping ImageScan %s/%s: it denies its image", namespace, name_of(scan))
             continue

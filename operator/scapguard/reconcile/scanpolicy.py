@@ -39,6 +39,7 @@ from scapguard.reconcile.scheduling import due_rescan, window
 from scapguard.reconcile.selection import Selection, select
 from scapguard.reconcile.status import mark_scan
 from scapguard.reconcile.verdicts import reevaluate
+from scapguard.reconcile.workloads import ensure_running_scans
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,12 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
         _write_status(ctx, policy, {}, (cond.FALSE, Reason.INVALID_SPEC, str(exc)))
         ctx.event(policy, "Warning", Reason.INVALID_SPEC, str(exc))
         return Outcome(permanent=str(exc))
-    selection = select(ctx, namespace, spec)
+    selection = select(ctx, namespace, spec, image_api=ctx.image_api)
     scans = policy_scans(ctx, namespace, name_of(policy))
     ensure_scans(ctx, policy, selection.current, scans, in_scope=lambda _tag: True)
     scans = policy_scans(ctx, namespace, name_of(policy))
+    if ensure_running_scans(ctx, policy, selection.running, scans):
+        scans = policy_scans(ctx, namespace, name_of(policy))
     collect(ctx, policy, selection, scans)
     fields = _rescans(ctx, policy, spec, scans)
     _reevaluate(ctx, spec, scans)
@@ -185,8 +188,9 @@ def _aggregates(
 ) -> dict[str, Any]:
     # Images are digests: a hand-made ImageScan of a selected digest is one more scan of it.
     by_digest: dict[str, list[Obj]] = defaultdict(list)
+    selected = selection.selected()
     for scan in scans:
-        if (sp := parsed(scan)) and sp.digest in selection.current:
+        if (sp := parsed(scan)) and sp.digest in selected:
             by_digest[sp.digest].append(scan)
     counts: Counter[str] = Counter()
     critical: Counter[str] = Counter()
@@ -210,7 +214,7 @@ def _aggregates(
     for label in ("true", "false"):
         ctx.metrics.images_critical.labels(key, label).set(critical[label])
     return {
-        "imagesSelected": len(selection.current),
+        "imagesSelected": len(selected),
         "imagesScanned": counts["scanned"],
         "imagesFailing": counts["failing"],
         "imagesErrored": counts["errored"],

@@ -11,6 +11,7 @@ from scapguard.api.imagescan import IMAGE_BY_DIGEST, TagRef
 from scapguard.api.policy import ScanPolicySpec
 from scapguard.k8s.api import IMAGESTREAM, NAMESPACE, Obj, labels_of, name_of, namespace_of
 from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.workloads import RunningImage, running_images
 
 
 @dataclass
@@ -25,9 +26,15 @@ class Selection:
     current: dict[str, CurrentImage] = field(default_factory=dict)
     retained: set[str] = field(default_factory=set)  # past digests within retention
     expired: set[str] = field(default_factory=set)  # past digests beyond retention
+    #: digests selected Pods run (``spec.workloads``)
+    running: dict[str, RunningImage] = field(default_factory=dict)
 
     def referenced(self) -> set[str]:
-        return set(self.current) | self.retained | self.expired
+        return set(self.current) | self.retained | self.expired | set(self.running)
+
+    def selected(self) -> set[str]:
+        """The digests the policy covers now: current tags and what selected Pods run."""
+        return set(self.current) | set(self.running)
 
 
 def pull_spec(reference: str, digest: str) -> str:
@@ -93,12 +100,17 @@ def policy_namespaces(
     )
 
 
-def select(ctx: OperatorContext, policy_namespace: str, spec: ScanPolicySpec) -> Selection:
+def select(
+    ctx: OperatorContext, policy_namespace: str, spec: ScanPolicySpec, *, image_api: bool = True
+) -> Selection:
+    """ImageStream tags (when the cluster serves the image API) and running Pods' images."""
     selection = Selection()
-    for namespace in policy_namespaces(ctx, policy_namespace, spec):
+    namespaces = policy_namespaces(ctx, policy_namespace, spec)
+    for namespace in namespaces if image_api else ():
         for stream in ctx.kube.list(IMAGESTREAM, namespace):
             if spec.selector.matches(labels_of(stream)):
                 add_stream(selection, stream, spec)
+    selection.running = running_images(ctx, namespaces, spec)
     return selection
 
 
