@@ -17,7 +17,9 @@ from scapguard.reconcile.admission import (
     NOT_READY_CODE,
     ImageReference,
     parse_reference,
+    pod_template,
     review_pod,
+    review_workload,
 )
 from scapguard.reconcile.imageindex import ImageIndex
 
@@ -315,3 +317,42 @@ def test_admission_passes_warnings_on(index: ImageIndex) -> None:
 def test_unconfigured_admission_refuses() -> None:
     with pytest.raises(kopf.AdmissionError, match="not configured"):
         review_admission(pod(f"x@{GOOD}"), None, "apps", kopf.Memo(), [], LOGGER)
+
+
+# -- workloads: warned, never refused ---------------------------------------------------------
+
+
+def workload(kind: str, *images: str) -> dict[str, Any]:
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": pod(*images)["spec"]}
+    spec: dict[str, Any] = {"template": template}
+    if kind == "CronJob":
+        spec = {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}
+    return {"kind": kind, "metadata": {"name": "web", "namespace": "apps"}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    "kind", ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"]
+)
+def test_a_workload_naming_a_denied_image_is_warned_about(index: ImageIndex, kind: str) -> None:
+    bad = workload(kind, f"quay.io/acme/web@{BAD}", f"quay.io/acme/ok@{GOOD}")
+    (warning,) = review_workload(bad, None, namespace="apps", index=index)
+    assert warning.startswith(f"{kind} apps/web: its Pods will be refused by scapguard: ")
+    assert BAD in warning and "ScanPolicy apps/strict" in warning
+    good = workload(kind, f"quay.io/acme/ok@{GOOD}")
+    assert review_workload(good, None, namespace="apps", index=index) == ()
+
+
+def test_a_workload_update_warns_only_about_changed_images(index: ImageIndex) -> None:
+    old = workload("Deployment", f"quay.io/acme/web@{BAD}")
+    scaled = workload("Deployment", f"quay.io/acme/web@{BAD}")
+    scaled["spec"]["replicas"] = 3
+    assert review_workload(scaled, old, namespace="apps", index=index) == ()
+    assert review_workload(old, workload("Deployment", "x@" + GOOD), namespace="apps",
+                           index=index)  # fmt: skip
+
+
+def test_no_template_or_no_index_no_warning(index: ImageIndex) -> None:
+    assert pod_template({"kind": "Service", "spec": {"template": {}}}) is None
+    assert review_workload({"kind": "ConfigMap"}, None, namespace="apps", index=index) == ()
+    assert review_workload(workload("Job", f"x@{BAD}"), None, namespace="apps",
+                           index=ImageIndex()) == ()  # fmt: skip

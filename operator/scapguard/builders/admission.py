@@ -17,6 +17,17 @@ from scapguard.api import constants as c
 # Webhook ids: the kopf handler ids and the last URL path segment (kopf routes by it).
 POD_WEBHOOK: Final = "pod-images"
 EPHEMERAL_WEBHOOK: Final = "pod-ephemeral-containers"
+#: Warns (never refuses, failurePolicy Ignore) on workloads whose Pod templates name denied
+#: images: Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs.
+WORKLOAD_WEBHOOK: Final = "workload-templates"
+WORKLOAD_RESOURCES: Final = (
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+)
 
 CONFIGURATION_NAME: Final = "scapguard-image-denial"
 SERVICE_NAME: Final = "scapguard-webhook"
@@ -87,13 +98,19 @@ def webhook_configuration(
     svc = (operator_namespace, service[0], service[1]) if service is not None else None
 
     def webhook(
-        webhook_id: str, resource: str, operations: list[str], conditions: list[dict[str, str]]
+        webhook_id: str,
+        resource: str,
+        operations: list[str],
+        conditions: list[dict[str, str]],
+        *,
+        rules: list[dict[str, Any]] | None = None,
+        policy: str = failure_policy,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": f"{webhook_id}.{c.GROUP}",
             "admissionReviewVersions": ["v1"],
             "clientConfig": _client_config(webhook_id, url=url, service=svc, ca_bundle=ca_bundle),
-            "failurePolicy": failure_policy,
+            "failurePolicy": policy,
             "matchPolicy": "Equivalent",
             "namespaceSelector": {
                 "matchExpressions": [
@@ -101,7 +118,8 @@ def webhook_configuration(
                     {"key": RUN_LEVEL_LABEL, "operator": "NotIn", "values": ["0", "1"]},
                 ]
             },
-            "rules": [
+            "rules": rules
+            or [
                 {
                     "apiGroups": [""],
                     "apiVersions": ["v1"],
@@ -135,5 +153,22 @@ def webhook_configuration(
                 [{"name": "images-changed", "expression": IMAGES_CHANGED}],
             ),
             webhook(EPHEMERAL_WEBHOOK, "pods/ephemeralcontainers", ["UPDATE"], []),
+            webhook(
+                WORKLOAD_WEBHOOK,
+                "",
+                [],
+                [],
+                rules=[
+                    {
+                        "apiGroups": [group],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": [resource],
+                        "scope": "Namespaced",
+                    }
+                    for group, resource in WORKLOAD_RESOURCES
+                ],
+                policy="Ignore",  # a warning must never block a rollout
+            ),
         ],
     }

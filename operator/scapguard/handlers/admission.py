@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import kopf
 
@@ -21,10 +21,11 @@ from scapguard.builders.admission import (
     EPHEMERAL_WEBHOOK,
     FAILURE_POLICIES,
     POD_WEBHOOK,
+    WORKLOAD_WEBHOOK,
 )
 from scapguard.k8s.api import IMAGE, IMAGESCAN, IMAGESTREAM
 from scapguard.k8s.informer import Informer, load_api_client
-from scapguard.reconcile.admission import review_pod
+from scapguard.reconcile.admission import review_pod, review_workload
 from scapguard.reconcile.imageindex import (
     IMAGES,
     IMAGESCANS,
@@ -210,6 +211,43 @@ async def validate_ephemeral_containers(
 ) -> None:
     """``kubectl debug``: only the ephemeral containers being added."""
     review_admission(body, old, namespace, memo, warnings, logger)
+
+
+def _warn_workload(
+    body: kopf.Body,
+    old: kopf.Body | None,
+    namespace: str | None,
+    memo: kopf.Memo,
+    warnings: list[str],
+    logger: kopf.Logger,
+) -> None:
+    runtime = _runtime(memo)
+    found = review_workload(body, old, namespace=namespace or "", index=runtime.index)
+    warnings.extend(found)
+    if found:
+        logger.info("warned: %s", "; ".join(found))
+
+
+_WRITES: Final[tuple[Literal["CREATE"], Literal["UPDATE"]]] = ("CREATE", "UPDATE")
+
+
+@kopf.on.validate("apps", "v1", "deployments", id=WORKLOAD_WEBHOOK, operations=_WRITES)
+@kopf.on.validate("apps", "v1", "statefulsets", id=WORKLOAD_WEBHOOK, operations=_WRITES)
+@kopf.on.validate("apps", "v1", "daemonsets", id=WORKLOAD_WEBHOOK, operations=_WRITES)
+@kopf.on.validate("apps", "v1", "replicasets", id=WORKLOAD_WEBHOOK, operations=_WRITES)
+@kopf.on.validate("batch", "v1", "jobs", id=WORKLOAD_WEBHOOK, operations=_WRITES)
+@kopf.on.validate("batch", "v1", "cronjobs", id=WORKLOAD_WEBHOOK, operations=_WRITES)
+async def validate_workload(
+    body: kopf.Body,
+    namespace: str | None,
+    memo: kopf.Memo,
+    warnings: list[str],
+    logger: kopf.Logger,
+    old: kopf.Body | None = None,
+    **_: Any,
+) -> None:
+    """Warn, never refuse: the workload's Pods will be refused when they are created."""
+    _warn_workload(body, old, namespace, memo, warnings, logger)
 
 
 @kopf.on.cleanup()

@@ -254,3 +254,47 @@ def pod_name(pod: Mapping[str, Any], namespace: str) -> str:
     meta = meta if isinstance(meta, Mapping) else {}
     name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else "?")
     return f"Pod {namespace}/{name}"
+
+
+#: Workload kinds whose Pod template the webhook reviews: kind -> path to the template.
+WORKLOAD_TEMPLATES: Final = {
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+def pod_template(workload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Pod template of a Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob."""
+    node: object = workload
+    for key in WORKLOAD_TEMPLATES.get(str(workload.get("kind")), ()):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) and node is not workload else None
+
+
+def review_workload(
+    workload: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    *,
+    namespace: str,
+    index: ImageLookup,
+) -> tuple[str, ...]:
+    """Warnings (never a refusal) for a workload whose Pod template names a denied image:
+    the workload is stored, and its Pods will be refused when they are created."""
+    template = pod_template(workload)
+    if template is None or not index.ready:
+        return ()
+    before = pod_template(old) if old is not None else None
+    meta = workload.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, Mapping) else "?"
+    as_pod = {"metadata": {"name": name}, "spec": template.get("spec") or {}}
+    old_pod = {"spec": before.get("spec") or {}} if before is not None else None
+    review = review_pod(as_pod, old_pod, namespace=namespace, index=index, fail_closed=False)
+    if review.allowed:
+        return ()
+    where = f"{workload.get('kind')} {namespace}/{name}"
+    detail = review.message.split(" refused by scapguard: ", 1)[-1]
+    return (f"{where}: its Pods will be refused by scapguard: {detail}",)
