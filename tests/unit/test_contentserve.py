@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,12 +213,12 @@ def test_registry_auths_read_both_dockerconfigjson_forms() -> None:
 
 
 @contextlib.contextmanager
-def results_server(h: Harness) -> Iterator[str]:
+def results_server(h: Harness, port: int = 0) -> Iterator[str]:
     """The operator's real aiohttp app on 127.0.0.1 (plain HTTP), in a thread of its own."""
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(build_app(h.ctx))
     loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     loop.run_until_complete(site.start())
     port = runner.addresses[0][1]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -284,3 +285,49 @@ def test_the_scanner_fetches_and_checks_served_content(tmp_path: Path) -> None:
                 override=content.ContentOverride(served="feed"),
                 server=server,
             )
+
+
+def test_the_scanner_rides_out_an_operator_restart_but_not_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection refused (the operator restarting) is retried like the result post; an
+    answer from the operator (a refusal, or 502: the source failed) is final."""
+    h = harness()
+    feed = ubuntu_oval()[0].encode()
+    with_config_map_feed(h, feed)
+    add_stream(h, "app", "apps", {"a": [digest(1)]})
+    (job,) = start_scans(h)
+    token_file = tmp_path / "token"
+    token_file.write_text(secret_token(h, job))
+    with results_server(h) as base:
+        port = int(base.rsplit(":", 1)[1])
+    url = f"http://127.0.0.1:{port}/v1/content/{job}"
+    served = content.ContentOverride(served="feed")
+    sleeps: list[float] = []
+    with contextlib.ExitStack() as stack:
+
+        def sleep(seconds: float) -> None:  # the operator is back after the second wait
+            sleeps.append(seconds)
+            if len(sleeps) == 2 and not restarted:
+                restarted.append(stack.enter_context(results_server(h, port)))
+
+        restarted: list[str] = []
+        monkeypatch.setattr(time, "sleep", sleep)
+        server = content.ContentServer(url, token_file)
+        got = content.resolve("oval", "x", tmp_path / "w", override=served, server=server)
+        assert got.info.sha256 == sha(feed)
+        assert sleeps == [2.0, 4.0]
+
+    sleeps.clear()  # down for good: 8 attempts over about two minutes, then the error
+    with pytest.raises(ScanFailure, match="Connection refused") as info:
+        content.resolve("oval", "x", tmp_path / "v", override=served, server=server)
+    assert info.value.reason == ErrorReason.CONTENT_UNAVAILABLE
+    assert sleeps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+    sleeps.clear()
+    with results_server(h) as base:
+        server = content.ContentServer(f"{base}/v1/content/{job}", token_file)
+        with pytest.raises(ScanFailure, match="names its own feed"):
+            content.resolve("oval", "x", tmp_path / "c", override=None,
+                            catalogue_key="ubuntu-jammy", server=server)  # fmt: skip
+    assert sleeps == []

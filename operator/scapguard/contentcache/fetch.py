@@ -21,6 +21,8 @@ from scapguard.contentcache.errors import ContentFetchError
 
 _CHUNK: Final = 1 << 20
 _MAX_ERROR_BODY: Final = 4096
+#: 502 is not among them: scapguard's content server says so when the source failed.
+_RETRYABLE: Final = frozenset({500, 503, 504})
 USER_AGENT: Final = "scapguard"
 
 
@@ -104,9 +106,10 @@ def fetch_url(
         raise ContentFetchError(
             f"{where}: download failed: HTTP {exc.code} {exc.reason}{detail}",
             invalid=reason == "ContentInvalid",
+            retryable=exc.code in _RETRYABLE,
         ) from exc
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise ContentFetchError(f"{where}: download failed: {exc}") from exc
+        raise ContentFetchError(f"{where}: download failed: {exc}", retryable=True) from exc
     return Fetched(
         modified=True, etag=got.get("etag"), last_modified=got.get("last-modified"), headers=got
     )

@@ -134,37 +134,38 @@ def iterparse_file(
     if size > max_bytes:
         raise XMLContentError(path, f"is {size} bytes, more than the limit {max_bytes}")
     check_prolog(head, path)
-    context = etree.iterparse(
-        str(path),
-        events=events if "start" in events else ("start", *events),
-        resolve_entities=False,
-        no_network=True,
-        huge_tree=False,
-        load_dtd=False,
-        dtd_validation=False,
-        attribute_defaults=False,
-        collect_ids=False,
-        remove_pis=True,
-    )
-    first = True
-    try:
-        for event, element in context:
-            if first:
-                first = False
-                info = element.getroottree().docinfo
-                if info.internalDTD is not None or info.system_url or info.public_id:
-                    raise XMLContentError(
-                        path, "has a DOCTYPE (entity or DTD declarations are refused)"
-                    )
-                if element.tag not in expected_roots:
-                    want = ", ".join(sorted(expected_roots))
-                    raise XMLContentError(
-                        path, f"root element is {element.tag}, expected one of: {want}"
-                    )
-            if event in events:
-                yield event, element
-    except etree.XMLSyntaxError as exc:
-        raise XMLContentError(path, f"not well-formed XML: {exc}") from exc
+    with path.open("rb") as source:  # closed when the caller stops early or an error is raised
+        context = etree.iterparse(
+            source,
+            events=events if "start" in events else ("start", *events),
+            resolve_entities=False,
+            no_network=True,
+            huge_tree=False,
+            load_dtd=False,
+            dtd_validation=False,
+            attribute_defaults=False,
+            collect_ids=False,
+            remove_pis=True,
+        )
+        first = True
+        try:
+            for event, element in context:
+                if first:
+                    first = False
+                    _check_streamed_root(path, element, expected_roots)
+                if event in events:
+                    yield event, element
+        except etree.XMLSyntaxError as exc:
+            raise XMLContentError(path, f"not well-formed XML: {exc}") from exc
+
+
+def _check_streamed_root(path: Path, root: etree._Element, expected: Collection[str]) -> None:
+    info = root.getroottree().docinfo
+    if info.internalDTD is not None or info.system_url or info.public_id:
+        raise XMLContentError(path, "has a DOCTYPE (entity or DTD declarations are refused)")
+    if root.tag not in expected:
+        want = ", ".join(sorted(expected))
+        raise XMLContentError(path, f"root element is {root.tag}, expected one of: {want}")
 
 
 def parse_file(

@@ -37,6 +37,7 @@ import bz2
 import logging
 import lzma
 import shutil
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from scapguard.contentcache.fetch import fetch_url
 from scapguard.contentcache.store import sha256_file
 from scapguard.results.model import ContentInfo, ContentSource, ErrorReason
 from scapguard.results.xmlsafe import XMLContentError, local_name, parse_file, qname
-from scapguard.scanner import feedfilter
+from scapguard.scanner import feedfilter, handoff
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.osdetect import DetectedOS
 
@@ -111,18 +112,24 @@ class ContentServer:
             raise ScanFailure(
                 ErrorReason.CONTENT_UNAVAILABLE, f"{self.token_file}: cannot read token: {exc}"
             ) from exc
-        try:
-            got = fetch_url(
-                url,
-                dest,
-                max_bytes=max_bytes,
-                timeout=timeout,
-                headers={"Authorization": f"Bearer {token}"},
-                ca_file=str(self.ca_file) if self.ca_file else None,
-                name=f"{what} from the operator",
-            )
-        except ContentFetchError as exc:
-            raise _failure(exc) from exc
+        for attempt in range(1, handoff.ATTEMPTS + 1):
+            try:
+                got = fetch_url(
+                    url,
+                    dest,
+                    max_bytes=max_bytes,
+                    timeout=timeout,
+                    headers={"Authorization": f"Bearer {token}"},
+                    ca_file=str(self.ca_file) if self.ca_file else None,
+                    name=f"{what} from the operator",
+                )
+                break
+            except ContentFetchError as exc:
+                # the operator restarting or changing leader: ride it out like the result post
+                if not exc.retryable or attempt == handoff.ATTEMPTS:
+                    raise _failure(exc) from exc
+                log.warning("%s (attempt %s); retrying", exc, attempt)
+                time.sleep(min(handoff.BACKOFF**attempt, handoff.BACKOFF_MAX))
         return dict(got.headers or {})
 
 

@@ -20,9 +20,9 @@ RESULT_FILE: Final = "result.json"
 REPORT_FILE: Final = "report.html"
 # About two minutes of retries (2+4+8+16+30+30+30 s): long enough to ride out an operator
 # restart or a leader change, within the share of the Job's deadline kept for reporting.
-_ATTEMPTS: Final = 8
-_BACKOFF: Final = 2.0
-_BACKOFF_MAX: Final = 30.0
+ATTEMPTS: Final = 8
+BACKOFF: Final = 2.0
+BACKOFF_MAX: Final = 30.0
 
 
 class HandoffError(RuntimeError):
@@ -68,7 +68,7 @@ def post(result: ScanResult, report_html: bytes | None, endpoint: Endpoint) -> N
         envelope = encode_handoff(result, None)
     body = json.dumps(envelope).encode()
     last = ""
-    for attempt in range(1, _ATTEMPTS + 1):
+    for attempt in range(1, ATTEMPTS + 1):
         request = urllib.request.Request(  # noqa: S310 - URL from the operator's Job spec
             endpoint.url,
             data=body,
@@ -87,6 +87,6 @@ def post(result: ScanResult, report_html: bytes | None, endpoint: Endpoint) -> N
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         log.warning("delivering to %s failed (attempt %s): %s", endpoint.url, attempt, last)
-        if attempt < _ATTEMPTS:
-            time.sleep(min(_BACKOFF**attempt, _BACKOFF_MAX))
-    raise HandoffError(f"{endpoint.url}: not delivered after {_ATTEMPTS} attempts: {last}")
+        if attempt < ATTEMPTS:
+            time.sleep(min(BACKOFF**attempt, BACKOFF_MAX))
+    raise HandoffError(f"{endpoint.url}: not delivered after {ATTEMPTS} attempts: {last}")
