@@ -51,6 +51,9 @@ class Reason:
     # Policies.
     RECONCILED: Final = "Reconciled"
     RESCAN_REQUESTED: Final = "RescanRequested"
+    PROMOTED: Final = "Promoted"
+    NOT_PROMOTED: Final = "NotPromoted"
+    PROMOTION_FAILED: Final = "PromotionFailed"
     CONTENT_UPDATED: Final = "ContentUpdated"
     SCAN_CREATED: Final = "ScanCreated"
     SCAN_DELETED: Final = "ScanDeleted"

@@ -57,6 +57,7 @@ COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 PART_OF_LABEL: Final = "app.kubernetes.io/part-of"
 SCANNER_COMPONENT: Final = "scanner"
+PROMOTER_COMPONENT: Final = "promoter"  # the promotion gate's copy Jobs
 MANAGED_BY: Final = "scapguard"
 
 # Annotations on scanner Jobs and their Secrets naming the scan they serve.

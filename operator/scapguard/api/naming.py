@@ -36,6 +36,11 @@ def job_name(scan_uid: str, request: int, attempt: int) -> str:
     return f"scapguard-scan-{_hash(scan_uid, 12)}-{request}-{attempt}"
 
 
+def promotion_job_name(scan_uid: str, request: int) -> str:
+    """The promotion gate's copy Job (and its Secret) for one request of one scan."""
+    return f"scapguard-promote-{_hash(scan_uid, 12)}-{request}"
+
+
 def result_config_map_name(scan: str) -> str:
     name = f"{scan}-result"
     if len(name) <= _MAX_NAME:

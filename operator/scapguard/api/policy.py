@@ -32,6 +32,8 @@ _OCI_REFERENCE: Final = re.compile(
     r"(@sha256:[0-9a-f]{64})?"
 )
 _REGISTRY: Final = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?")
+_REPOSITORY: Final = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+")
+_TAG: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _OCI_FILE: Final = re.compile(r"/?[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
 _CVE_OR_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
@@ -143,6 +145,16 @@ class RegistryPushes:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """The promotion gate: a digest that passes is copied (skopeo, digest preserved) to
+    ``repository:tag``; one that does not is recorded as not promoted, with the reason.
+    ``tag`` unset: the scan's first ImageStream tag, else ``sha256-<hex>``."""
+
+    repository: str
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
 class ScanPolicySpec:
     selector: LabelSelector = field(default_factory=LabelSelector)
     namespace_selector: LabelSelector | None = None
@@ -161,6 +173,7 @@ class ScanPolicySpec:
     keep: int = DEFAULT_KEEP
     workloads: Workloads | None = None
     registry_pushes: RegistryPushes | None = None
+    promotion: Promotion | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -235,8 +248,21 @@ def parse_policy_spec(spec: object) -> ScanPolicySpec:
         keep=f.opt_int(retention, "keep", "spec.retention", DEFAULT_KEEP),
         workloads=_workloads(data.get("workloads")),
         registry_pushes=_registry_pushes(data.get("registryPushes")),
+        promotion=_promotion(data.get("promotion")),
         raw=dict(data),
     )
+
+
+def _promotion(value: object) -> Promotion | None:
+    if value is None:
+        return None
+    data = f.mapping(value, "spec.promotion")
+    repository = f.req_str(data, "repository", "spec.promotion")
+    f.matching(repository, _REPOSITORY, "spec.promotion.repository", "registry/repository")
+    tag = f.opt_str(data, "tag", "spec.promotion")
+    if tag is not None:
+        f.matching(tag, _TAG, "spec.promotion.tag", "a tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
+    return Promotion(repository=repository, tag=tag)
 
 
 def _workloads(value: object) -> Workloads | None:

@@ -316,3 +316,128 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
             },
         },
     }
+
+
+# -- the promotion gate: a Job copying a passing digest with skopeo -----------------------------
+
+
+@dataclass(frozen=True)
+class PromotionInput:
+    job_name: str
+    namespace: str  # the operator's
+    scan_namespace: str
+    scan_name: str
+    scan_uid: str
+    request: int
+    source: str  # repository@sha256:...
+    target: str  # repository:tag
+    scanner_image: str  # the operator's configured scanner image (it ships skopeo)
+    ttl_seconds: int
+    insecure_registries: tuple[str, ...] = ()
+    registry_auth: bool = False
+    run_as_user: int | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None
+
+
+#: The copy pod's own emptyDir (its root filesystem is read-only): skopeo's home and temp files.
+_TMP: Final = "/tmp"  # noqa: S108
+
+
+def _host(reference: str) -> str:
+    return reference.split("/", 1)[0]
+
+
+def promotion_labels(inp: PromotionInput) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "scapguard",
+        c.COMPONENT_LABEL: c.PROMOTER_COMPONENT,
+        c.MANAGED_BY_LABEL: c.MANAGED_BY,
+        c.SCAN_UID_LABEL: inp.scan_uid,
+    }
+
+
+def promotion_command(inp: PromotionInput) -> list[str]:
+    """``skopeo copy --all --preserve-digests``: the target gets exactly the digest scanned (all
+    of an index's manifests; the scan judged the one for the node's platform)."""
+    cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--retry-times", "3"]
+    if _host(inp.source) in inp.insecure_registries:
+        cmd.append("--src-tls-verify=false")
+    if _host(inp.target) in inp.insecure_registries:
+        cmd.append("--dest-tls-verify=false")
+    if inp.registry_auth:
+        cmd += ["--authfile", f"{CREDENTIALS_DIR}/{c.AUTH_KEY}"]
+    return [*cmd, f"docker://{inp.source}", f"docker://{inp.target}"]
+
+
+def build_promotion_secret(inp: PromotionInput, registry_auth_json: str) -> dict[str, Any]:
+    """The registry credentials of the copy (the policy's pull secrets), owned by its Job."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": inp.job_name,
+            "namespace": inp.namespace,
+            "labels": promotion_labels(inp),
+        },
+        "type": "Opaque",
+        "data": {c.AUTH_KEY: base64.b64encode(registry_auth_json.encode()).decode()},
+    }
+
+
+def build_promotion_job(inp: PromotionInput) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": _TMP}]
+    if inp.registry_auth:
+        secret = {"secretName": inp.job_name, "defaultMode": READ_ONLY_FILE_MODE}
+        volumes.append({"name": "credentials", "secret": secret})
+        mounts.append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+    annotations = {
+        c.SCAN_NAMESPACE_ANNOTATION: inp.scan_namespace,
+        c.SCAN_NAME_ANNOTATION: inp.scan_name,
+        c.REQUEST_ANNOTATION: str(inp.request),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(False, inp.run_as_user),
+        "containers": [
+            {
+                "name": "promote",
+                "image": inp.scanner_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": promotion_command(inp),
+                "env": [{"name": "HOME", "value": _TMP}, {"name": "TMPDIR", "value": _TMP}],
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                    "limits": {"memory": "512Mi"},
+                },
+                "securityContext": _container_security(),
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if inp.service_account:
+        pod_spec["serviceAccountName"] = inp.service_account
+    if inp.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in inp.image_pull_secrets]
+    labels = promotion_labels(inp)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": inp.job_name,
+            "namespace": inp.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": 1800,
+            "ttlSecondsAfterFinished": inp.ttl_seconds,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

@@ -45,6 +45,8 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.jobs import delete_job, observe_job
+from scapguard.reconcile.promotion import ensure_promotion
+from scapguard.reconcile.promotion import pending as promotion_pending
 from scapguard.reconcile.queue import pump_queue, queued_fields, sync_queue_label
 from scapguard.reconcile.status import differs, mark_scan, with_conditions, write_status
 from scapguard.reconcile.verdicts import (
@@ -116,7 +118,7 @@ def _reconcile(ctx: OperatorContext, scan: Obj, *, repair: bool, pump: bool) -> 
 def in_progress(scan: Obj) -> bool:
     """Whether the scan has work under way or asked for (no API call: status and annotations)."""
     progress = read_progress(scan.get("status"))
-    if progress.request is None or not progress.finished:
+    if progress.request is None or not progress.finished or promotion_pending(scan):
         return True
     rescan = annotations_of(scan).get(c.RESCAN_ANNOTATION)
     return rescan is not None and rescan != progress.request.rescan
@@ -227,6 +229,7 @@ def _settled(
         reevaluate(ctx, scan, spec, policy)
     elif repair:
         _repair_enforcement(ctx, scan, spec, policy)
+    ensure_promotion(ctx, scan, spec, policy)
     return Outcome()
 
 
@@ -430,6 +433,7 @@ def _finish(
         verdict.reason if verdict.result != ERROR else Reason.SCAN_FAILED,
         f"{verdict.result}: {verdict.message}",
     )
+    ensure_promotion(ctx, scan, spec, policy)  # at once: a status write wakes no handler
     pump_queue(ctx)
 
 
