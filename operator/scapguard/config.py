@@ -70,6 +70,10 @@ class Settings:
     content_poll_seconds: int = 21600
     content_max_download: int = 512 * 1024**2
     content_catalogue: Mapping[str, str] = field(default_factory=dict)
+    #: A plain-HTTP listener serving only the registry push notifications (0: off), for
+    #: registries that cannot be given a CA (docs/operator.md, "Scan on push").
+    registry_events_bind: str = "0.0.0.0"  # noqa: S104 -- in-pod
+    registry_events_port: int = 0
 
     def watches(self, namespace: str | None) -> bool:
         """Whether objects in ``namespace`` are ours (the operator's own is always watched)."""
@@ -106,6 +110,19 @@ class Settings:
                 else "SCAPGUARD_ADMISSION_TLS_KEY_FILE"
             )
             raise SettingsError(missing, "the admission webhook needs a certificate and key")
+        registry_events_port = reader.integer("SCAPGUARD_REGISTRY_EVENTS_PORT", 0, 0, 65535)
+        taken = {
+            results_port: "SCAPGUARD_RESULTS_PORT",
+            reader.integer("SCAPGUARD_METRICS_PORT", 9090, 0, 65535): "SCAPGUARD_METRICS_PORT",
+        }
+        if admission:
+            admission_port = reader.integer("SCAPGUARD_ADMISSION_PORT", 9443, 1, 65535)
+            taken[admission_port] = "SCAPGUARD_ADMISSION_PORT"
+        if registry_events_port and registry_events_port in taken:
+            raise SettingsError(
+                "SCAPGUARD_REGISTRY_EVENTS_PORT",
+                f"{registry_events_port} is {taken[registry_events_port]} already",
+            )
         failure_policy = reader.text("SCAPGUARD_ADMISSION_FAILURE_POLICY", "Fail")
         if failure_policy not in ("Fail", "Ignore"):
             raise SettingsError("SCAPGUARD_ADMISSION_FAILURE_POLICY", "must be Fail or Ignore")
@@ -165,6 +182,11 @@ class Settings:
                 "SCAPGUARD_CONTENT_MAX_DOWNLOAD_BYTES", 512 * 1024**2, 1024**2, 16 * 1024**3
             ),
             content_catalogue=reader.catalogue("SCAPGUARD_CONTENT_CATALOGUE"),
+            registry_events_bind=reader.text(
+                "SCAPGUARD_REGISTRY_EVENTS_BIND",
+                "0.0.0.0",  # noqa: S104 -- in-pod
+            ),
+            registry_events_port=registry_events_port,
         )
 
 

@@ -85,6 +85,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.registry_events = Counter(
+            "scapguard_registry_events",
+            "Registry push notifications: pushed manifests that got ImageScans (scanned), "
+            "events not acted on (ignored: pulls, blobs, no matching policy, no digest) and "
+            "notifications refused (bad token, too large, malformed, API unavailable).",
+            ["result"],
+            registry=r,
+        )
         self.content_fetches = Counter(
             "scapguard_content_requests",
             "Scanner requests for content served from the operator's cache, by source "

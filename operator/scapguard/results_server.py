@@ -2,8 +2,11 @@
 
 ``POST /v1/results/{job}``: the scan's result; the checks and the recording are in
 ``scapguard.reconcile.ingest``. ``GET /v1/content/{job}/{what}``: the SCAP content the scan's
-policy names, from the operator's content cache (``scapguard.reconcile.contentserve``). Blocking
-work (API calls, upstream fetches) runs in a thread.
+policy names, from the operator's content cache (``scapguard.reconcile.contentserve``).
+``POST /v1/registry-events``: a registry's push notification
+(``scapguard.reconcile.registryevents``), here and, when ``SCAPGUARD_REGISTRY_EVENTS_PORT`` is
+set, alone on a plain-HTTP listener for registries that cannot be given a CA. Blocking work
+(API calls, upstream fetches) runs in a thread.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from scapguard.contentcache.catalogue import ORIGIN_HEADER, SHA256_HEADER, SOURC
 from scapguard.reconcile.contentserve import Served, serve
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.ingest import Ingested, ingest
+from scapguard.reconcile.registryevents import MAX_BODY, Received, receive, too_large
 
 logger = logging.getLogger(__name__)
 
 CONTEXT: Final = web.AppKey("scapguard_context", OperatorContext)
 BEARER: Final = "Bearer "
+REGISTRY_EVENTS_PATH: Final = "/v1/registry-events"
 
 
 def build_app(ctx: OperatorContext) -> web.Application:
@@ -31,6 +36,16 @@ def build_app(ctx: OperatorContext) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_post("/v1/results/{job}", post_result)
     app.router.add_get("/v1/content/{job}/{what:.+}", get_content)
+    app.router.add_post(REGISTRY_EVENTS_PATH, post_registry_events)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def build_registry_events_app(ctx: OperatorContext) -> web.Application:
+    """The plain-HTTP listener: registry notifications only (and /healthz)."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[CONTEXT] = ctx
+    app.router.add_post(REGISTRY_EVENTS_PATH, post_registry_events)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -63,6 +78,34 @@ async def post_result(request: web.Request) -> web.Response:
         return _answer(Ingested(413, "TooLarge", f"results are limited to {limit} bytes"))
     result = await asyncio.to_thread(ingest, ctx, job, header[len(BEARER) :].strip(), body)
     return _answer(result)
+
+
+def _received(result: Received) -> web.Response:
+    return web.json_response(result.to_dict(), status=result.status)
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds ``limit`` bytes (whatever the app's own limit)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_registry_events(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    header = request.headers.get("Authorization", "")
+    token = header[len(BEARER) :].strip() if header.startswith(BEARER) else ""
+    body = await _read_bounded(request, MAX_BODY)
+    if body is None:
+        return _received(too_large(ctx))
+    return _received(await asyncio.to_thread(receive, ctx, token, body))
 
 
 async def get_content(request: web.Request) -> web.StreamResponse:
@@ -113,5 +156,22 @@ async def start_results_server(ctx: OperatorContext) -> web.AppRunner:
         settings.results_bind,
         settings.results_port,
         "https" if tls else "http",
+    )
+    return runner
+
+
+async def start_registry_events_server(ctx: OperatorContext) -> web.AppRunner | None:
+    """The plain-HTTP registry notification listener, when a port is configured."""
+    settings = ctx.settings
+    if not settings.registry_events_port:
+        return None
+    runner = web.AppRunner(build_registry_events_app(ctx), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.registry_events_bind, settings.registry_events_port)
+    await site.start()
+    logger.info(
+        "registry notification listener on %s:%s (http)",
+        settings.registry_events_bind,
+        settings.registry_events_port,
     )
     return runner

@@ -15,6 +15,9 @@ the node's containerd and the host (through a forward) from ``reg.host``.
 ``Registry(workdir, auth=BasicAuth("user", "secret"))`` requires HTTP basic auth (an htpasswd
 file with a bcrypt entry made by ``htpasswd`` from apache2-utils); ``reg.dockerconfigjson()``
 gives the matching ``.dockerconfigjson`` document for a pull secret.
+
+``Registry(workdir, notifications=[NotificationEndpoint("scapguard", url, headers=...)])``
+posts the registry's push/pull notifications there (config.yml ``notifications.endpoints``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -65,6 +69,32 @@ class BasicAuth:
         return f"{self.username}:{self.password}"
 
 
+@dataclass(frozen=True)
+class NotificationEndpoint:
+    """A ``notifications.endpoints`` entry: where the registry posts its event envelopes.
+
+    ``timeout``/``backoff`` are Go durations; after ``threshold`` failures in a row the
+    registry waits ``backoff`` before it tries again (it retries each event until a 2xx).
+    """
+
+    name: str
+    url: str
+    headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    timeout: str = "5s"
+    threshold: int = 3
+    backoff: str = "1s"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "headers": {key: list(values) for key, values in self.headers.items()},
+            "timeout": self.timeout,
+            "threshold": self.threshold,
+            "backoff": self.backoff,
+        }
+
+
 def _htpasswd_line(auth: BasicAuth) -> str:
     binary = shutil.which(HTPASSWD_BINARY)
     if binary is None:
@@ -97,9 +127,11 @@ class Registry:
         start_timeout: float = 30.0,
         binary: str = REGISTRY_BINARY,
         netns: NetworkNamespace | None = None,
+        notifications: Sequence[NotificationEndpoint] = (),
     ) -> None:
         self.workdir = workdir
         self.netns = netns
+        self.notifications = tuple(notifications)
         self._forwards: list[subprocess.Popen[bytes]] = []
         self.auth = auth
         self.start_timeout = start_timeout
@@ -174,6 +206,8 @@ class Registry:
             htpasswd.write_text(_htpasswd_line(self.auth), encoding="utf-8")
             htpasswd.chmod(0o600)
             config["auth"] = {"htpasswd": {"realm": "scapguard-registry", "path": str(htpasswd)}}
+        if self.notifications:
+            config["notifications"] = {"endpoints": [e.config() for e in self.notifications]}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
 
     def start(self) -> Registry:

@@ -21,7 +21,7 @@ from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.runtime import scanner_user_namespace
-from scapguard.results_server import start_results_server
+from scapguard.results_server import start_registry_events_server, start_results_server
 
 
 @kopf.on.startup()
@@ -75,6 +75,7 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         )
         memo["scapguard_metrics_server"] = server
     memo["scapguard_results_runner"] = await start_results_server(ctx)
+    memo["scapguard_registry_events_runner"] = await start_registry_events_server(ctx)
     memo["scapguard_job_watch"] = await asyncio.to_thread(watch_scanner_jobs, ctx)
     await asyncio.to_thread(
         configure_admission,
@@ -100,9 +101,10 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
 
 
 async def stop_operator(memo: Any, logger: Logger) -> None:
-    runner = memo.get("scapguard_results_runner")
-    if isinstance(runner, web.AppRunner):
-        await runner.cleanup()
+    for key in ("scapguard_results_runner", "scapguard_registry_events_runner"):
+        runner = memo.get(key)
+        if isinstance(runner, web.AppRunner):
+            await runner.cleanup()
     watch = memo.get("scapguard_job_watch")
     if watch is not None:
         await asyncio.to_thread(watch.stop)
