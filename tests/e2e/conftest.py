@@ -50,6 +50,8 @@ def operator(cluster: DevCluster, feed_server: FeedServer) -> Iterator[ChartInst
         maxConcurrentScansPerPolicy=str(MAX_CONCURRENT),
         retryBackoffSeconds="1",
         retryBackoffMaxSeconds="5",
+        # The plain-HTTP registry notification listener (tests/e2e/test_registry_push.py).
+        **{"registryEvents.port": str(REGISTRY_EVENTS_PORT)},
         # Catalogue feeds and OCI tags checked every 5 s (ContentUpdate within a policy timer),
         # and the fixtures' Ubuntu feed from the session's feed server instead of Canonical.
         **{
@@ -63,6 +65,7 @@ def operator(cluster: DevCluster, feed_server: FeedServer) -> Iterator[ChartInst
 
 
 CATALOGUE_KEY = "ubuntu-jammy"
+REGISTRY_EVENTS_PORT = 8090
 CATALOGUE_FILE = "com.ubuntu.jammy.cve.oval.xml"
 
 
