@@ -1,5 +1,10 @@
 """scapguard on plain Kubernetes: the image API switched off on the running cluster.
 
+What is tested without it: Pods keep being admitted while the webhook is healthy, running
+Pods' images are scanned, a denied digest is refused and a Deployment naming it is warned
+about, an image pushed to a registry is scanned on the registry's notification, and the
+promotion gate copies a passing digest and records why a failing one was not.
+
 The module removes the APIService of image.openshift.io and restarts the operator, which then
 finds no ImageStreams to select and no Images to annotate. Policies scan what runs instead
 (``spec.workloads``), and the webhook refuses by the ImageScans' verdicts. At the end it puts
@@ -9,18 +14,22 @@ the image API back and restarts the operator again, for the rest of the session.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from scapguard.api import constants as c
 from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.helminstall import ChartInstall
+from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall
 from scapguard.devcluster.ovalgen import ubuntu_oval
+from scapguard.devcluster.registry import NotificationEndpoint, Registry
 from scapguard.results.model import Severity
-from tests.e2e.conftest import E2E, JobRecord
+from tests.e2e.conftest import E2E, REGISTRY_EVENTS_PORT, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -153,3 +162,85 @@ def test_running_pods_are_scanned_and_a_denied_digest_is_refused(
     with pytest.raises(ApiException) as gone:
         e2e.image_object(bad.digest)
     assert gone.value.status == 404
+
+
+TOKEN_SECRET = "scapguard-registry-events"  # noqa: S105 -- the Secret's name
+
+
+def registry_digest(registry: Registry, reference: str) -> str | None:
+    """The digest ``repository:tag`` has in ``registry`` (skopeo inspect), or None."""
+    out = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--format", "{{.Digest}}",
+         f"docker://{registry.host}/{reference}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def test_a_pushed_image_is_scanned_and_only_a_passing_one_is_promoted(
+    plain_kubernetes: None, e2e: E2E, jobs: JobRecord, tmp_path: Path
+) -> None:
+    """Scan on push and the promotion gate: a second docker-registry in the node's network
+    namespace notifies the operator's plain-HTTP listener (through its Service, as a registry
+    outside the cluster would); pushing is the only trigger. The passing digest is copied to a
+    release repository; the failing one is not, and its ImageScan says why."""
+    token = secrets.token_urlsafe(24)
+    made = e2e.cluster.kubectl("-n", NAMESPACE, "create", "secret", "generic", TOKEN_SECRET,
+                               f"--from-literal=token={token}")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    service = json.loads(e2e.cluster.kubectl(
+        "-n", NAMESPACE, "get", "service", "scapguard-results", "-o", "json").stdout)  # fmt: skip
+    endpoint = NotificationEndpoint(
+        name="scapguard",
+        url=f"http://{service['spec']['clusterIP']}:{REGISTRY_EVENTS_PORT}/v1/registry-events",
+        headers={"Authorization": [f"Bearer {token}"]},
+    )
+    xml, _ = ubuntu_oval(PRIORITIES)
+    e2e.feed(xml)
+    try:
+        with Registry(tmp_path / "pushed", netns=e2e.cluster.netns,
+                      notifications=[endpoint]) as pushed:  # fmt: skip
+            host = pushed.cluster_host
+            release = f"{host}/{e2e.namespace}/released"
+            e2e.policy(
+                registryPushes={"registry": host, "repositories": [f"{e2e.namespace}/*"]},
+                promotion={"repository": release, "tag": "stable"},
+                scanner={"insecureRegistries": [host], "retries": 1},
+            )
+            # Pushed, not tagged anywhere: the registry's notification is the only trigger.
+            bad = e2e.images.get("ubuntu2204", "vulnerable")
+            good = e2e.images.get("ubuntu2204", "patched")
+            for image in (bad, good):
+                copied = subprocess.run(
+                    ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                     f"docker://{image.by_digest}",
+                     f"docker://{pushed.host}/{e2e.namespace}/app:{image.tag}"],
+                    capture_output=True, text=True, timeout=300, check=False,
+                )  # fmt: skip
+                assert copied.returncode == 0, copied.stderr
+
+            failing = e2e.wait_result(bad.digest, timeout=240)
+            assert failing["metadata"]["labels"][c.ORIGIN_LABEL] == c.ORIGIN_REGISTRY_PUSH
+            assert failing["spec"]["image"] == f"{host}/{e2e.namespace}/app@{bad.digest}"
+            assert failing["status"]["result"] == "Fail", failing["status"]
+            passing = e2e.wait_result(good.digest, timeout=240)
+            assert passing["status"]["result"] == "Pass", passing["status"]
+
+            def promoted() -> bool:
+                state = (e2e.scan_for(good.digest)["status"].get("promotion") or {}).get("state")
+                return state in ("Promoted", "Failed")
+
+            wait_for("the passing digest's promotion", promoted, 180, 1)
+            promotion = e2e.scan_for(good.digest)["status"]["promotion"]
+            assert promotion["state"] == "Promoted", promotion
+            assert promotion["target"] == f"{release}:stable"
+            # The release tag holds exactly the digest that was scanned.
+            assert registry_digest(pushed, f"{e2e.namespace}/released:stable") == good.digest
+            refused = e2e.scan_for(bad.digest)["status"]["promotion"]
+            assert refused["state"] == "NotPromoted" and refused["reason"], refused
+            assert refused["message"].startswith("Fail: ")
+            e2e.wait_events("ImageScan", passing["metadata"]["name"], "Promoted")
+            # One scan each: the registry's retries and the index/blob events created nothing more.
+            assert len(jobs.for_policy(f"{e2e.namespace}/policy")) == 2
+    finally:
+        e2e.cluster.kubectl("-n", NAMESPACE, "delete", "secret", TOKEN_SECRET)
