@@ -24,8 +24,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from scapguard.api import constants as c
-from scapguard.devcluster.cluster import DevCluster, wait_for
+from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
+from scapguard.devcluster.fixtureimages import webapp_images
 from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall
+from scapguard.devcluster.images import PushedImage
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import NotificationEndpoint, Registry
 from scapguard.results.model import Severity
@@ -64,9 +66,23 @@ def probe_pod(name: str, image: str, labels: dict[str, str] | None = None) -> di
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "app", "image": image, "command": ["sleep", "600"]}],
+            "containers": [
+                {
+                    "name": "app",
+                    "image": image,
+                    "command": ["/bin/sh", "-c", "sleep 600"],  # busybox
+                }
+            ],
         },
     }
+
+
+@pytest.fixture(scope="module")
+def runnable(
+    cluster_registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, PushedImage]:
+    """The Ubuntu fixture trees (vulnerable, patched) with busybox: Pods can run them."""
+    return webapp_images(tmp_path_factory.mktemp("webapp"), cluster_registry)
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +113,29 @@ def plain_kubernetes(cluster: DevCluster, operator: ChartInstall) -> Iterator[No
         )
 
 
+def settled(e2e: E2E, operator: ChartInstall, digest: str) -> dict[str, Any]:
+    """The settled scan of ``digest``; on a timeout, what the scans and the operator said."""
+    try:
+        return e2e.wait_result(digest, timeout=240)
+    except ClusterError as exc:
+        scans = json.dumps([s.get("status") for s in e2e.scans()], indent=1)[-4000:]
+        pods = kubectl(e2e.cluster, "-n", e2e.namespace, "get", "pods", "-o", "json").stdout
+        where = e2e.workdir / "operator.log"
+        where.write_text(f"{operator.logs()}\n\npods: {pods}")
+        raise AssertionError(f"{exc}\nscans: {scans}\noperator log and pods: {where}") from exc
+
+
 def test_running_pods_are_scanned_and_a_denied_digest_is_refused(
-    plain_kubernetes: None, e2e: E2E, jobs: JobRecord
+    plain_kubernetes: None,
+    e2e: E2E,
+    jobs: JobRecord,
+    operator: ChartInstall,
+    runnable: dict[str, PushedImage],
 ) -> None:
     xml, _ = ubuntu_oval(PRIORITIES)
     e2e.feed(xml)
     e2e.policy(workloads={"podSelector": {"matchLabels": {"scapguard-e2e": "scan"}}})
-    registry = e2e.registry.cluster_host
-    bad = e2e.images.get("ubuntu2204", "vulnerable").at(registry)
-    good = e2e.images.get("ubuntu2204", "patched").at(registry)
+    bad, good = runnable["vulnerable"], runnable["patched"]
     wait_for("the webhook to admit Pods", lambda: admits_pods(e2e.cluster, e2e.namespace), 60, 0.5)
 
     # The webhook is healthy without Images or ImageStreams: Pods are admitted.
@@ -115,12 +145,12 @@ def test_running_pods_are_scanned_and_a_denied_digest_is_refused(
                                                        {"scapguard-e2e": "scan"})))  # fmt: skip
         assert made.returncode == 0, made.stderr
 
-    failing = e2e.wait_result(bad.digest, timeout=240)
+    failing = settled(e2e, operator, bad.digest)
     status = failing["status"]
     assert failing["metadata"]["labels"]["scapguard.io/origin"] == "workload"
     assert failing["spec"]["image"] == bad.by_digest
     assert status["result"] == "Fail" and status["denied"] is True, status
-    passing = e2e.wait_result(good.digest, timeout=240)
+    passing = settled(e2e, operator, good.digest)
     assert passing["status"]["result"] == "Pass", passing["status"]
     enforced = {c["type"]: c for c in status["conditions"]}["Enforced"]
     assert enforced["status"] == "True", enforced
@@ -178,7 +208,7 @@ def registry_digest(registry: Registry, reference: str) -> str | None:
 
 
 def test_a_pushed_image_is_scanned_and_only_a_passing_one_is_promoted(
-    plain_kubernetes: None, e2e: E2E, jobs: JobRecord, tmp_path: Path
+    plain_kubernetes: None, e2e: E2E, jobs: JobRecord, operator: ChartInstall, tmp_path: Path
 ) -> None:
     """Scan on push and the promotion gate: a second docker-registry in the node's network
     namespace notifies the operator's plain-HTTP listener (through its Service, as a registry
@@ -210,7 +240,7 @@ def test_a_pushed_image_is_scanned_and_only_a_passing_one_is_promoted(
             # Pushed, not tagged anywhere: the registry's notification is the only trigger.
             bad = e2e.images.get("ubuntu2204", "vulnerable")
             good = e2e.images.get("ubuntu2204", "patched")
-            for image in (bad, good):
+            for image in (bad, good):  # pushed from the host, where the session registry is
                 copied = subprocess.run(
                     ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
                      f"docker://{image.by_digest}",
@@ -219,11 +249,11 @@ def test_a_pushed_image_is_scanned_and_only_a_passing_one_is_promoted(
                 )  # fmt: skip
                 assert copied.returncode == 0, copied.stderr
 
-            failing = e2e.wait_result(bad.digest, timeout=240)
+            failing = settled(e2e, operator, bad.digest)
             assert failing["metadata"]["labels"][c.ORIGIN_LABEL] == c.ORIGIN_REGISTRY_PUSH
             assert failing["spec"]["image"] == f"{host}/{e2e.namespace}/app@{bad.digest}"
             assert failing["status"]["result"] == "Fail", failing["status"]
-            passing = e2e.wait_result(good.digest, timeout=240)
+            passing = settled(e2e, operator, good.digest)
             assert passing["status"]["result"] == "Pass", passing["status"]
 
             def promoted() -> bool:

@@ -8,9 +8,19 @@ import pytest
 
 from scapguard.api import constants as c
 from scapguard.k8s.api import IMAGESCAN, POD, SCANPOLICY, Obj
+from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.reconcile.workloads import image_of
-from scapguard.testing import Harness, add_policy, add_stream, digest, harness
+from scapguard.testing import (
+    Harness,
+    add_policy,
+    add_stream,
+    digest,
+    harness,
+    jobs,
+    post,
+    scan_result,
+)
 
 REGISTRY = "registry.local:5000"
 
@@ -128,3 +138,24 @@ def test_no_workloads_no_pod_listing() -> None:
     h.kube.reads.clear()
     reconcile_scanpolicy(h.ctx, policy(h))
     assert not [r for r in h.kube.reads if r[1] == "pods"]
+
+
+def test_without_the_image_api_a_failing_digest_is_enforced_by_admission() -> None:
+    h = harness()
+    h.ctx.image_api = False
+    add_policy(h, action="Enforce", failOn="high", workloads={"podSelector": {}})
+    h.kube.create(POD, pod("web-1", images=(f"{REGISTRY}/apps/web@{digest(1)}",)))
+    reconcile_scanpolicy(h.ctx, policy(h))
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    reconcile_imagescan(h.ctx, scan)
+    (job,) = jobs(h)
+    failing = scan_result(digest(1), [("CVE-1", "critical")])
+    assert post(h, job["metadata"]["name"], failing).status == 200
+    reconcile_imagescan(h.ctx, h.kube.list(IMAGESCAN, "apps")[0])
+    status = h.kube.list(IMAGESCAN, "apps")[0]["status"]
+    assert status["result"] == "Fail" and status["denied"] is True
+    enforced = {x["type"]: x for x in status["conditions"]}["Enforced"]
+    assert (enforced["status"], enforced["reason"]) == ("True", "Denied")
+    assert "admission webhook refuses Pods that run this digest" in enforced["message"]
+    touched = [a for a in [*h.kube.actions, *h.kube.reads] if a[1] == "images"]
+    assert touched == []  # no Image read or patched

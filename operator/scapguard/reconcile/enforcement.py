@@ -44,6 +44,9 @@ class Enforcement:
     denied_by: tuple[str, ...] = ()
     # A deny-execution annotation a person set, whatever its value (scapguard leaves it as is).
     person_value: str | None = None
+    #: No image API (plain Kubernetes): the deny is the scans' verdicts, which the admission
+    #: webhook enforces; ``denied`` says whether any scan of the digest denies it.
+    by_admission: bool = False
 
 
 def scans_for_digest(ctx: OperatorContext, digest: str) -> list[Obj]:
@@ -110,6 +113,9 @@ def enforce_digest(
         evaluated.sort(key=lambda s: str(s["status"]["evaluatedAt"]), reverse=True)
         representative = denying[0] if denying else (evaluated[0] if evaluated else None)
         quality = _quality(ctx, representative) if representative is not None else None
+        if not ctx.image_api:
+            return Enforcement(image_found=False, denied=bool(denying), by_person=False,
+                               denied_by=denied_by, by_admission=True)  # fmt: skip
         annotated = _annotate(ctx, digest, bool(denying), denied_by, quality)
         if annotated is None:
             return Enforcement(

@@ -197,7 +197,15 @@ def conditions_for(
             verdict.reason,
             verdict.message,
         )
-    if denied and not enforcement.image_found:
+    if denied and enforcement.by_admission:
+        enforced = (
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED,
+            "image denied: the cluster has no image.openshift.io API, so the admission "
+            "webhook refuses Pods that run this digest (no Image to annotate)",
+        )
+    elif denied and not enforcement.image_found:
         enforced = (
             cond.ENFORCED,
             cond.FALSE,
