@@ -112,6 +112,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--digests", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (operator.log)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-scale-"))
     workdir.chmod(0o755)
@@ -182,7 +183,10 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 operator.kill()
         dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
