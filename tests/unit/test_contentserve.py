@@ -3,17 +3,13 @@ ContentUpdate rescans, against the fake API and a real HTTP upstream on 127.0.0.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.k8s.api import CONFIGMAP, EVENT, IMAGESCAN, SCANPOLICY, Obj
@@ -36,6 +32,7 @@ from scapguard.testing import (
     scan_result,
     secret_token,
 )
+from tests.aioserve import serving
 from tests.httpupstream import Upstream
 
 FEED = b"<oval_definitions>v1</oval_definitions>"
@@ -212,24 +209,9 @@ def test_registry_auths_read_both_dockerconfigjson_forms() -> None:
 # -- over HTTP: the results server's endpoint and the scanner's client -------------------------
 
 
-@contextlib.contextmanager
-def results_server(h: Harness, port: int = 0) -> Iterator[str]:
-    """The operator's real aiohttp app on 127.0.0.1 (plain HTTP), in a thread of its own."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(build_app(h.ctx))
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
+def results_server(h: Harness, port: int = 0) -> contextlib.AbstractContextManager[str]:
+    """The operator's real results/content app on 127.0.0.1."""
+    return serving(build_app(h.ctx), port)
 
 
 def test_the_scanner_fetches_and_checks_served_content(tmp_path: Path) -> None:

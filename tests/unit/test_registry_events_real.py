@@ -9,13 +9,10 @@ HEAD requests of a push as ``pull`` events; it retries each until it gets a 2xx.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import functools
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +27,7 @@ from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.registryevents import TOKEN_SECRET
 from scapguard.results_server import REGISTRY_EVENTS_PATH, build_app, build_registry_events_app
 from scapguard.testing import OPERATOR_NS, Harness, add_policy, harness
+from tests.aioserve import serving
 from tests.ociartifacts import push_image, push_index
 
 TOKEN = "registry-notification-token"  # noqa: S105 -- a test credential
@@ -37,26 +35,6 @@ APPS: dict[str, Callable[[OperatorContext], web.Application]] = {
     "plain-listener": build_registry_events_app,
     "results-app": build_app,
 }
-
-
-@contextlib.contextmanager
-def serving(app: web.Application) -> Iterator[str]:
-    """``app`` on 127.0.0.1 (plain HTTP) in a thread of its own; yields its base URL."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
 
 
 def eventually(condition: str, check: Callable[[], bool], timeout: float = 30.0) -> None:

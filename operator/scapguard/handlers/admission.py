@@ -213,21 +213,6 @@ async def validate_ephemeral_containers(
     review_admission(body, old, namespace, memo, warnings, logger)
 
 
-def _warn_workload(
-    body: kopf.Body,
-    old: kopf.Body | None,
-    namespace: str | None,
-    memo: kopf.Memo,
-    warnings: list[str],
-    logger: kopf.Logger,
-) -> None:
-    runtime = _runtime(memo)
-    found = review_workload(body, old, namespace=namespace or "", index=runtime.index)
-    warnings.extend(found)
-    if found:
-        logger.info("warned: %s", "; ".join(found))
-
-
 _WRITES: Final[tuple[Literal["CREATE"], Literal["UPDATE"]]] = ("CREATE", "UPDATE")
 
 
@@ -247,7 +232,10 @@ async def validate_workload(
     **_: Any,
 ) -> None:
     """Warn, never refuse: the workload's Pods will be refused when they are created."""
-    _warn_workload(body, old, namespace, memo, warnings, logger)
+    found = review_workload(body, old, namespace=namespace or "", index=_runtime(memo).index)
+    warnings.extend(found)
+    if found:
+        logger.info("warned: %s", "; ".join(found))
 
 
 @kopf.on.cleanup()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, TypedDict
 
 from lxml import etree
 
@@ -36,17 +36,33 @@ class XMLContentError(ValueError):
         self.message = message
 
 
+class _SafeOptions(TypedDict):
+    resolve_entities: bool
+    no_network: bool
+    huge_tree: bool
+    load_dtd: bool
+    dtd_validation: bool
+    attribute_defaults: bool
+    collect_ids: bool
+    remove_pis: bool
+
+
+#: libxml2's options for every SCAP document, tree or streamed: no entities, no DTD, no
+#: network, default limits.
+_SAFE: Final[_SafeOptions] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "huge_tree": False,
+    "load_dtd": False,
+    "dtd_validation": False,
+    "attribute_defaults": False,
+    "collect_ids": False,
+    "remove_pis": True,
+}
+
+
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        huge_tree=False,
-        load_dtd=False,
-        dtd_validation=False,
-        attribute_defaults=False,
-        collect_ids=False,
-        remove_pis=True,
-    )
+    return etree.XMLParser(**_SAFE)
 
 
 def qname(namespace: str, local: str) -> str:
@@ -136,16 +152,7 @@ def iterparse_file(
     check_prolog(head, path)
     with path.open("rb") as source:  # closed when the caller stops early or an error is raised
         context = etree.iterparse(
-            source,
-            events=events if "start" in events else ("start", *events),
-            resolve_entities=False,
-            no_network=True,
-            huge_tree=False,
-            load_dtd=False,
-            dtd_validation=False,
-            attribute_defaults=False,
-            collect_ids=False,
-            remove_pis=True,
+            source, events=events if "start" in events else ("start", *events), **_SAFE
         )
         first = True
         try:
