@@ -213,11 +213,20 @@ class ChartInstall:
         return items
 
     def logs(self) -> str:
-        """Every operator pod's log (the current container and, if any, the previous one)."""
+        """Every operator pod's log (the current container and, if any, the previous one).
+
+        A pod of the old ReplicaSet may be gone between the listing and its log (a rollout
+        restart): it is left out rather than failing the read.
+        """
         text = []
         for pod in self.operator_pods():
             name = pod["metadata"]["name"]
-            text.append(self.kubectl("-n", self.namespace, "logs", name))
+            current = self.cluster.kubectl("-n", self.namespace, "logs", name)
+            if current.returncode != 0:
+                if "NotFound" in current.stderr:
+                    continue
+                raise ClusterError(f"kubectl logs {name}: {current.stderr.strip()}")
+            text.append(current.stdout)
             previous = self.cluster.kubectl("-n", self.namespace, "logs", name, "--previous")
             if previous.returncode == 0:
                 text.append(previous.stdout)
