@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/content_check.py [SIZE_KIB] [POLICIES]
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from kubernetes import config as k8s_config
 
 from scapguard.devcluster.cluster import DevCluster
+from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import CONFIGMAP, NAMESPACE, Obj
 from scapguard.k8s.client import KubeClient
 
@@ -67,7 +67,7 @@ def main() -> None:
         print(f"  whole/metadata: {times:.2f}x the time, {sizes:.0f}x the bytes")
     finally:
         dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from create to Ready. Run: .venv/bin/python bench/controlplane.py [N] [--real-no
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.node import busybox_image
+from scapguard.devcluster.node import busybox_image, remove_tree
 
 RESTRICTED = {
     "runAsNonRoot": True,
@@ -88,7 +87,7 @@ def main() -> None:
                 pod_times += pod_start_seconds(dev, args.pods)
         finally:
             dev.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_tree(workdir)
     out = sys.stdout
     kind = "real node (kubelet, containerd)" if args.real_node else "control plane only"
     out.write(f"cold start to ready over {args.runs} runs, {kind}: ")

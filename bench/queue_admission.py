@@ -10,7 +10,6 @@ the bytes of both lists. Run: .venv/bin/python bench/queue_admission.py [N] [Q]
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from scapguard.api import constants as c
 from scapguard.api.summary import MAX_FINDINGS
 from scapguard.devcluster.cluster import DevCluster
 from scapguard.devcluster.helminstall import CRDS
+from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import IMAGESCAN, NAMESPACE
 from scapguard.k8s.client import KubeClient
 
@@ -100,7 +100,7 @@ def main() -> None:
         )
     finally:
         dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
 
 
 if __name__ == "__main__":

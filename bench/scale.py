@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from scapguard.api import constants as c
 from scapguard.devcluster.cluster import DevCluster, free_port
 from scapguard.devcluster.helminstall import CRDS
 from scapguard.devcluster.imagestreams import GROUP, VERSION, ensure_image
+from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import IMAGESCAN, NAMESPACE, SCANPOLICY
 from scapguard.k8s.client import KubeClient
 
@@ -186,7 +186,7 @@ def main() -> int:
         if args.keep:
             print(f"kept {workdir}")
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_tree(workdir)
     return 0
 
 

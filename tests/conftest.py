@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import tempfile
 import uuid
@@ -17,6 +16,7 @@ from kubernetes import client
 
 from scapguard.devcluster.cluster import DevCluster
 from scapguard.devcluster.fixtureimages import FixtureImages
+from scapguard.devcluster.node import remove_tree
 from scapguard.devcluster.registry import Registry
 
 
@@ -42,7 +42,7 @@ def started(**kwargs: Any) -> Iterator[DevCluster]:
         yield dev
     finally:
         dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
 
 
 @pytest.fixture(scope="session")

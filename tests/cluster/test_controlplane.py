@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
+from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import CONFIGMAP, IMAGE, Kind, NotFound
 from scapguard.k8s.client import KubeClient
 from tests.controlplane import control_plane, control_plane_api  # noqa: F401 - this module's
@@ -56,6 +57,7 @@ def test_starts_and_stops_cleanly() -> None:
         assert dev.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     finally:
         dev.stop()
+        remove_tree(workdir)
     assert not [name for name, pid in pids.items() if _pid_alive(pid)]
     assert dev.pids() == {}
 

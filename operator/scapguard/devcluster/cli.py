@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -35,6 +36,7 @@ from scapguard.devcluster.fixtureimages import webapp_images
 from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
 from scapguard.devcluster.images import PushedImage
 from scapguard.devcluster.imagestreams import tag_image
+from scapguard.devcluster.node import remove_tree
 from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.devcluster.registry import Registry
 from scapguard.results.model import Severity
@@ -42,7 +44,10 @@ from scapguard.results.model import Severity
 log = logging.getLogger(__name__)
 
 
-def _workdir(arg: str | None) -> Path:
+@contextlib.contextmanager
+def _workdir(arg: str | None) -> Iterator[Path]:
+    """``--workdir`` (kept afterwards), or a temporary directory removed once the cluster has
+    stopped (a real node leaves about 2 GB there)."""
     if arg:
         path = Path(arg)
         path.mkdir(parents=True, exist_ok=True)
@@ -50,7 +55,11 @@ def _workdir(arg: str | None) -> Path:
         path = Path(tempfile.mkdtemp(prefix="scapguard-dev-"))
     # The kubelet's and pods' state lives below it.
     path.chmod(0o755)
-    return path
+    try:
+        yield path
+    finally:
+        if not arg:
+            remove_tree(path)
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -64,8 +73,10 @@ def _wait_for_signal() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    workdir = _workdir(args.workdir)
-    with DevCluster(workdir / "cluster", real_node=True) as cluster:
+    with (
+        _workdir(args.workdir) as workdir,
+        DevCluster(workdir / "cluster", real_node=True) as cluster,
+    ):
         registry = _registry(cluster)
         kubectl = f"{cluster.binary} kubectl --kubeconfig={cluster.kubeconfig}"
         sys.stdout.write(
@@ -215,8 +226,10 @@ def _pod_done(cluster: DevCluster, name: str) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    workdir = _workdir(args.workdir)
-    with DevCluster(workdir / "cluster", real_node=True) as cluster:
+    with (
+        _workdir(args.workdir) as workdir,
+        DevCluster(workdir / "cluster", real_node=True) as cluster,
+    ):
         release = run_demo(workdir, cluster)
         _say(
             f"\nexport KUBECONFIG={cluster.kubeconfig}\n"

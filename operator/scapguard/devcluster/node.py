@@ -13,7 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +135,26 @@ def unmount_all(root: Path) -> None:
         )
         if proc.returncode != 0 and point.exists():
             log.warning("could not unmount %s: %s", point, proc.stderr.strip())
+
+
+def remove_tree(root: Path, attempts: int = 5) -> None:
+    """Remove a cluster's work directory for good: unmount what is left under it (a container
+    shim may still hold an overlay when its cluster has just stopped), then delete, a few
+    times. ``rmtree(..., ignore_errors=True)`` left 2 GB behind per real-node run that way,
+    until the disk filled and the kubelet tainted its node with disk pressure."""
+    for attempt in range(attempts):
+        unmount_all(root)
+        try:
+            shutil.rmtree(root)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if attempt == attempts - 1:
+                log.warning("could not remove %s: %s", root, exc)
+                return
+            time.sleep(1.0)
+        else:
+            return
 
 
 def pause_image(registry: str, workdir: Path) -> PushedImage:
