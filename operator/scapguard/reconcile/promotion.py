@@ -96,7 +96,7 @@ def ensure_promotion(
     if same and current.get("state") == PENDING and current.get("job") == name:
         _observe(ctx, scan, name, target, request)
         return
-    _start(ctx, scan, spec, policy, promotion, name, target, request)
+    _start(ctx, scan, spec, policy, name, target, request)
 
 
 def _start(
@@ -104,7 +104,6 @@ def _start(
     scan: Obj,
     spec: ImageScanSpec,
     policy: ScanPolicySpec,
-    promotion: Promotion,
     name: str,
     target: str,
     request: int,

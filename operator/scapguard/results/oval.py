@@ -322,9 +322,3 @@ def oval_results_from_root(root: etree._Element, *, source: Path | str) -> OvalR
         errors=tuple(_errors(index, results_defs)),
         generator_timestamp=_text(gen) or None,
     )
-
-
-def definitions_generator_timestamp(root: etree._Element) -> str | None:
-    """``generator/timestamp`` of an oval_definitions document (the feed's version)."""
-    gen = root.find(f"{qname(NS_DEF, 'generator')}/{qname(NS_COMMON, 'timestamp')}")
-    return _text(gen) or None
