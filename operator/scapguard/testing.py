@@ -18,7 +18,8 @@ from scapguard.config import Settings
 from scapguard.k8s.api import IMAGE, IMAGESTREAM, JOB, SCANPOLICY, SECRET, Obj
 from scapguard.k8s.fake import FakeKube
 from scapguard.metrics import Metrics
-from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.background import run_task
+from scapguard.reconcile.context import ADMIT, OperatorContext, Task, Wakeups
 from scapguard.reconcile.ingest import Ingested, ingest
 from scapguard.results import model as m
 
@@ -39,6 +40,29 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
+
+
+class InlineWakeups(Wakeups):
+    """The background loop's work done at once, in the asking thread, and its errors raised:
+    a reconcile under test sees the scans it asked for created and admitted when it returns.
+    A request made while one runs joins the run (the loop would take it next)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ctx: OperatorContext | None = None
+        self._running = False
+
+    def request(self, task: Task) -> None:
+        super().request(task)
+        if self._running or self.ctx is None:
+            return
+        self._running = True
+        try:
+            while tasks := self.take(timeout=0):
+                for each in sorted(tasks, key=lambda t: (t.kind == ADMIT, t.key)):
+                    run_task(self.ctx, each)
+        finally:
+            self._running = False
 
 
 @dataclass
@@ -68,13 +92,16 @@ def harness(**env: str) -> Harness:
         tokens.append(f"token-{len(tokens)}")
         return tokens[-1]
 
+    wakeups = InlineWakeups()
     ctx = OperatorContext(
         kube=kube,
         settings=settings(**env),
         metrics=Metrics(CollectorRegistry()),
         clock=clock,
         token_factory=token,
+        wakeups=wakeups,
     )
+    wakeups.ctx = ctx
     return Harness(kube=kube, clock=clock, ctx=ctx, tokens=tokens)
 
 

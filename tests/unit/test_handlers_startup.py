@@ -16,31 +16,32 @@ from scapguard.api.constants import (
     RESULT_RECEIVED_ANNOTATION,
 )
 from scapguard.handlers import startup
+from scapguard.handlers.cache import Cache
 from scapguard.handlers.context import MEMO_KEY, in_scope
 from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.context import OperatorContext
 
 
-class JobWatch:
-    """Stands in for the watch of scanner Jobs (a thread on a real API server: tests/e2e)."""
+class CacheStart:
+    """Stands in for the cache's informers (threads on a real API server: tests/e2e): each
+    store gets the empty first listing an informer would give it."""
 
     def __init__(self) -> None:
         self.ctx: OperatorContext | None = None
-        self.stopped = False
+        self.cache: Cache | None = None
 
-    def __call__(self, ctx: OperatorContext) -> JobWatch:
-        self.ctx = ctx
-        return self
-
-    def stop(self) -> None:
-        self.stopped = True
+    def __call__(self, cache: Cache, ctx: OperatorContext) -> None:
+        self.ctx, self.cache = ctx, cache
+        for store in cache.stores:
+            for scope in store.scopes:
+                store.replace(scope, [])
 
 
 @pytest.fixture
-def job_watch(monkeypatch: pytest.MonkeyPatch) -> JobWatch:
-    watch = JobWatch()
-    monkeypatch.setattr(startup, "watch_scanner_jobs", watch)
-    return watch
+def job_watch(monkeypatch: pytest.MonkeyPatch) -> CacheStart:
+    start = CacheStart()
+    monkeypatch.setattr(startup, "start_cache", start)
+    return start
 
 
 def free_port() -> int:
@@ -51,7 +52,7 @@ def free_port() -> int:
 
 
 def test_startup_configures_kopf_and_serves(
-    monkeypatch: pytest.MonkeyPatch, job_watch: JobWatch
+    monkeypatch: pytest.MonkeyPatch, job_watch: CacheStart
 ) -> None:
     results, metrics = free_port(), free_port()
     for name, value in {
@@ -90,7 +91,14 @@ def test_startup_configures_kopf_and_serves(
     assert settings.peering.name == "scapguard" and settings.peering.mandatory
     assert settings.peering.priority > 0
     assert isinstance(memo[MEMO_KEY], OperatorContext)
-    assert job_watch.ctx is memo[MEMO_KEY] and job_watch.stopped
+    assert job_watch.ctx is memo[MEMO_KEY] and job_watch.cache is not None
+    assert job_watch.ctx.kube is job_watch.cache.kube
+    assert {s.kind.plural for s in job_watch.cache.stores} == {
+        "imagescans",
+        "scanpolicies",
+        "imagestreams",
+        "jobs",
+    }
     assert in_scope(namespace="apps", memo=memo) and in_scope(namespace="scapguard", memo=memo)
     assert not in_scope(namespace="other", memo=memo)
 
@@ -107,7 +115,7 @@ def test_bad_setting_stops_the_operator_naming_the_variable(
 
 
 def test_scapguard_annotations_reach_update_handlers(
-    monkeypatch: pytest.MonkeyPatch, job_watch: JobWatch
+    monkeypatch: pytest.MonkeyPatch, job_watch: CacheStart
 ) -> None:
     """kopf leaves out of its diff every annotation under a prefix marked ``kopf-managed``:
     its own storage must not use scapguard.io, or rescans and result pokes go unnoticed."""

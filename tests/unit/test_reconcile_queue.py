@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from scapguard.api import constants as c
 from scapguard.k8s.api import IMAGESCAN, JOB, SCANPOLICY, Conflict, Kind, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.queue import Candidate, admit, fair_order, pump_queue
@@ -193,50 +192,20 @@ def test_failed_attempts_retry_with_backoff_then_error_and_on_error_deny() -> No
     assert not h.kube.list(JOB)
 
 
-def queued_labels(h: Harness) -> dict[str, str | None]:
-    return {
-        s["metadata"]["name"]: (s["metadata"].get("labels") or {}).get(c.QUEUED_LABEL)
-        for s in h.kube.list(IMAGESCAN, "apps")
-    }
-
-
-def test_only_waiting_scans_carry_the_queued_label_the_queue_lists_by() -> None:
+def test_the_queue_goes_by_status_alone_and_marks_no_scan() -> None:
+    """No label or annotation says "queued": a waiting scan costs no write beyond its status,
+    and wakes no handler (the queue reads every scan from the operator's cache)."""
     h = harness(SCAPGUARD_MAX_CONCURRENT_SCANS="3", SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY="3")
     queue_twenty(h)
     states = {s["metadata"]["name"]: s["status"]["state"] for s in h.kube.list(IMAGESCAN, "apps")}
-    labels = queued_labels(h)
     assert sorted(states.values()).count("Running") == 3
-    for name, state in states.items():
-        assert labels[name] == ("true" if state == "Queued" else None), (name, state)
-    # Finish everything: no label is left behind.
+    assert sorted(states.values()).count("Queued") == 17
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        assert not [k for k in scan["metadata"].get("labels") or {} if "queued" in k]
     while jobs(h):
         for job in jobs(h):
             image = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
             post(h, job["metadata"]["name"], scan_result(image.split("@")[1]))
         for scan in h.kube.list(IMAGESCAN, "apps"):
             reconcile_imagescan(h.ctx, scan)
-    assert set(queued_labels(h).values()) == {None}
     assert len(h.kube.created("jobs")) == 20
-
-
-def test_a_waiting_scan_that_lost_its_label_is_relabelled_by_its_reconcile() -> None:
-    """The label is only an index: its own reconcile (resume, progress timer) restores it."""
-    h = harness(SCAPGUARD_MAX_CONCURRENT_SCANS="1", SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY="1")
-    add_policy(h)
-    add_stream(h, "app", "apps", {"a": [digest(1)], "b": [digest(2)]})
-    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
-    for scan in h.kube.list(IMAGESCAN, "apps"):
-        reconcile_imagescan(h.ctx, scan)
-    (job,) = jobs(h)
-    (waiting,) = [n for n, v in queued_labels(h).items() if v == "true"]
-    (first,) = [n for n in queued_labels(h) if n != waiting]
-    # As if an operator crashed between the queued status and its label.
-    h.kube.patch(IMAGESCAN, waiting, "apps", {"metadata": {"labels": {c.QUEUED_LABEL: None}}})
-    image = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    post(h, job["metadata"]["name"], scan_result(image.split("@")[1]))
-    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, first, "apps"))  # done: frees the slot
-    assert not jobs(h), "unlabelled: the queue did not see the waiting scan"
-    assert h.kube.get(IMAGESCAN, waiting, "apps")["status"]["state"] == "Queued"
-    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, waiting, "apps"))
-    assert h.kube.get(IMAGESCAN, waiting, "apps")["status"]["state"] == "Running"
-    assert queued_labels(h)[waiting] is None  # running now, so unlabelled again

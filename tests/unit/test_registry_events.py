@@ -28,6 +28,7 @@ from scapguard.api.imagescan import parse_imagescan_spec
 from scapguard.api.naming import scan_name
 from scapguard.config import Settings, SettingsError
 from scapguard.handlers import startup
+from scapguard.handlers.cache import Cache
 from scapguard.k8s.api import IMAGESCAN, SCANPOLICY, SECRET, Forbidden, Kind, KubeError, Obj
 from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.registryevents import (
@@ -737,7 +738,8 @@ def test_startup_starts_the_plain_listener_only_when_a_port_is_set(
 ) -> None:
     port = free_port()
     monkeypatch.setattr(startup, "load_client", FakeKube)
-    monkeypatch.setattr(startup, "watch_scanner_jobs", lambda _ctx: None)
+    monkeypatch.setattr(startup, "start_cache", lambda _cache, _ctx: None)
+    monkeypatch.setattr(Cache, "wait_synced", lambda _self: True)
     logger = logging.getLogger("test")
 
     def post(url: str) -> tuple[int, dict[str, Any]]:

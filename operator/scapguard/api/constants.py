@@ -48,9 +48,6 @@ ORIGIN_WORKLOAD: Final = "workload"  # a Pod the policy selects runs the digest
 ORIGIN_REGISTRY_PUSH: Final = "registry-push"  # a registry notified a push of the digest
 DIGEST_LABEL: Final = f"{PREFIX}/digest"  # first 63 hex chars of the sha256 digest
 POLICY_LABEL: Final = f"{PREFIX}/policy"  # policy name on ImageScans (same namespace)
-# "true" on ImageScans waiting in the queue (Queued or Retrying): an index for the queue's list,
-# so admission does not read every ImageScan with its findings; the status decides.
-QUEUED_LABEL: Final = f"{PREFIX}/queued"
 SCAN_UID_LABEL: Final = f"{PREFIX}/scan-uid"  # on Jobs and Secrets: the ImageScan's uid
 POLICY_UID_LABEL: Final = f"{PREFIX}/policy-uid"  # on Jobs: the ScanPolicy's uid
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"

@@ -11,7 +11,7 @@ from scapguard.handlers.context import Logger, conflicts_retried, context, finis
 from scapguard.reconcile.cleanup import scan_deleted
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 
-PROGRESS_INTERVAL: Final = 30.0  # scans under way: the fallback for the Job watch (handlers.jobs)
+PROGRESS_INTERVAL: Final = 30.0  # scans under way: the fallback for the Job watch (handlers.cache)
 REPAIR_INTERVAL: Final = 600.0  # finished scans: bring the Image back in line if it drifted
 
 
@@ -35,7 +35,7 @@ def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
     if not in_progress(dict(body)):
         return  # finished scans cost no API call here
     with conflicts_retried():
-        reconcile_imagescan(context(memo), dict(body), pump=False)
+        reconcile_imagescan(context(memo), dict(body))
 
 
 @kopf.timer(

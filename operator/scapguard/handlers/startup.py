@@ -14,11 +14,12 @@ from prometheus_client import start_http_server
 from scapguard.api.constants import KOPF_STORAGE_PREFIX, PREFIX
 from scapguard.config import Settings, SettingsError
 from scapguard.handlers.admission import AdmissionOptions, configure_admission
+from scapguard.handlers.cache import Cache, build_cache, start_cache
 from scapguard.handlers.context import MEMO_KEY, Logger
-from scapguard.handlers.jobs import watch_scanner_jobs
 from scapguard.k8s.api import IMAGE
 from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
+from scapguard.reconcile.background import BackgroundLoop
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.runtime import scanner_user_namespace
 from scapguard.results_server import start_registry_events_server, start_results_server
@@ -66,8 +67,16 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
     metrics = Metrics(per_cve=config.per_cve_metrics)
     userns, why = await asyncio.to_thread(scanner_user_namespace, kube, config)
     logger.info("scanner pods %s a user namespace: %s", "get" if userns else "do not get", why)
-    ctx = OperatorContext(kube=kube, settings=config, metrics=metrics,
+    cache = build_cache(kube, config, image_api=image_api)
+    ctx = OperatorContext(kube=cache.kube, settings=config, metrics=metrics,
                           scanner_user_namespace=userns, image_api=image_api)  # fmt: skip
+    memo["scapguard_cache"] = cache
+    await asyncio.to_thread(start_cache, cache, ctx)
+    if not await asyncio.to_thread(cache.wait_synced):
+        logger.warning("the cache's first listings are late; listing from the API meanwhile")
+    background = BackgroundLoop(ctx)
+    background.start()
+    memo["scapguard_background"] = background
     memo[MEMO_KEY] = ctx
     if config.metrics_port:
         server, _thread = start_http_server(
@@ -76,7 +85,6 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         memo["scapguard_metrics_server"] = server
     memo["scapguard_results_runner"] = await start_results_server(ctx)
     memo["scapguard_registry_events_runner"] = await start_registry_events_server(ctx)
-    memo["scapguard_job_watch"] = await asyncio.to_thread(watch_scanner_jobs, ctx)
     await asyncio.to_thread(
         configure_admission,
         settings,
@@ -105,9 +113,10 @@ async def stop_operator(memo: Any, logger: Logger) -> None:
         runner = memo.get(key)
         if isinstance(runner, web.AppRunner):
             await runner.cleanup()
-    watch = memo.get("scapguard_job_watch")
-    if watch is not None:
-        await asyncio.to_thread(watch.stop)
+    for key in ("scapguard_background", "scapguard_cache"):
+        running = memo.get(key)
+        if isinstance(running, BackgroundLoop | Cache):
+            await asyncio.to_thread(running.stop)
     server = memo.get("scapguard_metrics_server")
     if server is not None:
         await asyncio.to_thread(server.shutdown)

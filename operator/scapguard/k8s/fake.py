@@ -17,6 +17,7 @@ from scapguard.k8s.api import (
     NotFound,
     Obj,
 )
+from scapguard.k8s.cache import parse_selector
 
 Key = tuple[str, str, str]  # (plural.group, namespace, name)
 STATUS_SUBRESOURCE = frozenset({"scanpolicies", "imagescans", "jobs"})
@@ -36,24 +37,7 @@ def merge_patch(target: object, patch: object) -> Any:
 
 
 def selector_matches(selector: str | None, labels: dict[str, str]) -> bool:
-    for term in (selector or "").split(","):
-        term = term.strip()
-        if not term:
-            continue
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.split("=", 1)
-            if labels.get(key.rstrip("=")) != value:
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
+    return all(r.matches(labels) for r in parse_selector(selector))
 
 
 class FakeKube:

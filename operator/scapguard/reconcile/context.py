@@ -66,6 +66,49 @@ class DigestLocks:
         return self._locks[zlib.crc32(digest.encode()) % len(self._locks)]
 
 
+ADMIT: Final = "admit"  # start waiting scans as the limits allow (reconcile.queue)
+SELECT: Final = "select"  # a policy's ImageStream selection -> ImageScans (reconcile.scans)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Work for the operator's one background loop (``reconcile.background``)."""
+
+    kind: str  # ADMIT | SELECT
+    key: str = ""  # SELECT: "<namespace>/<policy name>"
+
+
+class Wakeups:
+    """Tasks asked for and not yet run, each at most once: a burst of requests (2,000
+    ImageStream events at start-up, a hundred scans finishing) costs one run per task."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Task, None] = {}
+        self._changed = threading.Condition()
+
+    def request(self, task: Task) -> None:
+        with self._changed:
+            self._pending[task] = None
+            self._changed.notify_all()
+
+    def take(self, timeout: float, settle: float = 0.0) -> list[Task]:
+        """Wait up to ``timeout`` for a task; then ``settle`` seconds more for others to join
+        it (a burst of events); return and forget everything pending."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: bool(self._pending), timeout):
+                return []
+        if settle > 0:
+            time.sleep(settle)
+        with self._changed:
+            tasks = list(self._pending)
+            self._pending.clear()
+        return tasks
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._pending)
+
+
 @dataclass
 class OperatorContext:
     kube: Kube
@@ -81,6 +124,8 @@ class OperatorContext:
     token_factory: Callable[[], str] = new_token
     # Serialises queue admission so the concurrency limits hold (one active replica: peering).
     admission_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Work for the background loop: handlers ask, the loop (``reconcile.background``) runs it.
+    wakeups: Wakeups = field(default_factory=Wakeups)
     sweep_throttle: Throttle = field(default_factory=lambda: Throttle(60.0))
     deny_repair_throttle: Throttle = field(default_factory=lambda: Throttle(DENY_REPAIR_SECONDS))
     digest_lock: DigestLocks = field(default_factory=DigestLocks)
@@ -109,6 +154,14 @@ class OperatorContext:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+    def admit(self) -> None:
+        """Ask the background loop to start waiting scans (queue admission)."""
+        self.wakeups.request(Task(ADMIT))
+
+    def select(self, namespace: str, policy: str) -> None:
+        """Ask the background loop to bring a policy's ImageScans in line with its selection."""
+        self.wakeups.request(Task(SELECT, f"{namespace}/{policy}"))
 
     def event(self, regarding: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event; a failure to post is logged, never fatal to the reconcile."""

@@ -47,7 +47,7 @@ from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.jobs import delete_job, observe_job
 from scapguard.reconcile.promotion import ensure_promotion
 from scapguard.reconcile.promotion import pending as promotion_pending
-from scapguard.reconcile.queue import pump_queue, queued_fields, sync_queue_label
+from scapguard.reconcile.queue import queued_fields
 from scapguard.reconcile.status import differs, mark_scan, with_conditions, write_status
 from scapguard.reconcile.verdicts import (
     UntrustedResult,
@@ -69,16 +69,7 @@ def backoff(ctx: OperatorContext, attempt: int) -> float:
     return float(min(base * 2 ** max(0, attempt - 1), ctx.settings.retry_backoff_max_seconds))
 
 
-def reconcile_imagescan(
-    ctx: OperatorContext, scan: Obj, *, repair: bool = False, pump: bool = True
-) -> Outcome:
-    """``pump=False`` (the progress timer) leaves queue admission to the policies' timers."""
-    outcome = _reconcile(ctx, scan, repair=repair, pump=pump)
-    sync_queue_label(ctx, scan)
-    return outcome
-
-
-def _reconcile(ctx: OperatorContext, scan: Obj, *, repair: bool, pump: bool) -> Outcome:
+def reconcile_imagescan(ctx: OperatorContext, scan: Obj, *, repair: bool = False) -> Outcome:
     try:
         spec = parse_imagescan_spec(scan.get("spec"))
     except SpecError as exc:
@@ -103,8 +94,7 @@ def _reconcile(ctx: OperatorContext, scan: Obj, *, repair: bool, pump: bool) -> 
     request = progress.request
     if request is None or (progress.finished and rescan is not None and rescan != request.rescan):
         _new_request(ctx, scan, spec, policy, progress, rescan, now)
-        sync_queue_label(ctx, scan)
-        pump_queue(ctx)
+        ctx.admit()
         return Outcome()
     if progress.finished:
         return _settled(ctx, scan, spec, policy, progress, repair=repair)
@@ -112,7 +102,7 @@ def _reconcile(ctx: OperatorContext, scan: Obj, *, repair: bool, pump: bool) -> 
         # The rules changed while a rescan waits or runs: the last result is judged anew now.
         reevaluate(ctx, scan, spec, policy)
         progress = read_progress(scan.get("status"))
-    return _advance(ctx, scan, spec, policy, progress, request, pump=pump)
+    return _advance(ctx, scan, spec, policy, progress, request)
 
 
 def in_progress(scan: Obj) -> bool:
@@ -258,8 +248,6 @@ def _advance(
     policy: ScanPolicySpec,
     progress: ScanProgress,
     request: ScanRequest,
-    *,
-    pump: bool,
 ) -> Outcome:
     attempt = progress.attempts
     outcome = progress.current_outcome()
@@ -287,9 +275,7 @@ def _advance(
             return Outcome(retry_after=wait)
     elif progress.state not in (QUEUED, RETRYING):
         write_status(ctx, scan, queued_fields(ctx.now()))
-    if pump:
-        sync_queue_label(ctx, scan)
-        pump_queue(ctx)
+    ctx.admit()
     return Outcome()
 
 
@@ -434,7 +420,7 @@ def _finish(
         f"{verdict.result}: {verdict.message}",
     )
     ensure_promotion(ctx, scan, spec, policy)  # at once: a status write wakes no handler
-    pump_queue(ctx)
+    ctx.admit()
 
 
 def _content_metrics(ctx: OperatorContext, doc: dict[str, Any]) -> None:

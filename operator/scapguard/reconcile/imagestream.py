@@ -1,7 +1,7 @@
-"""An ImageStream changed: ensure the ImageScans of every policy that covers it (fast path).
+"""An ImageStream changed: the policies that cover it select again (fast path).
 
-Only this stream's tags are touched on each scan; the policies' own reconcile does the full
-recomputation, retention and garbage collection.
+The selection itself (``reconcile.background.sync_selection``) runs in the background loop;
+the policies' own reconcile does retention and garbage collection.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from scapguard.api.errors import SpecError
-from scapguard.api.imagescan import TagRef
 from scapguard.api.policy import parse_policy_spec
 from scapguard.k8s.api import (
     NAMESPACE,
@@ -22,8 +21,7 @@ from scapguard.k8s.api import (
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext, Outcome
-from scapguard.reconcile.scans import ensure_scans, policy_scans
-from scapguard.reconcile.selection import Selection, add_stream, policy_covers_stream
+from scapguard.reconcile.selection import policy_covers_stream
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +36,9 @@ def candidate_policies(ctx: OperatorContext, namespace: str) -> list[Obj]:
 
 
 def reconcile_imagestream(ctx: OperatorContext, stream: Obj) -> Outcome:
+    """Ask for the selection of every valid policy that covers the stream (the background
+    loop coalesces a burst of stream events into one selection per policy)."""
     namespace = namespace_of(stream) or ""
-    name = name_of(stream)
     if not ctx.settings.watches(namespace):
         return Outcome()
     namespace_labels: dict[str, str] | None = None
@@ -56,21 +55,6 @@ def reconcile_imagestream(ctx: OperatorContext, stream: Obj) -> Outcome:
                 namespace_labels = labels_of(ctx.kube.get(NAMESPACE, namespace))
             except NotFound:
                 return Outcome()
-        if not policy_covers_stream(
-            ctx, namespace_of(policy) or "", spec, stream, namespace_labels
-        ):
-            continue
-        selection = Selection()
-        add_stream(selection, stream, spec)
-
-        def in_scope(tag: TagRef) -> bool:
-            return tag.namespace == namespace and tag.image_stream == name
-
-        ensure_scans(
-            ctx,
-            policy,
-            selection.current,
-            policy_scans(ctx, namespace_of(policy) or "", name_of(policy)),
-            in_scope,
-        )
+        if policy_covers_stream(ctx, namespace_of(policy) or "", spec, stream, namespace_labels):
+            ctx.select(namespace_of(policy) or "", name_of(policy))
     return Outcome()

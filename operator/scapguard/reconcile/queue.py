@@ -1,8 +1,10 @@
 """The scan queue: fair admission under global and per-policy limits, starting attempts.
 
 All state is in the API: a scan waits while its status says Queued/Retrying and no Job of
-its current attempt exists; running = scanner Jobs not finished. Admission runs under one
-lock (one active operator: kopf peering), so the limits hold. Fairness: scans are taken
+its current attempt exists; running = scanner Jobs not finished. Both are read from the
+operator's cache (``scapguard.k8s.cache``). Admission runs in the background loop only
+(``reconcile.background``; one active operator: kopf peering) and under a lock the Job sweep
+shares, so the limits hold. Fairness: scans are taken
 round-robin across policies, oldest first within a policy.
 """
 
@@ -48,7 +50,6 @@ from scapguard.k8s.api import (
     NotFound,
     Obj,
     annotations_of,
-    labels_of,
     name_of,
     namespace_of,
     uid_of,
@@ -57,7 +58,7 @@ from scapguard.reconcile.contentserve import content_plan
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
 from scapguard.reconcile.scans import parsed
-from scapguard.reconcile.status import mark_scan, with_conditions, write_status
+from scapguard.reconcile.status import with_conditions, write_status
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Candidate:
 
 
 def in_queue(progress: ScanProgress) -> bool:
-    """The current request waits for an attempt (first or retry): what the queue label says."""
+    """The current request waits for an attempt (first or retry)."""
     return (
         progress.request is not None
         and not progress.finished
@@ -128,25 +129,13 @@ def admit(
 
 
 def _queued_scans(ctx: OperatorContext, now: dt.datetime) -> dict[tuple[str, str], Obj]:
+    """The scans due for an attempt, by their status (read from the operator's cache)."""
     found: dict[tuple[str, str], Obj] = {}
-    selector = f"{c.QUEUED_LABEL}=true"
     for namespace in ctx.scan_namespaces():
-        for scan in ctx.kube.list(IMAGESCAN, namespace, label_selector=selector):
+        for scan in ctx.kube.list(IMAGESCAN, namespace):
             if waiting(scan, now):
                 found[(namespace_of(scan) or "", name_of(scan))] = scan
     return found
-
-
-def sync_queue_label(ctx: OperatorContext, scan: Obj) -> None:
-    """Label a scan that waits in the queue, unlabel one that does not (from its status).
-
-    Every reconcile of the scan ends here, and a scan entering the queue is labelled before
-    the queue is pumped, so a waiting scan is never left out of admission for long (a crash
-    in between is healed by the resume or progress reconcile).
-    """
-    wanted = in_queue(read_progress(scan.get("status")))
-    if wanted != (labels_of(scan).get(c.QUEUED_LABEL) == "true"):
-        mark_scan(ctx, scan, labels={c.QUEUED_LABEL: "true" if wanted else None})
 
 
 def pump_queue(ctx: OperatorContext) -> int:
@@ -322,7 +311,6 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
             name,
         )
         return True
-    sync_queue_label(ctx, scan)
     requested = parse_time(progress.request.requested_at)
     if attempt == 1 and requested is not None:
         ctx.metrics.queue_wait.observe(max(0.0, (now - requested).total_seconds()))

@@ -32,9 +32,9 @@ from scapguard.reconcile.content import changed_sources, content_records, identi
 from scapguard.reconcile.contentupdate import upstream_updates
 from scapguard.reconcile.context import OperatorContext, Outcome
 from scapguard.reconcile.jobs import sweep
-from scapguard.reconcile.queue import in_queue, pump_queue
+from scapguard.reconcile.queue import in_queue
 from scapguard.reconcile.retention import collect
-from scapguard.reconcile.scans import ensure_scans, parsed, policy_scans
+from scapguard.reconcile.scans import parsed, policy_scans
 from scapguard.reconcile.scheduling import due_rescan, window
 from scapguard.reconcile.selection import Selection, select
 from scapguard.reconcile.status import mark_scan
@@ -53,8 +53,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
         ctx.event(policy, "Warning", Reason.INVALID_SPEC, str(exc))
         return Outcome(permanent=str(exc))
     selection = select(ctx, namespace, spec, image_api=ctx.image_api)
-    scans = policy_scans(ctx, namespace, name_of(policy))
-    ensure_scans(ctx, policy, selection.current, scans, in_scope=lambda _tag: True)
+    ctx.select(namespace, name_of(policy))  # the scans the selection lacks: the loop creates
     scans = policy_scans(ctx, namespace, name_of(policy))
     if ensure_running_scans(ctx, policy, selection.running, scans):
         scans = policy_scans(ctx, namespace, name_of(policy))
@@ -82,7 +81,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
             f"{fields['imagesDenied']} denied{note}",
         ),
     )
-    pump_queue(ctx)
+    ctx.admit()
     if ctx.sweep_throttle.ready():
         sweep(ctx)
     return Outcome()

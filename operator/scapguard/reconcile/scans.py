@@ -53,13 +53,10 @@ def from_imagestream(scan: Obj) -> bool:
 
 
 def ensure_scans(
-    ctx: OperatorContext,
-    policy: Obj,
-    current: Mapping[str, CurrentImage],
-    scans: list[Obj],
-    in_scope: Callable[[TagRef], bool],
+    ctx: OperatorContext, policy: Obj, current: Mapping[str, CurrentImage], scans: list[Obj]
 ) -> dict[str, Obj]:
-    """Create missing scans and set spec.tags for the tags ``in_scope``; returns by digest."""
+    """Create missing scans and set each scan's spec.tags to the tags that point at its digest
+    now; returns the scans by digest."""
     namespace = namespace_of(policy) or ""
     policy_name = name_of(policy)
     by_digest: dict[str, Obj] = {}
@@ -71,8 +68,9 @@ def ensure_scans(
             continue
         by_digest[spec.digest] = scan
         image = current.get(spec.digest)
-        fresh = {t for t in (image.tags if image else set()) if in_scope(t)}
-        _sync_tags(ctx, scan, functools.partial(_replace_in_scope, in_scope=in_scope, fresh=fresh))
+        _sync_tags(
+            ctx, scan, functools.partial(_replace, fresh=frozenset(image.tags if image else ()))
+        )
     for digest, image in current.items():
         if digest in by_digest:
             continue
@@ -98,10 +96,8 @@ def ensure_scans(
     return by_digest
 
 
-def _replace_in_scope(
-    tags: set[TagRef], *, in_scope: Callable[[TagRef], bool], fresh: set[TagRef]
-) -> set[TagRef]:
-    return {t for t in tags if not in_scope(t)} | fresh
+def _replace(_tags: set[TagRef], *, fresh: frozenset[TagRef]) -> set[TagRef]:
+    return set(fresh)
 
 
 def _add(tags: set[TagRef], *, new: frozenset[TagRef]) -> set[TagRef]:
@@ -111,8 +107,8 @@ def _add(tags: set[TagRef], *, new: frozenset[TagRef]) -> set[TagRef]:
 def _sync_tags(
     ctx: OperatorContext, scan: Obj, wanted: Callable[[set[TagRef]], set[TagRef]]
 ) -> None:
-    """Set spec.tags to ``wanted(current tags)``: a guarded read-modify-write, because events
-    of several ImageStreams pointing at one digest are handled concurrently."""
+    """Set spec.tags to ``wanted(current tags)``: a read-modify-write guarded by the scan's
+    resourceVersion (the scan's own reconcile writes it too)."""
     for _ in range(MAX_TAG_RETRIES):
         spec = parsed(scan)
         if spec is None:

@@ -101,16 +101,23 @@ def policy_namespaces(
 
 
 def select(
-    ctx: OperatorContext, policy_namespace: str, spec: ScanPolicySpec, *, image_api: bool = True
+    ctx: OperatorContext,
+    policy_namespace: str,
+    spec: ScanPolicySpec,
+    *,
+    image_api: bool = True,
+    workloads: bool = True,
 ) -> Selection:
-    """ImageStream tags (when the cluster serves the image API) and running Pods' images."""
+    """ImageStream tags (when the cluster serves the image API) and, unless ``workloads`` is
+    False, running Pods' images."""
     selection = Selection()
     namespaces = policy_namespaces(ctx, policy_namespace, spec)
     for namespace in namespaces if image_api else ():
         for stream in ctx.kube.list(IMAGESTREAM, namespace):
             if spec.selector.matches(labels_of(stream)):
                 add_stream(selection, stream, spec)
-    selection.running = running_images(ctx, namespaces, spec)
+    if workloads:
+        selection.running = running_images(ctx, namespaces, spec)
     return selection
 
 
