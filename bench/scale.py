@@ -1,17 +1,22 @@
-"""Benchmark: the operator at scale (issue 13): ImageStreams x tags -> ImageScans.
+"""Benchmark: the operator at scale (issue 13): ImageStreams x tags -> ImageScans -> Jobs.
 
-On the local control plane (no node: scanner Jobs are created and never run; what is measured
-is the operator), it creates ``S`` ImageStreams of 5 tags over ``D`` digests and 2 Report-only
+On the local control plane (no node: nothing runs the scanner Jobs; what is measured is the
+operator), it creates ``S`` ImageStreams of 5 tags over ``D`` digests and 2 Report-only
 policies selecting all of them, then starts the operator (``kopf run``, standalone, as a host
-process under the admin kubeconfig) and prints:
+process under the admin kubeconfig, ``--limit`` concurrent scans). A stand-in for the scanner
+pods watches the scanner Jobs and posts a passing result for each at once, with the Job's own
+token, to the operator's results endpoint: scans complete as fast as the operator lets them.
+It prints:
 
-- the seconds from the operator's start until all ``2 x D`` ImageScans exist, and until the
-  operator has queued every one of them (written its status);
-- the operator's RSS (current and peak) after that and after an idle window;
+- the seconds from the operator's start until all ``2 x D`` ImageScans exist, until every
+  one is queued (status written) and until every one has its result;
+- the operator's RSS (current and peak) and CPU over an idle window (``--idle``) after that,
+  as a share of one core;
 - the API requests the whole cluster served, by verb and resource, during the initial sync
-  and during the idle window (the API server's ``apiserver_request_total``; the operator is
-  the only client then);
-- the operator's CPU use in the idle window, as a share of one core.
+  and during the idle window (the API server's ``apiserver_request_total``; the operator and
+  the stand-in are the only clients);
+- latency from a tag moving to a new digest to its scanner Job existing, p50/p99/max, for
+  bursts of 1, 100 and 1,000 tags moved at once (2 scans per digest: 2 policies).
 
 Run: .venv/bin/python bench/scale.py [--streams 2000] [--digests 1000] [--idle 600]
 """
@@ -19,25 +24,35 @@ Run: .venv/bin/python bench/scale.py [--streams 2000] [--digests 1000] [--idle 6
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 from kubernetes import config as k8s_config
 
 from scapguard.api import constants as c
+from scapguard.api.naming import scan_name
 from scapguard.devcluster.cluster import DevCluster, free_port
 from scapguard.devcluster.helminstall import CRDS
 from scapguard.devcluster.imagestreams import GROUP, VERSION, ensure_image
 from scapguard.devcluster.node import remove_tree
-from scapguard.k8s.api import IMAGESCAN, NAMESPACE, SCANPOLICY
+from scapguard.k8s.api import IMAGESCAN, JOB, NAMESPACE, SCANPOLICY, SECRET
 from scapguard.k8s.client import KubeClient
+from scapguard.k8s.informer import Informer
+from scapguard.results import model as m
+from scapguard.testing import scan_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "scale"
@@ -104,6 +119,73 @@ def show(title: str, before: Counter[tuple[str, str]], after: Counter[tuple[str,
         print(f"  {verb:<8} {resource or '-':<22} {count}")
 
 
+class ScannerStandIn:
+    """Plays the scanner pods the control plane cannot run: every scanner Job it sees gets a
+    passing result, posted with the token of the Job's own Secret; records when each Job was
+    first seen (``seen``: Job name -> (perf_counter, ImageScan name))."""
+
+    def __init__(self, api: client.ApiClient, kube: KubeClient) -> None:
+        self.kube = kube
+        self.results_url = ""
+        self.seen: dict[str, tuple[float, str]] = {}
+        self.posted = 0
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(4)
+        self._informer = Informer(
+            api,
+            JOB,
+            namespace=OPERATOR_NS,
+            on_replace=self._listed,
+            on_event=self._job,
+            on_failure=lambda reason: self.failed.append(reason),
+        )
+
+    def start(self, results_url: str) -> None:
+        self.results_url = results_url
+        self._informer.start()
+
+    def stop(self) -> None:
+        self._informer.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _listed(self, jobs: list[dict[str, Any]]) -> None:
+        for job in jobs:
+            self._job("ADDED", job)
+
+    def _job(self, kind: str, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        with self._lock:
+            if kind == "DELETED" or name in self.seen:
+                return
+            scan = (job["metadata"].get("annotations") or {}).get(c.SCAN_NAME_ANNOTATION, "")
+            self.seen[name] = (time.perf_counter(), scan)
+        self._pool.submit(self._post, job)
+
+    def _post(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        try:
+            image = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+            secret = self.kube.get(SECRET, name, OPERATOR_NS)
+            token = base64.b64decode(secret["data"][c.TOKEN_KEY]).decode()
+            # Content from a policy file: the operator checks no upstream feed for it.
+            result = scan_result(image.split("@")[1], reference=image.split("@")[0],
+                                 content=m.ContentInfo("bench.xml", "file", "ab" * 32, None))  # fmt: skip
+            body = json.dumps(m.encode_handoff(result, None)).encode()
+            request = urllib.request.Request(  # noqa: S310 -- http://127.0.0.1
+                f"{self.results_url}/v1/results/{name}",
+                data=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 -- local
+                answer.read()
+            with self._lock:
+                self.posted += 1
+        except Exception as exc:
+            with self._lock:
+                self.failed.append(f"{name}: {exc}")
+
+
 def count_scans(kube: KubeClient) -> int:
     return len(kube.list(IMAGESCAN, SPACE))
 
@@ -113,18 +195,82 @@ def unhandled(kube: KubeClient) -> int:
     return sum(1 for s in kube.list(IMAGESCAN, SPACE) if not (s.get("status") or {}).get("request"))
 
 
+def unfinished(kube: KubeClient) -> int:
+    """ImageScans without their result yet."""
+    return sum(1 for s in kube.list(IMAGESCAN, SPACE) if not (s.get("status") or {}).get("result"))
+
+
+def wait(what: str, done: Any, operator: subprocess.Popen[bytes], limit: float = 1800) -> float:
+    """Poll ``done()`` once a second; the seconds it took."""
+    start = time.perf_counter()
+    while not done():
+        if operator.poll() is not None:
+            raise SystemExit(f"the operator exited ({operator.returncode}) waiting for {what}")
+        if time.perf_counter() - start > limit:
+            raise SystemExit(f"{what}: not after {limit:.0f} s")
+        time.sleep(0.5)
+    return time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def burst(
+    api: client.ApiClient, kube: KubeClient, stand_in: ScannerStandIn, first: int, n: int, at: int
+) -> list[float]:
+    """Move tag v0 of ``n`` streams (from ``first``) to new digests (from ``at``) at once;
+    return, per new scan, the seconds from its stream's update to its Job being seen."""
+    custom = client.CustomObjectsApi(api)
+    moved: dict[str, float] = {}  # expected ImageScan name -> when its stream was updated
+    for i in range(n):
+        ensure_image(api, digest(at + i), f"{REGISTRY}/{SPACE}/app@{digest(at + i)}")
+    for i in range(n):
+        name = f"app{first + i:05}"
+        stream: Any = custom.get_namespaced_custom_object(
+            GROUP, VERSION, SPACE, "imagestreams", name
+        )
+        tags = stream["status"]["tags"]
+        ref = f"{REGISTRY}/{SPACE}/{name}@{digest(at + i)}"
+        tags[0]["items"].insert(0, {"created": "2026-12-02T00:00:00Z", "dockerImageReference": ref,
+                                    "image": digest(at + i), "generation": 2})  # fmt: skip
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, SPACE, "imagestreams", name, {"status": {"tags": tags}}
+        )
+        updated = time.perf_counter()
+        for policy in ("p1", "p2"):
+            moved[scan_name(digest(at + i), SPACE, policy)] = updated
+    deadline = time.perf_counter() + 1800
+    while True:
+        with stand_in._lock:
+            seen = {scan: t for t, scan in stand_in.seen.values() if scan in moved}
+        if len(seen) == len(moved):
+            return [seen[scan] - moved[scan] for scan in moved]
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"only {len(seen)} of {len(moved)} Jobs after 30 minutes")
+        time.sleep(0.2)
+
+
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--digests", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--limit", type=int, default=50, help="concurrent scans (per policy too)")
+    parser.add_argument("--bursts", default="1,100,1000", help="tags moved at once, in turn")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (operator.log)")
     args = parser.parse_args()
+    bursts = [int(b) for b in args.bursts.split(",") if b]
+    if sum(bursts) > args.streams:
+        raise SystemExit("--bursts move more streams than --streams")
     workdir = Path(tempfile.mkdtemp(prefix="scapguard-scale-"))
     workdir.chmod(0o755)
     dev = DevCluster(workdir)
     dev.start()
     operator: subprocess.Popen[bytes] | None = None
+    stand_in: ScannerStandIn | None = None
     try:
         done = dev.kubectl("apply", "-f", str(ROOT / "deploy" / "crds"))
         if done.returncode:
@@ -136,12 +282,14 @@ def main() -> int:
             kube.create(NAMESPACE, {"metadata": {"name": name}})
         started = time.perf_counter()
         populate(api, args.streams, args.digests)
+        took = time.perf_counter() - started
         print(f"{args.streams} ImageStreams x {TAGS} tags over {args.digests} digests "
-              f"({time.perf_counter() - started:.0f} s to create)")  # fmt: skip
+              f"({took:.0f} s to create); limit {args.limit} scans")  # fmt: skip
         for name in ("p1", "p2"):
             kube.create(SCANPOLICY, {"apiVersion": f"{c.GROUP}/{c.VERSION}", "kind": "ScanPolicy",
                                      "metadata": {"name": name, "namespace": SPACE},
                                      "spec": {"action": "Report"}})  # fmt: skip
+        port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(dev.kubeconfig),
@@ -150,49 +298,56 @@ def main() -> int:
             "SCAPGUARD_ADMISSION_ENABLED": "false",
             "SCAPGUARD_METRICS_PORT": "0",
             "SCAPGUARD_RESULTS_BIND": "127.0.0.1",
-            "SCAPGUARD_RESULTS_PORT": str(free_port()),
+            "SCAPGUARD_RESULTS_PORT": str(port),
+            "SCAPGUARD_RESULTS_URL": f"http://127.0.0.1:{port}",
             "SCAPGUARD_SCANNER_USER_NAMESPACE": "off",
             "SCAPGUARD_CONTENT_CACHE_DIR": str(workdir / "content"),
+            "SCAPGUARD_MAX_CONCURRENT_SCANS": str(args.limit),
+            "SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY": str(args.limit),
         }
+        stand_in = ScannerStandIn(api, kube)
+        stand_in.start(f"http://127.0.0.1:{port}")
         wanted = 2 * min(args.digests, args.streams * TAGS)
         before = requests(dev)
         log = (workdir / "operator.log").open("wb")
+        sys.stdout.flush()
         operator = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
              "--log-format=json", "-m", "scapguard.handlers"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT / "operator",
         )  # fmt: skip
-        launched = time.perf_counter()
-        while (found := count_scans(kube)) < wanted:
-            if operator.poll() is not None:
-                raise SystemExit(f"the operator exited ({operator.returncode}); see {log.name}")
-            if time.perf_counter() - launched > 1800:
-                raise SystemExit(f"only {found} of {wanted} ImageScans after 30 minutes")
-            time.sleep(1)
-        synced = time.perf_counter() - launched
+        created = wait("all ImageScans", lambda: count_scans(kube) >= wanted, operator)
+        queued = created + wait("every ImageScan queued", lambda: not unhandled(kube), operator)
+        finished = queued + wait("every result", lambda: not unfinished(kube), operator)
         after_sync = requests(dev)
+        print(f"{count_scans(kube)} ImageScans (wanted {wanted}): all created {created:.1f} s "
+              f"after the operator started, all queued at {queued:.1f} s, all with their "
+              f"result at {finished:.1f} s; {len(stand_in.seen)} Jobs")  # fmt: skip
         cpu0, rss, peak = proc_stat(operator.pid)
-        print(f"all {wanted} ImageScans exist {synced:.1f} s after the operator started; "
-              f"exactly {count_scans(kube)}")  # fmt: skip
         print(f"operator RSS {rss:.0f} MiB (peak {peak:.0f} MiB)")
-        show("API requests during the initial sync", before, after_sync)
-        while (waiting := unhandled(kube)) and operator.poll() is None:
-            if time.perf_counter() - launched > 1800:
-                raise SystemExit(f"{waiting} ImageScans still unhandled after 30 minutes")
-            time.sleep(1)
-        settled = time.perf_counter() - launched
-        after_settle = requests(dev)
-        cpu0, rss, peak = proc_stat(operator.pid)
-        print(f"every ImageScan queued (status written) {settled:.1f} s after the start; "
-              f"RSS {rss:.0f} MiB (peak {peak:.0f} MiB)")  # fmt: skip
-        show("API requests from all created to all queued", after_sync, after_settle)
-        after_sync = after_settle
+        show("API requests from the start until every result", before, after_sync)
         time.sleep(args.idle)
         cpu1, rss, peak = proc_stat(operator.pid)
-        show(f"API requests in {args.idle:.0f} s idle", after_sync, requests(dev))
-        print(f"idle CPU {100 * (cpu1 - cpu0) / args.idle:.1f}% of a core; "
+        after_idle = requests(dev)
+        show(f"API requests in {args.idle:.0f} s idle", after_sync, after_idle)
+        print(f"idle CPU {100 * (cpu1 - cpu0) / args.idle:.2f}% of a core; "
               f"RSS {rss:.0f} MiB (peak {peak:.0f} MiB)")  # fmt: skip
+        first, at = 0, args.digests
+        for n in bursts:
+            latencies = burst(api, kube, stand_in, first, n, at)
+            p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+            print(f"{n} tags moved at once -> {len(latencies)} Jobs: tag to Job "
+                  f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {max(latencies):.2f} s")  # fmt: skip
+            wait("the burst's results", lambda: not unfinished(kube), operator)
+            first, at = first + n, at + n
+        show("API requests of the bursts", after_idle, requests(dev))
+        _, rss, peak = proc_stat(operator.pid)
+        failed = stand_in.failed
+        print(f"operator RSS {rss:.0f} MiB (peak {peak:.0f} MiB); results posted "
+              f"{stand_in.posted}, failed {len(failed)} {failed[:3]}")  # fmt: skip
     finally:
+        if stand_in is not None:
+            stand_in.stop()
         if operator is not None:
             operator.terminate()
             try:

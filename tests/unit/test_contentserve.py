@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -190,6 +191,29 @@ def test_a_new_catalogue_feed_rescans_the_images_scanned_with_the_old_one(
         assert scan["metadata"]["annotations"]["scapguard.io/rescan"] == wanted
     (event,) = [e for e in h.kube.list(EVENT, "apps") if e["reason"] == "ContentUpdated"]
     assert event["message"] == "new content in debian-bookworm: rescan of 2 images requested"
+
+
+def test_a_catalogue_feed_that_cannot_be_checked_costs_one_check_per_pass(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.files["/oval-definitions-bookworm.xml.bz2"] = FEED
+    h = catalogue_harness(upstream)
+    add_policy(h)
+    add_stream(h, "app", "apps", {t: [digest(n)] for n, t in enumerate("abcd")})
+    used = m.ContentInfo("oval:debian-bookworm", "catalogue", sha(FEED), None)
+    for job in start_scans(h):
+        image = next(j for j in jobs(h) if j["metadata"]["name"] == job)
+        ref = image["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        assert post(h, job, scan_result(ref.split("@")[1], content=used)).status == 200
+    for scan in h.kube.list(IMAGESCAN, "apps"):
+        reconcile_imagescan(h.ctx, scan)
+    del upstream.files["/oval-definitions-bookworm.xml.bz2"]
+    h.clock.advance(601)
+    before = len(upstream.requests)
+    with caplog.at_level(logging.WARNING):
+        reconcile_scanpolicy(h.ctx, policy(h))
+    assert len(upstream.requests) - before == 1
+    assert len([r for r in caplog.records if "cannot check catalogue feed" in r.message]) == 1
 
 
 def test_registry_auths_read_both_dockerconfigjson_forms() -> None:

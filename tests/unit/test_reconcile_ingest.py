@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, Conflict, Obj
+from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, SECRET, Conflict, Kind, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.queue import pump_queue
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -80,6 +80,29 @@ def test_replay_is_refused() -> None:
     again = post(h, job, scan_result(D, [("CVE-2", "critical")]))
     assert (again.status, again.reason) == (409, "Replayed")
     assert h.kube.get(IMAGESCAN, name, "apps") == before
+
+
+def test_a_result_posted_while_the_queue_still_writes_its_secret_is_accepted() -> None:
+    """A fast scanner can post between the Secret's creation and the owner reference the
+    queue gives it: that change is no use of the credential."""
+    h, job, name = started()
+    raced: list[str] = []
+
+    def owner_reference_first(verb: str, kind: Kind, body: Obj) -> None:
+        if verb == "patch" and kind == SECRET and not raced:
+            raced.append(verb)
+            (stored,) = [
+                o for k, o in h.kube.objects.items() if k[0].startswith("secrets") and k[2] == job
+            ]
+            stored["metadata"]["resourceVersion"] += "0"
+            raise Conflict(409, "Conflict", "the object has been modified")
+
+    h.kube.before_write = owner_reference_first
+    assert post(h, job, scan_result(D)).status == 200
+    assert raced
+    assert h.kube.get(IMAGESCAN, name, "apps")["status"]["lastAttempt"]["outcome"] == "Completed"
+    again = post(h, job, scan_result(D))
+    assert (again.status, again.reason) == (409, "Replayed")
 
 
 def test_result_for_another_digest_is_refused() -> None:

@@ -39,7 +39,9 @@ def upstream_updates(
     finished = [s for s in scans if read_progress(s.get("status")).finished]
     if not finished:
         return {}
-    current: dict[tuple[str, str], str] = {}  # (status.content kind, source) -> sha256
+    # (status.content kind, source) -> sha256 now, or None when it could not be checked (once
+    # per source and pass: a thousand scans of one feed cost one check and one warning)
+    current: dict[tuple[str, str], str | None] = {}
     labels: dict[tuple[str, str], str] = {}
     sections = (
         ("vulnerabilities", spec.vulnerabilities.feed if spec.vulnerabilities.enabled else None),
@@ -64,10 +66,7 @@ def upstream_updates(
                     continue
                 key = (kind, f"catalogue:{feed_key}")
                 if key not in current:
-                    sha = _catalogue_now(ctx, feed_key)
-                    if sha is None:
-                        continue
-                    current[key], labels[key] = sha, feed_key
+                    current[key], labels[key] = _catalogue_now(ctx, feed_key), feed_key
             sha = current.get(key)
             if sha is not None and entry.get("sha256") != sha:
                 out[name_of(scan)] = f"ContentUpdate:{labels[key]}@{sha[:12]}"

@@ -39,6 +39,8 @@ from scapguard.results.model import ScanResult, ScanResultError, decode_handoff
 
 logger = logging.getLogger(__name__)
 
+CONSUME_TRIES = 5
+
 JOB_NAME: Final = re.compile(r"scapguard-scan-[0-9a-f]{12}-[0-9]+-[0-9]+")
 MAX_STORED: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
@@ -114,19 +116,7 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
             "DigestMismatch",
             f"result is for {result.image.digest}, the scan is for {digest}",
         )
-    try:  # single use: consume the credential, guarded by the Secret's resourceVersion
-        ctx.kube.patch(
-            SECRET,
-            job,
-            settings.namespace,
-            {
-                "metadata": {
-                    "resourceVersion": meta(secret).get("resourceVersion"),
-                    "annotations": {c.CONSUMED_ANNOTATION: "true"},
-                }
-            },
-        )
-    except Conflict:
+    if not _consume(ctx, job, secret):
         return _reject(ctx, job, 409, "Replayed", "this scan credential was used concurrently")
     status: dict[str, Any] = {"attempts": max(progress.attempts, attempt)}
     if attempt == progress.attempts + 1:
@@ -161,6 +151,33 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
         attempt,
     )
     return Ingested(200, "Accepted")
+
+
+def _consume(ctx: OperatorContext, job: str, secret: Obj) -> bool:
+    """Mark the scan's credential used, once (guarded by the Secret's resourceVersion).
+
+    Another change to the Secret is not a use: the queue gives a new Secret its owner
+    reference right after creating the Job, and a fast scanner can post in between. Such a
+    conflict is read again and retried; only a Secret marked consumed refuses."""
+    namespace = ctx.settings.namespace
+    for _ in range(CONSUME_TRIES):
+        if annotations_of(secret).get(c.CONSUMED_ANNOTATION) == "true":
+            return False
+        patch = {
+            "metadata": {
+                "resourceVersion": meta(secret).get("resourceVersion"),
+                "annotations": {c.CONSUMED_ANNOTATION: "true"},
+            }
+        }
+        try:
+            ctx.kube.patch(SECRET, job, namespace, patch)
+            return True
+        except Conflict:
+            try:
+                secret = ctx.kube.get(SECRET, job, namespace)
+            except NotFound:
+                return False
+    return False
 
 
 def _store(
