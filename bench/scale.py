@@ -169,8 +169,9 @@ class ScannerStandIn:
             secret = self.kube.get(SECRET, name, OPERATOR_NS)
             token = base64.b64decode(secret["data"][c.TOKEN_KEY]).decode()
             # Content from a policy file: the operator checks no upstream feed for it.
-            result = scan_result(image.split("@")[1], reference=image.split("@")[0],
-                                 content=m.ContentInfo("bench.xml", "file", "ab" * 32, None))  # fmt: skip
+            content = m.ContentInfo("bench.xml", "file", "ab" * 32, None)
+            repository, image_digest = image.split("@")
+            result = scan_result(image_digest, reference=repository, content=content)
             body = json.dumps(m.encode_handoff(result, None)).encode()
             request = urllib.request.Request(  # noqa: S310 -- http://127.0.0.1
                 f"{self.results_url}/v1/results/{name}",
