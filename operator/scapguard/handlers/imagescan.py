@@ -23,17 +23,21 @@ def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
         finish(reconcile_imagescan(context(memo), dict(body)))
 
 
+def under_way(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> bool:
+    """Filter of the progress timer: kopf stops a scan's timer when it finishes and starts it
+    again when a rescan is asked for, so thousands of finished scans cost no timer at all."""
+    return in_scope(namespace=namespace, memo=memo) and in_progress(dict(body))
+
+
 @kopf.timer(
     GROUP,
     VERSION,
     IMAGESCAN_PLURAL,
     interval=PROGRESS_INTERVAL,
     initial_delay=PROGRESS_INTERVAL,
-    when=in_scope,
+    when=under_way,
 )
 def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
-    if not in_progress(dict(body)):
-        return  # finished scans cost no API call here
     with conflicts_retried():
         reconcile_imagescan(context(memo), dict(body))
 
