@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import urllib.request
+from typing import Any
 
 import kopf
 import pytest
@@ -158,9 +159,9 @@ def test_only_scans_under_way_keep_a_progress_timer() -> None:
 
     memo = kopf.Memo()
     memo[MEMO_KEY] = harness().ctx
-    queued = {"status": {"request": {"number": 1}, "state": "Queued"}}
-    done = {"status": {"request": {"number": 1}, "state": "Completed", "resultRequest": 1}}
-    rescan = {**done, "metadata": {"annotations": {RESCAN_ANNOTATION: "OnDemand:1"}}}
+    queued: Any = {"status": {"request": {"number": 1}, "state": "Queued"}}
+    done: Any = {"status": {"request": {"number": 1}, "state": "Completed", "resultRequest": 1}}
+    rescan: Any = {**done, "metadata": {"annotations": {RESCAN_ANNOTATION: "OnDemand:1"}}}
     assert under_way(body=kopf.Body(queued), namespace="apps", memo=memo)
     assert not under_way(body=kopf.Body(done), namespace="apps", memo=memo)
     assert under_way(body=kopf.Body(rescan), namespace="apps", memo=memo)

@@ -11,7 +11,6 @@ While a copy is pending the ImageScan progress timer keeps looking at it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, Final
 
@@ -23,13 +22,10 @@ from scapguard.builders.job import (
     PromotionInput,
     build_promotion_job,
     build_promotion_secret,
-    owner_reference,
 )
 from scapguard.k8s.api import (
     JOB,
     POD,
-    SECRET,
-    AlreadyExists,
     NotFound,
     Obj,
     name_of,
@@ -38,6 +34,7 @@ from scapguard.k8s.api import (
 )
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import delete_job
+from scapguard.reconcile.launch import launch
 from scapguard.reconcile.queue import registry_auth
 from scapguard.reconcile.status import write_status
 
@@ -128,16 +125,8 @@ def _start(
         image_pull_secrets=settings.scanner_image_pull_secrets,
         service_account=settings.scanner_service_account,
     )
-    if auth is not None:
-        with contextlib.suppress(AlreadyExists):  # a restart between the two creates
-            ctx.kube.create(SECRET, build_promotion_secret(inp, auth))
-    try:
-        job = ctx.kube.create(JOB, build_promotion_job(inp))
-    except AlreadyExists:
-        job = ctx.kube.get(JOB, name, settings.namespace)
-    if auth is not None:
-        owner = owner_reference("Job", "batch/v1", name, uid_of(job))
-        ctx.kube.patch(SECRET, name, settings.namespace, {"metadata": {"ownerReferences": [owner]}})
+    secret = build_promotion_secret(inp, auth) if auth is not None else None
+    launch(ctx, build_promotion_job(inp), secret)
     _write(ctx, scan, {"state": PENDING, "target": target, "request": request, "job": name,
                        "reason": None, "message": f"copying {spec.image} to {target}"})  # fmt: skip
     logger.info("promoting %s to %s (Job %s)", spec.image, target, name)

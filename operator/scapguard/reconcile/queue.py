@@ -38,14 +38,11 @@ from scapguard.builders.job import (
     ScanJobInput,
     build_scan_job,
     build_scan_secret,
-    owner_reference,
 )
 from scapguard.k8s.api import (
     IMAGESCAN,
-    JOB,
     SCANPOLICY,
     SECRET,
-    AlreadyExists,
     Conflict,
     NotFound,
     Obj,
@@ -57,6 +54,7 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.contentserve import content_plan
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
+from scapguard.reconcile.launch import launch
 from scapguard.reconcile.scans import parsed
 from scapguard.reconcile.status import with_conditions, write_status
 
@@ -264,22 +262,9 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     key = f"{namespace}/{spec.policy}"
     for body in (secret, job_body):
         body["metadata"]["annotations"][POLICY_ANNOTATION] = key
-    try:
-        ctx.kube.create(SECRET, secret)
-    except AlreadyExists:
-        logger.info("scanner Secret %s exists already (adopting)", name)
-    try:
-        job = ctx.kube.create(JOB, job_body)
+    _job, created = launch(ctx, job_body, secret)
+    if created:
         ctx.metrics.scan_attempts.labels(key).inc()
-    except AlreadyExists:
-        job = ctx.kube.get(JOB, name, settings.namespace)
-        logger.info("scanner Job %s exists already (adopting)", name)
-    ctx.kube.patch(
-        SECRET,
-        name,
-        settings.namespace,
-        {"metadata": {"ownerReferences": [owner_reference("Job", "batch/v1", name, uid_of(job))]}},
-    )
     now = ctx.now()
     patch: dict[str, Any] = {
         "attempts": attempt,
