@@ -739,3 +739,36 @@ def test_server_errors_name_the_status(fake: FakeRegistry, tmp_path: Path) -> No
     ):
         client.fetch(art, tmp_path / "f", max_bytes=1)
     assert not (tmp_path / "f").exists()
+
+
+def test_a_tag_check_reads_credentials_only_when_the_registry_is_asked(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Pull secrets cost API reads: a check that is not due answers from the record alone."""
+    from scapguard.contentcache.cache import ContentCache
+    from scapguard.contentcache.store import ContentStore
+
+    now = [1000.0]
+    store = ContentStore(tmp_path / "cache", max_bytes=1 << 30, clock=lambda: now[0])
+    cache = ContentCache(store, catalogue_overrides={}, poll_seconds=600,
+                         max_download=1 << 20, timeout=10, clock=lambda: now[0])  # fmt: skip
+    push_artifact(registry.host, "cc/polled", "v1", FILES)
+    reads: list[int] = []
+
+    def auths() -> dict[str, tuple[str, str]]:
+        reads.append(1)
+        return {}
+
+    reference = f"{registry.host}/cc/polled:v1"
+    first = cache.oci_current(
+        reference, "rhel-8.oval.xml.bz2", auths=auths, insecure=[registry.host]
+    )
+    now[0] += 300
+    again = cache.oci_current(
+        reference, "rhel-8.oval.xml.bz2", auths=auths, insecure=[registry.host]
+    )
+    assert first == again == sha256_hex(FILES["rhel-8.oval.xml.bz2"])
+    assert len(reads) == 1
+    now[0] += 301
+    cache.oci_current(reference, "rhel-8.oval.xml.bz2", auths=auths, insecure=[registry.host])
+    assert len(reads) == 2

@@ -201,10 +201,13 @@ class ContentCache:
         reference: str,
         file: str | None,
         *,
-        auths: Mapping[str, tuple[str, str]],
+        auths: Callable[[], Mapping[str, tuple[str, str]]],
         insecure: Collection[str],
     ) -> str:
-        """The sha256 ``reference`` holds now, resolved at most once per ``poll_seconds``."""
+        """The sha256 ``reference`` holds now, resolved at most once per ``poll_seconds``.
+
+        ``auths`` is called only when the registry is asked (reading pull secrets costs API
+        requests: not on every check that is not due)."""
         rkey = f"oci-tag:{reference}#{file or ''}"
         record = self.store.source(rkey)
         now = self._clock()
@@ -213,7 +216,7 @@ class ContentCache:
         if record is not None and now < self._retry_at.get(rkey, 0.0):
             return record.sha256
         try:
-            entry = self.oci(reference, file, auths=auths, insecure=insecure)
+            entry = self.oci(reference, file, auths=auths(), insecure=insecure)
         except ContentFetchError:
             with self._lock:
                 self._retry_at[rkey] = now + min(self.poll_seconds, RETRY_AFTER_FAILURE)

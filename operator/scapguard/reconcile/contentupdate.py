@@ -10,9 +10,10 @@ manifest request for a tag), whichever policy asks; a URL pinned by sha256 canno
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from scapguard.api.imagescan import read_progress
@@ -48,8 +49,12 @@ def upstream_updates(
         ("compliance", spec.compliance.datastream if spec.compliance.enabled else None),
     )
     if any(src is not None and src.oci is not None for _, src in sections):
-        doc = registry_auth(ctx, namespace, spec)
-        auths = registry_auths(json.loads(doc)) if doc else {}
+
+        @functools.cache
+        def auths() -> Mapping[str, tuple[str, str]]:
+            doc = registry_auth(ctx, namespace, spec)
+            return registry_auths(json.loads(doc)) if doc else {}
+
         for kind, src in sections:
             sha = _oci_now(ctx, src, auths, spec)
             if sha is not None and src is not None and src.oci is not None:
@@ -76,7 +81,7 @@ def upstream_updates(
 def _oci_now(
     ctx: OperatorContext,
     src: ContentSource | None,
-    auths: Mapping[str, tuple[str, str]],
+    auths: Callable[[], Mapping[str, tuple[str, str]]],
     spec: ScanPolicySpec,
 ) -> str | None:
     if src is None or src.oci is None:
