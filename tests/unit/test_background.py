@@ -11,7 +11,7 @@ import pytest
 from scapguard.k8s.api import IMAGESCAN, JOB, Kind, KubeError, Obj
 from scapguard.reconcile import background
 from scapguard.reconcile.background import BackgroundLoop
-from scapguard.reconcile.context import ADMIT, SELECT, Task, Wakeups
+from scapguard.reconcile.context import ADMIT, ALL_TASKS, SELECT, Task, Wakeups
 from scapguard.testing import Harness, add_policy, add_stream, digest, harness
 
 
@@ -22,6 +22,15 @@ def test_a_burst_of_requests_is_one_task_each() -> None:
         wakeups.request(Task(ADMIT))
     assert sorted(wakeups.take(timeout=0), key=str) == [Task(ADMIT), Task(SELECT, "apps/default")]
     assert wakeups.take(timeout=0) == []
+
+
+def test_each_lane_takes_only_its_own_tasks() -> None:
+    wakeups = Wakeups()
+    wakeups.request(Task(SELECT, "apps/default"))
+    assert wakeups.take(timeout=0, kinds=frozenset({ADMIT})) == []
+    wakeups.request(Task(ADMIT))
+    assert wakeups.take(timeout=0, kinds=frozenset({ADMIT})) == [Task(ADMIT)]
+    assert wakeups.take(timeout=0, kinds=frozenset({SELECT})) == [Task(SELECT, "apps/default")]
 
 
 def test_take_waits_for_a_request_from_another_thread() -> None:
@@ -54,7 +63,7 @@ def test_the_loop_creates_the_selected_scans_each_with_every_tag_of_its_digest()
     add_policy(h)
     for n in range(3):
         add_stream(h, f"s{n}", "apps", {"latest": [digest(n)], "v1": [digest(n % 2)]})
-    loop = BackgroundLoop(h.ctx)
+    loop = BackgroundLoop(h.ctx, ALL_TASKS)
     loop.start()
     try:
         h.ctx.select("apps", "default")
@@ -85,7 +94,7 @@ def test_a_failed_task_is_asked_for_again(monkeypatch: pytest.MonkeyPatch) -> No
             raise KubeError(503, "ServiceUnavailable", "etcd is busy")
 
     h.kube.before_write = flaky_api
-    loop = BackgroundLoop(h.ctx)
+    loop = BackgroundLoop(h.ctx, ALL_TASKS)
     loop.start()
     try:
         h.ctx.select("apps", "default")

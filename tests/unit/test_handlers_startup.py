@@ -166,3 +166,14 @@ def test_only_scans_under_way_keep_a_progress_timer() -> None:
     assert not under_way(body=kopf.Body(done), namespace="apps", memo=memo)
     assert under_way(body=kopf.Body(rescan), namespace="apps", memo=memo)
     assert not under_way(body=kopf.Body(queued), namespace="apps", memo=kopf.Memo())
+
+
+def test_deletion_handlers_run_for_deletions_only() -> None:
+    from scapguard.handlers.context import deletion
+    from scapguard.testing import harness
+
+    memo = kopf.Memo()
+    memo[MEMO_KEY] = harness().ctx
+    assert deletion(type="DELETED", namespace="apps", memo=memo)
+    assert not deletion(type="MODIFIED", namespace="apps", memo=memo)
+    assert not deletion(type="DELETED", namespace="apps", memo=kopf.Memo())

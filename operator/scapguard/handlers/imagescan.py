@@ -7,7 +7,14 @@ from typing import Any, Final
 import kopf
 
 from scapguard.api.constants import GROUP, IMAGESCAN_PLURAL, VERSION
-from scapguard.handlers.context import Logger, conflicts_retried, context, finish, in_scope
+from scapguard.handlers.context import (
+    Logger,
+    conflicts_retried,
+    context,
+    deletion,
+    finish,
+    in_scope,
+)
 from scapguard.reconcile.cleanup import scan_deleted
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 
@@ -55,8 +62,7 @@ def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
         reconcile_imagescan(context(memo), dict(body), repair=True)
 
 
-@kopf.on.event(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope)
-def deleted(type: str, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-    if type == "DELETED":
-        scan_deleted(context(memo), dict(body))
-        logger.info("ImageScan deleted: its Jobs removed, the Image's deny re-judged")
+@kopf.on.event(GROUP, VERSION, IMAGESCAN_PLURAL, when=deletion)
+def deleted(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    scan_deleted(context(memo), dict(body))
+    logger.info("ImageScan deleted: its Jobs removed, the Image's deny re-judged")

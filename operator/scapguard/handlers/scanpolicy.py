@@ -7,7 +7,14 @@ from typing import Any, Final
 import kopf
 
 from scapguard.api.constants import GROUP, SCANPOLICY_PLURAL, VERSION
-from scapguard.handlers.context import Logger, conflicts_retried, context, finish, in_scope
+from scapguard.handlers.context import (
+    Logger,
+    conflicts_retried,
+    context,
+    deletion,
+    finish,
+    in_scope,
+)
 from scapguard.reconcile.cleanup import policy_deleted
 from scapguard.reconcile.enforcement import repair_denies
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -46,8 +53,7 @@ def repair_orphaned_denies(memo: Any, logger: Logger, **_: Any) -> None:
         logger.info("lifted %s deny-execution annotations no ImageScan wants", lifted)
 
 
-@kopf.on.event(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope)
-def deleted(type: str, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-    if type == "DELETED":
-        left = policy_deleted(context(memo), dict(body))
-        logger.info("ScanPolicy deleted: %s of its ImageScans reconciled", left)
+@kopf.on.event(GROUP, VERSION, SCANPOLICY_PLURAL, when=deletion)
+def deleted(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    left = policy_deleted(context(memo), dict(body))
+    logger.info("ScanPolicy deleted: %s of its ImageScans reconciled", left)

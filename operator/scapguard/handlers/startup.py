@@ -19,7 +19,7 @@ from scapguard.handlers.context import MEMO_KEY, Logger
 from scapguard.k8s.api import IMAGE
 from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
-from scapguard.reconcile.background import BackgroundLoop
+from scapguard.reconcile.background import start_loops
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.runtime import scanner_user_namespace
 from scapguard.results_server import start_registry_events_server, start_results_server
@@ -74,9 +74,7 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
     await asyncio.to_thread(start_cache, cache, ctx)
     if not await asyncio.to_thread(cache.wait_synced):
         logger.warning("the cache's first listings are late; listing from the API meanwhile")
-    background = BackgroundLoop(ctx)
-    background.start()
-    memo["scapguard_background"] = background
+    memo["scapguard_background"] = start_loops(ctx)
     memo[MEMO_KEY] = ctx
     if config.metrics_port:
         server, _thread = start_http_server(
@@ -113,10 +111,11 @@ async def stop_operator(memo: Any, logger: Logger) -> None:
         runner = memo.get(key)
         if isinstance(runner, web.AppRunner):
             await runner.cleanup()
-    for key in ("scapguard_background", "scapguard_cache"):
-        running = memo.get(key)
-        if isinstance(running, BackgroundLoop | Cache):
-            await asyncio.to_thread(running.stop)
+    for loop in memo.get("scapguard_background") or []:
+        await asyncio.to_thread(loop.stop)
+    cache = memo.get("scapguard_cache")
+    if isinstance(cache, Cache):
+        await asyncio.to_thread(cache.stop)
     server = memo.get("scapguard_metrics_server")
     if server is not None:
         await asyncio.to_thread(server.shutdown)

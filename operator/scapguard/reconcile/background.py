@@ -1,10 +1,12 @@
-"""The operator's one background loop: queue admission and ImageStream selection.
+"""The operator's background work: queue admission and ImageStream selection.
 
 Handlers never start other scans nor create ImageScans themselves: they ask
-(``OperatorContext.admit``/``select``) and this loop, one thread, does it. Requests coalesce
-(``Wakeups``), so 2,000 ImageStream events at start-up cost one selection per policy, and a
-hundred scans finishing at once one admission pass; one thread means no two passes race to
-create the same scan or start the same attempt.
+(``OperatorContext.admit``/``select``) and a loop does it, one thread per lane: the admitter
+(the only code that starts scans) and the selector (the only code that creates ImageScans
+from ImageStreams). Requests coalesce (``Wakeups``), so 2,000 ImageStream events at start-up
+cost one selection per policy, and a hundred scans finishing at once one admission pass; one
+thread per lane means no two passes race to create the same scan or start the same attempt,
+and admission never waits behind a selection that creates thousands of scans.
 
 Only handlers ask, and kopf runs handlers only in the active replica (peering), so a standby
 replica's loop stays idle.
@@ -74,12 +76,14 @@ def run_pending(ctx: OperatorContext, tasks: list[Task]) -> list[Task]:
 
 
 class BackgroundLoop:
-    """The thread that runs what handlers ask for (``start``/``stop`` from startup/cleanup)."""
+    """A thread that runs what handlers ask for, of some ``kinds`` (its lane)."""
 
-    def __init__(self, ctx: OperatorContext) -> None:
+    def __init__(self, ctx: OperatorContext, kinds: frozenset[str]) -> None:
         self._ctx = ctx
+        self._kinds = kinds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scapguard-background", daemon=True)
+        name = f"scapguard-{'-'.join(sorted(kinds))}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -96,7 +100,15 @@ class BackgroundLoop:
                 del retry[task]
                 self._ctx.wakeups.request(task)
             wait = min([1.0, *(due - now for due in retry.values())])
-            tasks = self._ctx.wakeups.take(timeout=max(0.05, wait), settle=SETTLE_SECONDS)
+            tasks = self._ctx.wakeups.take(max(0.05, wait), SETTLE_SECONDS, self._kinds)
             if tasks:
                 for task in run_pending(self._ctx, tasks):
                     retry[task] = time.monotonic() + RETRY_SECONDS
+
+
+def start_loops(ctx: OperatorContext) -> list[BackgroundLoop]:
+    """The admitter and the selector, started."""
+    loops = [BackgroundLoop(ctx, frozenset({ADMIT})), BackgroundLoop(ctx, frozenset({SELECT}))]
+    for loop in loops:
+        loop.start()
+    return loops

@@ -78,9 +78,15 @@ class Task:
     key: str = ""  # SELECT: "<namespace>/<policy name>"
 
 
+ALL_TASKS: Final = frozenset({ADMIT, SELECT})
+
+
 class Wakeups:
     """Tasks asked for and not yet run, each at most once: a burst of requests (2,000
-    ImageStream events at start-up, a hundred scans finishing) costs one run per task."""
+    ImageStream events at start-up, a hundred scans finishing) costs one run per task.
+
+    ``take`` serves one lane (a set of task kinds): the selection may create thousands of
+    scans, and admission must not wait behind it."""
 
     def __init__(self) -> None:
         self._pending: dict[Task, None] = {}
@@ -91,18 +97,24 @@ class Wakeups:
             self._pending[task] = None
             self._changed.notify_all()
 
-    def take(self, timeout: float, settle: float = 0.0) -> list[Task]:
-        """Wait up to ``timeout`` for a task; then ``settle`` seconds more for others to join
-        it (a burst of events); return and forget everything pending."""
+    def take(
+        self, timeout: float, settle: float = 0.0, kinds: frozenset[str] = ALL_TASKS
+    ) -> list[Task]:
+        """Wait up to ``timeout`` for a task of ``kinds``; then ``settle`` seconds more for
+        others to join it (a burst of events); return and forget those pending."""
         with self._changed:
-            if not self._changed.wait_for(lambda: bool(self._pending), timeout):
+            if not self._changed.wait_for(lambda: self._has(kinds), timeout):
                 return []
         if settle > 0:
             time.sleep(settle)
         with self._changed:
-            tasks = list(self._pending)
-            self._pending.clear()
+            tasks = [t for t in self._pending if t.kind in kinds]
+            for task in tasks:
+                del self._pending[task]
         return tasks
+
+    def _has(self, kinds: frozenset[str]) -> bool:
+        return any(t.kind in kinds for t in self._pending)
 
     def __len__(self) -> int:
         with self._changed:

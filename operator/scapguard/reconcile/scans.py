@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from scapguard.api import constants as c
@@ -32,6 +33,8 @@ from scapguard.reconcile.selection import CurrentImage
 logger = logging.getLogger(__name__)
 
 MAX_TAG_RETRIES = 5
+#: Concurrent creates: at start-up a policy may select thousands of new images at once.
+CREATE_WORKERS = 4
 
 
 def policy_scans(ctx: OperatorContext, namespace: str, policy: str) -> list[Obj]:
@@ -71,29 +74,41 @@ def ensure_scans(
         _sync_tags(
             ctx, scan, functools.partial(_replace, fresh=frozenset(image.tags if image else ()))
         )
-    for digest, image in current.items():
-        if digest in by_digest:
-            continue
-        body = build_imagescan(
-            name=scan_name(digest, namespace, policy_name),
-            namespace=namespace,
-            image=image.image,
-            digest=digest,
-            policy=policy_name,
-            trigger="NewImage",
-            tags=sorted(image.tags, key=lambda t: (t.namespace, t.image_stream, t.tag)),
-        )
-        body["metadata"]["ownerReferences"] = [
-            owner_reference(c.SCANPOLICY_KIND, c.API_VERSION, policy_name, uid_of(policy))
-        ]
-        try:
-            by_digest[digest] = ctx.kube.create(IMAGESCAN, body)
-            logger.info("created ImageScan %s/%s for %s", namespace, name_of(body), image.image)
-        except AlreadyExists:
-            existing = ctx.kube.get(IMAGESCAN, name_of(body), namespace)
-            _sync_tags(ctx, existing, functools.partial(_add, new=frozenset(image.tags)))
-            by_digest[digest] = existing
+    missing = [image for digest, image in current.items() if digest not in by_digest]
+    if len(missing) > 1:
+        with ThreadPoolExecutor(CREATE_WORKERS, thread_name_prefix="scapguard-create") as pool:
+            created = list(pool.map(lambda image: _create(ctx, policy, image), missing))
+    else:
+        created = [_create(ctx, policy, image) for image in missing]
+    for image, scan in zip(missing, created, strict=True):
+        by_digest[image.digest] = scan
     return by_digest
+
+
+def _create(ctx: OperatorContext, policy: Obj, image: CurrentImage) -> Obj:
+    """The policy's ImageScan of ``image`` with all its tags (or the existing one, tagged)."""
+    namespace = namespace_of(policy) or ""
+    policy_name = name_of(policy)
+    body = build_imagescan(
+        name=scan_name(image.digest, namespace, policy_name),
+        namespace=namespace,
+        image=image.image,
+        digest=image.digest,
+        policy=policy_name,
+        trigger="NewImage",
+        tags=sorted(image.tags, key=lambda t: (t.namespace, t.image_stream, t.tag)),
+    )
+    body["metadata"]["ownerReferences"] = [
+        owner_reference(c.SCANPOLICY_KIND, c.API_VERSION, policy_name, uid_of(policy))
+    ]
+    try:
+        scan = ctx.kube.create(IMAGESCAN, body)
+        logger.info("created ImageScan %s/%s for %s", namespace, name_of(body), image.image)
+        return scan
+    except AlreadyExists:
+        existing = ctx.kube.get(IMAGESCAN, name_of(body), namespace)
+        _sync_tags(ctx, existing, functools.partial(_add, new=frozenset(image.tags)))
+        return existing
 
 
 def _replace(_tags: set[TagRef], *, fresh: frozenset[TagRef]) -> set[TagRef]:
