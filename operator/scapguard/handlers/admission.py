@@ -24,7 +24,8 @@ from scapguard.builders.admission import (
     WORKLOAD_WEBHOOK,
 )
 from scapguard.k8s.api import IMAGE, IMAGESCAN, IMAGESTREAM
-from scapguard.k8s.informer import Informer, load_api_client
+from scapguard.k8s.client import load_api_client
+from scapguard.k8s.informer import Informer
 from scapguard.reconcile.admission import review_pod, review_workload
 from scapguard.reconcile.imageindex import (
     IMAGES,

@@ -20,7 +20,8 @@ from scapguard.builders.job import scanner_selector
 from scapguard.config import Settings
 from scapguard.k8s.api import IMAGESCAN, IMAGESTREAM, JOB, SCANPOLICY, Kube, Obj, name_of
 from scapguard.k8s.cache import CachedKube, Store, feed
-from scapguard.k8s.informer import Informer, load_api_client
+from scapguard.k8s.client import load_api_client
+from scapguard.k8s.informer import Informer
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import nudge_scan_of_ended_job
 

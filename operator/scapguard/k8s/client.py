@@ -34,6 +34,13 @@ def load_client(*, kubeconfig: str | None = None, context: str | None = None) ->
     ``kubeconfig`` and ``context`` (kubectl's ``--kubeconfig``/``--context``) choose a file and
     a context in it; either one means a kubeconfig, in a pod too.
     """
+    return KubeClient(load_api_client(kubeconfig=kubeconfig, context=context))
+
+
+def load_api_client(*, kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """The ``kubernetes`` package's ApiClient, configured as ``load_client`` says; each call a
+    client of its own (long-lived watches should not hold the connections of the client that
+    reconciles)."""
     configuration = k8s_client.Configuration()
     try:
         if _in_cluster(kubeconfig, context):
@@ -44,7 +51,7 @@ def load_client(*, kubeconfig: str | None = None, context: str | None = None) ->
             )
     except k8s_config.ConfigException as exc:
         raise KubeError(0, "NoConfiguration", _no_config(kubeconfig, exc)) from exc
-    return KubeClient(k8s_client.ApiClient(configuration))
+    return k8s_client.ApiClient(configuration)
 
 
 def current_namespace(*, kubeconfig: str | None = None, context: str | None = None) -> str:

@@ -13,14 +13,12 @@ or in one namespace, optionally with a label selector.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, Final
 
 import urllib3
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
@@ -31,20 +29,6 @@ logger = logging.getLogger(__name__)
 _GONE: Final = 410
 _BACKOFF: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 _EVENTS: Final = ("ADDED", "MODIFIED", "DELETED")
-
-
-def load_api_client() -> Any:
-    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config.
-
-    A client of its own: long-lived watches should not hold the connections of the client
-    that reconciles.
-    """
-    configuration = k8s_client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    else:
-        k8s_config.load_kube_config(client_configuration=configuration)
-    return k8s_client.ApiClient(configuration)
 
 
 class Informer:
