@@ -85,9 +85,16 @@ def test_lists_come_from_the_store_once_it_has_its_first_listing() -> None:
 
 def test_stored_objects_lack_managed_fields_and_listings_are_copies() -> None:
     _, store, kube = cached()
-    store.replace(None, [scan("a")])
+    bulky = scan("a")
+    bulky["metadata"]["annotations"] = {
+        "kopf.scapguard.io/last-handled-configuration": "{...}",
+        "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+        "scapguard.io/rescan": "OnDemand:1",
+    }
+    store.replace(None, [bulky])
     (listed,) = kube.list(IMAGESCAN, "apps")
     assert "managedFields" not in listed["metadata"]
+    assert listed["metadata"]["annotations"] == {"scapguard.io/rescan": "OnDemand:1"}
     assert listed["apiVersion"] == "scapguard.io/v1alpha1" and listed["kind"] == "ImageScan"
     listed.clear()  # what write_status does to the object it was given
     listed.update({"metadata": {"name": "a", "namespace": "apps"}, "status": {"x": 1}})

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from scapguard.api.constants import KOPF_STORAGE_PREFIX
 from scapguard.k8s.api import Kind, Kube, Obj, labels_of, meta, name_of, namespace_of
 
 logger = logging.getLogger(__name__)
@@ -94,13 +95,24 @@ def _key(obj: Obj) -> Key:
     return (namespace_of(obj) or "", name_of(obj))
 
 
+#: Annotations that copy the object itself (kubectl's last-applied configuration, kopf's
+#: last-handled one): as large as the object, and never read from the cache.
+BULKY_ANNOTATIONS: Final = ("kubectl.kubernetes.io/last-applied-configuration",)
+BULKY_PREFIXES: Final = (f"{KOPF_STORAGE_PREFIX}/",)
+
+
 def _slim(kind: Kind, obj: Obj) -> Obj:
-    """What the store keeps: no managedFields (the largest part of most objects), and the
-    apiVersion/kind a listing's items lack."""
-    metadata = meta(obj)
-    if "managedFields" in metadata:
-        metadata = {k: v for k, v in metadata.items() if k != "managedFields"}
+    """What the store keeps: no managedFields (the largest part of most objects) nor bulky
+    annotations, and the apiVersion/kind a listing's items lack."""
+    metadata = {k: v for k, v in meta(obj).items() if k != "managedFields"}
+    notes = metadata.get("annotations")
+    if isinstance(notes, dict) and any(_bulky(k) for k in notes):
+        metadata["annotations"] = {k: v for k, v in notes.items() if not _bulky(k)}
     return {**obj, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata}
+
+
+def _bulky(annotation: str) -> bool:
+    return annotation in BULKY_ANNOTATIONS or annotation.startswith(BULKY_PREFIXES)
 
 
 class Store:
