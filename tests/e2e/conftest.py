@@ -19,7 +19,7 @@ from typing import Any, cast
 import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import HTTPError
 
 from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
@@ -214,13 +214,18 @@ def jobs(admin_api: client.ApiClient, operator: ChartInstall) -> Iterator[JobRec
                     resource_version = obj.metadata.resource_version
                     record.observe(ev["type"], obj)
             except ApiException as e:
-                if e.status != 410:
+                if e.status == 410:
+                    resource_version = ""  # expired: list again
+                elif e.status >= 500:
+                    done.wait(0.5)  # an apiserver starting up (tests/e2e/test_faults.py)
+                else:
                     raise
-                resource_version = ""  # expired: list again
-            except ProtocolError:
+            except HTTPError:
                 if done.is_set():
                     return
-                # The apiserver closed the stream; resume from the last version seen.
+                # The apiserver closed the stream or is restarting (connection refused):
+                # resume from the last version seen (a 410 then lists again).
+                done.wait(0.5)
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()

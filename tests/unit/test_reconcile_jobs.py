@@ -1,13 +1,16 @@
-"""A scanner Job that ends without posting a result pokes its scan, and only then."""
+"""A scanner Job that ends without posting a result pokes its scan, and only then; the
+attempt's end names how the scanner container ended (OOMKilled, an exit code)."""
 
 from __future__ import annotations
 
 from scapguard.api import constants as c
-from scapguard.k8s.api import IMAGESCAN, SCANPOLICY, Obj
+from scapguard.builders.job import CONTAINER_NAME
+from scapguard.k8s.api import IMAGESCAN, POD, SCANPOLICY, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
-from scapguard.reconcile.jobs import nudge_scan_of_ended_job
+from scapguard.reconcile.jobs import job_state, nudge_scan_of_ended_job
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.testing import (
+    OPERATOR_NS,
     Harness,
     add_policy,
     add_stream,
@@ -71,3 +74,52 @@ def test_a_job_of_a_scan_that_is_gone_pokes_nothing() -> None:
     (ended,) = jobs(h)
     h.kube.delete(IMAGESCAN, name, "apps")
     assert not nudge_scan_of_ended_job(h.ctx, ended)
+
+
+def scanner_pod(job_name: str, terminated: dict[str, object], memory: str = "64Mi") -> Obj:
+    """The pod the Job controller made for ``job_name``, its scanner container ended."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{job_name}-x1", "namespace": OPERATOR_NS,
+                     "labels": {"job-name": job_name}},
+        "spec": {"containers": [{"name": CONTAINER_NAME,
+                                 "resources": {"limits": {"memory": memory}}}]},
+        "status": {"phase": "Failed", "containerStatuses": [
+            {"name": CONTAINER_NAME, "state": {"terminated": terminated}}]},
+    }  # fmt: skip
+
+
+def test_an_oom_killed_scanner_is_named_in_the_attempts_end_not_the_backoff_limit() -> None:
+    h, name, job = started()
+    job_name = job["metadata"]["name"]
+    h.kube.create(POD, scanner_pod(job_name, {"reason": "OOMKilled", "exitCode": 137}))
+    finish_job(h, job_name, "Failed", "BackoffLimitExceeded")
+    reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, name, "apps"))
+    last = h.kube.get(IMAGESCAN, name, "apps")["status"]["lastAttempt"]
+    assert last["reason"] == "ScannerFailed"
+    assert last["message"] == (
+        "the scanner container was OOMKilled (exit code 137): it needs more than the memory "
+        "limit of 64Mi (spec.scanner.resources.limits.memory)"
+    )
+
+
+def test_a_scanner_that_exited_with_an_error_quotes_its_termination_message() -> None:
+    backoff = "Job has reached the specified backoff limit"
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+    job = {"status": {"conditions": [{**failed, "message": backoff}]}}
+    ended = {"reason": "Error", "exitCode": 2, "message": "x" * 600 + "\nno space left on device\n"}
+    state = job_state(job, [scanner_pod("j", ended)])
+    assert (state.active, state.reason) == (False, "ScannerFailed")
+    assert state.message.startswith("the scanner container ended without a result (Error, exit")
+    assert state.message.endswith("no space left on device")
+    assert len(state.message) < 600
+    # Without its pod (deleted with the Job, or never scheduled) the Job's words stay.
+    assert job_state(job).message == backoff
+
+
+def test_a_deadline_stays_a_timeout_whatever_the_pod_says() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                      "reason": "DeadlineExceeded"}]}}  # fmt: skip
+    pod = scanner_pod("j", {"reason": "OOMKilled", "exitCode": 137})
+    assert job_state(job, [pod]).reason == "Timeout"

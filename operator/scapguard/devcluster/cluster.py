@@ -463,35 +463,62 @@ class DevCluster:
     def _start_apiserver(self, timeout: float) -> None:
         self.api_port = free_port()
         self._rewrite_kubeconfig_servers()
-        proc = self._spawn(
-            "kube-apiserver",
-            [
-                str(self.binary),
-                "kube-apiserver",
-                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                *self._apiserver_node_flags(),
-                f"--secure-port={self.api_port}",
-                f"--tls-cert-file={self.apiserver_cert.cert}",
-                f"--tls-private-key-file={self.apiserver_cert.key}",
-                f"--client-ca-file={self.ca.cert_path}",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={self.sa_keys.cert}",
-                f"--service-account-signing-key-file={self.sa_keys.key}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                f"--requestheader-client-ca-file={self.front_proxy_ca.cert_path}",
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={self.front_proxy_client.cert}",
-                f"--proxy-client-key-file={self.front_proxy_client.key}",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-            ],
-        )
+        proc = self._spawn("kube-apiserver", self._apiserver_argv())
         self._forward("kube-apiserver", self.api_port)
         self._wait_alive(proc, "kube-apiserver /readyz", lambda: self._http_ok("/readyz"), timeout)
         self.kubeconfig = self.workdir / "admin.kubeconfig"
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver (SIGTERM: it drains, as in a rolling restart of a control plane)
+        and start it again on the same port with the same flags; return once it is ready.
+
+        Every client sees its connections and watches end; etcd, and with it every object and
+        resourceVersion, stays. The forward from the host and the Service endpoint stay valid
+        (same address and port).
+        """
+        index = next((i for i, p in enumerate(self.procs) if p.name == "kube-apiserver"), None)
+        if index is None:
+            raise ClusterError("kube-apiserver is not running")
+        old = self.procs[index]
+        old.popen.send_signal(signal.SIGTERM)
+        try:
+            old.popen.wait(_STOP_GRACE * 6)
+        except subprocess.TimeoutExpired:
+            log.warning("kube-apiserver (pid %d) ignored SIGTERM; killing it", old.popen.pid)
+            old.popen.kill()
+            old.popen.wait(5)
+        old.log_file.close()
+        proc = self._spawn("kube-apiserver", self._apiserver_argv())
+        # _spawn appended it: keep the start order, which stop() unwinds.
+        self.procs.pop()
+        self.procs[index] = proc
+        self._wait_alive(proc, "kube-apiserver /readyz", lambda: self._http_ok("/readyz"), timeout)
+        log.info("kube-apiserver restarted (pid %d)", proc.popen.pid)
+
+    def _apiserver_argv(self) -> list[str]:
+        return [
+            str(self.binary),
+            "kube-apiserver",
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            *self._apiserver_node_flags(),
+            f"--secure-port={self.api_port}",
+            f"--tls-cert-file={self.apiserver_cert.cert}",
+            f"--tls-private-key-file={self.apiserver_cert.key}",
+            f"--client-ca-file={self.ca.cert_path}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={self.sa_keys.cert}",
+            f"--service-account-signing-key-file={self.sa_keys.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--requestheader-client-ca-file={self.front_proxy_ca.cert_path}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={self.front_proxy_client.cert}",
+            f"--proxy-client-key-file={self.front_proxy_client.key}",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+        ]
 
     def _start_controllers(self) -> None:
         cm = self.workdir / "controller-manager.kubeconfig"

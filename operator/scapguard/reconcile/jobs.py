@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from scapguard.api import constants as c
 from scapguard.api.conditions import Reason
 from scapguard.api.imagescan import parse_time, read_progress
-from scapguard.builders.job import scanner_selector
+from scapguard.builders.job import CONTAINER_NAME, scanner_selector
 from scapguard.k8s.api import (
     IMAGESCAN,
     JOB,
+    POD,
     SECRET,
     NotFound,
     Obj,
@@ -30,6 +32,8 @@ from scapguard.reconcile.status import mark_scan
 logger = logging.getLogger(__name__)
 
 ORPHAN_SECRET_AGE: Final = dt.timedelta(minutes=5)
+#: How much of the scanner container's termination message (its log's tail) a reason quotes.
+_TERMINATION_TAIL: Final = 500
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,48 @@ def job_finished(job: Obj) -> bool:
     )
 
 
-def job_state(job: Obj | None) -> JobState:
+def _scanner_container(pods: Sequence[Obj]) -> tuple[dict[str, Any], str] | None:
+    """The scanner container's ``terminated`` state in one of the Job's pods, and its memory
+    limit ("" when unset)."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if status.get("name") != CONTAINER_NAME or not terminated:
+                continue
+            limit = ""
+            for container in (pod.get("spec") or {}).get("containers") or []:
+                if container.get("name") == CONTAINER_NAME:
+                    limits = (container.get("resources") or {}).get("limits") or {}
+                    limit = str(limits.get("memory") or "")
+            return dict(terminated), limit
+    return None
+
+
+def _container_end(pods: Sequence[Obj]) -> str | None:
+    """How the scanner container ended, in words, when its pod still tells (the Job's own
+    Failed condition only says "reached the specified backoff limit")."""
+    found = _scanner_container(pods)
+    if found is None:
+        return None
+    terminated, limit = found
+    reason = str(terminated.get("reason") or "")
+    code = terminated.get("exitCode")
+    if reason == "OOMKilled":
+        within = f" of {limit}" if limit else ""
+        return (
+            f"the scanner container was OOMKilled (exit code {code}): it needs more than the "
+            f"memory limit{within} (spec.scanner.resources.limits.memory)"
+        )
+    text = (
+        f"the scanner container ended without a result ({reason or 'no reason'}, exit code {code})"
+    )
+    tail = str(terminated.get("message") or "").strip()
+    return f"{text}: {tail[-_TERMINATION_TAIL:]}" if tail else text
+
+
+def job_state(job: Obj | None, pods: Sequence[Obj] = ()) -> JobState:
+    """What a scanner Job's end means for its attempt; ``pods`` (the Job's, when still there)
+    name how the container ended."""
     if job is None:
         return JobState(False, Reason.JOB_LOST, "the scanner Job disappeared before a result")
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
@@ -62,7 +107,9 @@ def job_state(job: Obj | None) -> JobState:
         return JobState(
             False,
             Reason.SCANNER_FAILED,
-            failed.get("message") or "the scanner pod failed without posting a result",
+            _container_end(pods)
+            or failed.get("message")
+            or "the scanner pod failed without posting a result",
         )
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
         return JobState(False, Reason.SCANNER_FAILED, "the scanner exited without a result")
@@ -70,10 +117,16 @@ def job_state(job: Obj | None) -> JobState:
 
 
 def observe_job(ctx: OperatorContext, name: str) -> JobState:
+    namespace = ctx.settings.namespace
     try:
-        return job_state(ctx.kube.get(JOB, name, ctx.settings.namespace))
+        job = ctx.kube.get(JOB, name, namespace)
     except NotFound:
         return job_state(None)
+    state = job_state(job)
+    if state.active or state.reason != Reason.SCANNER_FAILED:
+        return state
+    # Only the pod of a Job that failed tells how (OOMKilled, an exit code, its log's tail).
+    return job_state(job, ctx.kube.list(POD, namespace, label_selector=f"job-name={name}"))
 
 
 def delete_job(ctx: OperatorContext, name: str) -> None:
