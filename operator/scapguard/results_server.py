@@ -17,8 +17,10 @@ import ssl
 from typing import Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from scapguard.contentcache.catalogue import ORIGIN_HEADER, SHA256_HEADER, SOURCE_HEADER
+from scapguard.k8s.api import KubeError
 from scapguard.reconcile.contentserve import Served, serve
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.ingest import Ingested, ingest
@@ -31,8 +33,27 @@ BEARER: Final = "Bearer "
 REGISTRY_EVENTS_PATH: Final = "/v1/registry-events"
 
 
+@web.middleware
+async def api_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API server unreachable or failing (a restart, an upgrade): 503, which scanners
+    and registries retry, not a 500 with a traceback. Nothing was recorded."""
+    try:
+        return await handler(request)
+    except KubeError as exc:
+        if not exc.transient:
+            raise
+        logger.warning("%s %s: the API server failed (%s); answered 503", request.method,
+                       request.path, exc)  # fmt: skip
+        return web.json_response(
+            {"reason": "APIUnavailable", "message": "the Kubernetes API is unavailable; retry"},
+            status=503,
+        )
+
+
 def build_app(ctx: OperatorContext) -> web.Application:
-    app = web.Application(client_max_size=ctx.settings.results_max_bytes)
+    app = web.Application(
+        client_max_size=ctx.settings.results_max_bytes, middlewares=[api_unavailable]
+    )
     app[CONTEXT] = ctx
     app.router.add_post("/v1/results/{job}", post_result)
     app.router.add_get("/v1/content/{job}/{what:.+}", get_content)
@@ -43,7 +64,7 @@ def build_app(ctx: OperatorContext) -> web.Application:
 
 def build_registry_events_app(ctx: OperatorContext) -> web.Application:
     """The plain-HTTP listener: registry notifications only (and /healthz)."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[api_unavailable])
     app[CONTEXT] = ctx
     app.router.add_post(REGISTRY_EVENTS_PATH, post_registry_events)
     app.router.add_get("/healthz", healthz)

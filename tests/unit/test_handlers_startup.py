@@ -177,3 +177,15 @@ def test_deletion_handlers_run_for_deletions_only() -> None:
     assert deletion(type="DELETED", namespace="apps", memo=memo)
     assert not deletion(type="MODIFIED", namespace="apps", memo=memo)
     assert not deletion(type="DELETED", namespace="apps", memo=kopf.Memo())
+
+
+def test_what_another_try_fixes_is_a_temporary_error_and_the_rest_is_not() -> None:
+    from scapguard.handlers.context import retried
+    from scapguard.k8s.api import Conflict, Invalid, KubeError
+
+    for transient in (Conflict(409, "Conflict", "x"), KubeError(0, "Unreachable", "refused"),
+                      KubeError(503, "ServiceUnavailable", "etcd")):  # fmt: skip
+        with pytest.raises(kopf.TemporaryError), retried():
+            raise transient
+    with pytest.raises(Invalid), retried():
+        raise Invalid(422, "Invalid", "spec.x")

@@ -148,3 +148,28 @@ def test_list_sends_a_field_selector() -> None:
     _method, path, kwargs = stub.calls[0]
     assert path == "/apis/scapguard.io/v1alpha1/imagescans"
     assert ("fieldSelector", "metadata.name=x") in kwargs["query_params"]
+
+
+def test_an_api_server_nobody_listens_on_is_a_transient_kube_error(tmp_path: Path) -> None:
+    """Not urllib3's own exception: callers (handlers, the results server) retry KubeErrors
+    that say "try later" without a traceback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    kube = load_client(kubeconfig=str(kubeconfig))
+    with pytest.raises(KubeError) as caught:
+        kube.get(IMAGESCAN, "x", "apps")
+    assert (caught.value.status, caught.value.reason) == (0, "Unreachable")
+    assert caught.value.transient
+    assert "GET /apis/scapguard.io/v1alpha1/namespaces/apps/imagescans/x" in str(caught.value)
+    assert not NotFound(404, "NotFound", "x").transient
+    assert KubeError(503, "ServiceUnavailable", "etcd").transient

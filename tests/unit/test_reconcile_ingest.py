@@ -9,7 +9,16 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, SECRET, Conflict, Kind, Obj
+from scapguard.k8s.api import (
+    CONFIGMAP,
+    IMAGESCAN,
+    SCANPOLICY,
+    SECRET,
+    Conflict,
+    Kind,
+    KubeError,
+    Obj,
+)
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.queue import pump_queue
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -142,6 +151,33 @@ def test_oversized_post_is_refused_by_the_http_server() -> None:
     assert asyncio.run(exercise()) == (413, 401, 200)
     assert h.kube.get(IMAGESCAN, name, "apps")["status"]["lastAttempt"]["outcome"] == "Completed"
     assert h.kube.get(CONFIGMAP, f"{name}-result", "apps")["binaryData"]
+
+
+def test_an_api_server_that_fails_mid_post_answers_503_for_the_scanner_to_retry() -> None:
+    h, job, name = started()
+    token = secret_token(h, job)
+    body = json.dumps(m.encode_handoff(scan_result(D), None)).encode()
+    down: list[str] = []
+
+    def restarting(verb: str, kind: Kind, obj: Obj) -> None:
+        if not down:
+            down.append(verb)
+            raise KubeError(0, "Unreachable", "PATCH: connection refused")
+
+    h.kube.before_write = restarting
+
+    async def exercise() -> list[tuple[int, str]]:
+        async with TestClient(TestServer(build_app(h.ctx))) as client:
+            answers = []
+            for _ in range(2):  # the scanner's retry
+                answer = await client.post(
+                    f"/v1/results/{job}", data=body, headers={"Authorization": f"Bearer {token}"}
+                )
+                answers.append((answer.status, (await answer.json())["reason"]))
+            return answers
+
+    assert asyncio.run(exercise()) == [(503, "APIUnavailable"), (200, "Accepted")]
+    assert h.kube.get(IMAGESCAN, name, "apps")["status"]["lastAttempt"]["outcome"] == "Completed"
 
 
 def test_a_retry_whose_start_was_never_recorded_is_not_started_twice() -> None:

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 from scapguard.builders.job import scanner_selector
 from scapguard.config import Settings
-from scapguard.k8s.api import IMAGESCAN, IMAGESTREAM, JOB, SCANPOLICY, Kube, Obj, name_of
+from scapguard.k8s.api import (
+    IMAGESCAN,
+    IMAGESTREAM,
+    JOB,
+    SCANPOLICY,
+    Kube,
+    KubeError,
+    Obj,
+    name_of,
+)
 from scapguard.k8s.cache import CachedKube, Store, feed
 from scapguard.k8s.client import load_api_client
 from scapguard.k8s.informer import Informer
@@ -95,7 +104,9 @@ def _nudging(
     def nudge(job: Obj) -> None:
         try:
             nudge_scan_of_ended_job(ctx, job)
-        except Exception:  # the progress timer still sees the Job
+        except KubeError as exc:  # the progress timer still sees the Job
+            logger.warning("could not poke the ImageScan of scanner Job %s: %s", name_of(job), exc)
+        except Exception:
             logger.exception("could not poke the ImageScan of scanner Job %s", name_of(job))
 
     def replaced(jobs: list[Obj]) -> None:

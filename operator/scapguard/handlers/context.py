@@ -9,12 +9,13 @@ from typing import Any, Final
 
 import kopf
 
-from scapguard.k8s.api import Conflict
+from scapguard.k8s.api import Conflict, KubeError
 from scapguard.reconcile.context import OperatorContext, Outcome
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 MEMO_KEY: Final = "scapguard"
 CONFLICT_RETRY_SECONDS: Final = 1.0
+UNAVAILABLE_RETRY_SECONDS: Final = 5.0
 
 
 def context(memo: Any) -> OperatorContext:
@@ -44,11 +45,19 @@ def finish(outcome: Outcome) -> None:
 
 
 @contextlib.contextmanager
-def conflicts_retried() -> Iterator[None]:
-    """An optimistic-concurrency conflict is "not yet": kopf runs the handler again shortly."""
+def retried() -> Iterator[None]:
+    """What another try fixes is "not yet": kopf runs the handler again, soon after an
+    optimistic-concurrency conflict, later when the API server is unreachable or failing (a
+    restart: one log line, no traceback)."""
     try:
         yield
     except Conflict as exc:
         raise kopf.TemporaryError(
             f"changed concurrently: {exc}", delay=CONFLICT_RETRY_SECONDS
+        ) from exc
+    except KubeError as exc:
+        if not exc.transient:
+            raise
+        raise kopf.TemporaryError(
+            f"the API server failed: {exc}", delay=UNAVAILABLE_RETRY_SECONDS
         ) from exc

@@ -9,11 +9,11 @@ import kopf
 from scapguard.api.constants import GROUP, IMAGESCAN_PLURAL, VERSION
 from scapguard.handlers.context import (
     Logger,
-    conflicts_retried,
     context,
     deletion,
     finish,
     in_scope,
+    retried,
 )
 from scapguard.reconcile.cleanup import scan_deleted
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
@@ -26,7 +26,7 @@ REPAIR_INTERVAL: Final = 600.0  # finished scans: bring the Image back in line i
 @kopf.on.create(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
 @kopf.on.update(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
 def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with conflicts_retried():
+    with retried():
         finish(reconcile_imagescan(context(memo), dict(body)))
 
 
@@ -45,7 +45,7 @@ def under_way(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> bo
     when=under_way,
 )
 def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with conflicts_retried():
+    with retried():
         reconcile_imagescan(context(memo), dict(body))
 
 
@@ -58,11 +58,12 @@ def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
     when=in_scope,
 )
 def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with conflicts_retried():
+    with retried():
         reconcile_imagescan(context(memo), dict(body), repair=True)
 
 
 @kopf.on.event(GROUP, VERSION, IMAGESCAN_PLURAL, when=deletion)
 def deleted(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-    scan_deleted(context(memo), dict(body))
+    with retried():  # a failure leaves Jobs to the sweep and denies to the policies' repair
+        scan_deleted(context(memo), dict(body))
     logger.info("ImageScan deleted: its Jobs removed, the Image's deny re-judged")

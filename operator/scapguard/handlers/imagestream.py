@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 
 from scapguard.api.constants import IMAGE_GROUP, IMAGE_VERSION, IMAGESTREAM_PLURAL
-from scapguard.handlers.context import context, in_scope
+from scapguard.handlers.context import context, in_scope, retried
 from scapguard.reconcile.imagestream import reconcile_imagestream
 
 
@@ -15,4 +15,5 @@ from scapguard.reconcile.imagestream import reconcile_imagestream
 def imagestream_changed(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     if type == "DELETED":
         return  # the policies' reconcile collects scans no tag points at any more
-    reconcile_imagestream(context(memo), dict(body))
+    with retried():
+        reconcile_imagestream(context(memo), dict(body))

@@ -9,11 +9,11 @@ import kopf
 from scapguard.api.constants import GROUP, SCANPOLICY_PLURAL, VERSION
 from scapguard.handlers.context import (
     Logger,
-    conflicts_retried,
     context,
     deletion,
     finish,
     in_scope,
+    retried,
 )
 from scapguard.reconcile.cleanup import policy_deleted
 from scapguard.reconcile.enforcement import repair_denies
@@ -29,13 +29,13 @@ DENY_REPAIR_INTERVAL: Final = 300.0
 @kopf.on.create(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
 @kopf.on.update(GROUP, VERSION, SCANPOLICY_PLURAL, when=in_scope, backoff=10)
 def reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with conflicts_retried():
+    with retried():
         finish(reconcile_scanpolicy(context(memo), dict(body)))
 
 
 @kopf.timer(GROUP, VERSION, SCANPOLICY_PLURAL, interval=TIMER_INTERVAL, when=in_scope)
 def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with conflicts_retried():
+    with retried():
         reconcile_scanpolicy(context(memo), dict(body))
 
 
@@ -48,12 +48,14 @@ def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
     when=in_scope,
 )
 def repair_orphaned_denies(memo: Any, logger: Logger, **_: Any) -> None:
-    lifted = repair_denies(context(memo))
+    with retried():
+        lifted = repair_denies(context(memo))
     if lifted:
         logger.info("lifted %s deny-execution annotations no ImageScan wants", lifted)
 
 
 @kopf.on.event(GROUP, VERSION, SCANPOLICY_PLURAL, when=deletion)
 def deleted(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-    left = policy_deleted(context(memo), dict(body))
+    with retried():
+        left = policy_deleted(context(memo), dict(body))
     logger.info("ScanPolicy deleted: %s of its ImageScans reconciled", left)

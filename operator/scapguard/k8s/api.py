@@ -48,6 +48,12 @@ class KubeError(Exception):
         self.reason = reason
         self.message = message
 
+    @property
+    def transient(self) -> bool:
+        """No answer, too many requests, or a server-side failure: the same call may succeed
+        later (an API server restarting, etcd busy)."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
 
 class NotFound(KubeError):
     pass

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -138,6 +139,8 @@ class KubeClient:
             data = response.read()
         except ApiException as exc:
             raise _error(exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
         if not 200 <= int(response.status) <= 299:
             raise _status_error(int(response.status), str(response.reason or ""), data)
         result = json.loads(data) if data else {}
