@@ -13,6 +13,7 @@ import pytest
 from scapguard.api import constants as c
 from scapguard.k8s.api import CONFIGMAP, EVENT, IMAGE, IMAGESCAN, SCANPOLICY, Obj
 from scapguard.reconcile.cleanup import policy_deleted
+from scapguard.reconcile.context import Throttle
 from scapguard.reconcile.enforcement import repair_denies
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -431,3 +432,20 @@ def test_a_deleted_policy_reconciles_only_its_hand_made_scans() -> None:
     h.kube.actions.clear()
     assert policy_deleted(h.ctx, policy) == 1
     assert {name for _, plural, _, name in h.kube.actions if plural == "imagescans"} == {"by-hand"}
+
+
+def test_the_policy_timer_puts_back_a_deny_removed_by_hand_once_per_interval() -> None:
+    """Finished scans have no timer of their own: their policy's repairs their Images, once
+    after a start and then every SCAN_REPAIR_SECONDS."""
+    h = harness()
+    failed_and_denied(h)
+    h.ctx.scan_repair_throttle = Throttle(600.0)  # a fresh start: the first pass is due
+    h.kube.patch(IMAGE, VULN, None, {"metadata": {"annotations": {
+        c.OPENSHIFT_DENY_ANNOTATION: None}}})  # fmt: skip
+    assert c.OPENSHIFT_DENY_ANNOTATION not in deny_annotations(h)
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    assert deny_annotations(h)[c.OPENSHIFT_DENY_ANNOTATION] == "true"
+    h.kube.patch(IMAGE, VULN, None, {"metadata": {"annotations": {
+        c.OPENSHIFT_DENY_ANNOTATION: None}}})  # fmt: skip
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    assert c.OPENSHIFT_DENY_ANNOTATION not in deny_annotations(h), "not due again yet"

@@ -1,4 +1,7 @@
-"""ImageScan handlers: reconcile on change, watch progress and repair on timers, clean up."""
+"""ImageScan handlers: reconcile on change, watch progress on a timer, clean up.
+
+Finished scans have no timer of their own (thousands of them would cost a timer task each):
+their policy's timer repairs their Images (``reconcile.scanpolicy``)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from scapguard.reconcile.cleanup import scan_deleted
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 
 PROGRESS_INTERVAL: Final = 30.0  # scans under way: the fallback for the Job watch (handlers.cache)
-REPAIR_INTERVAL: Final = 600.0  # finished scans: bring the Image back in line if it drifted
 
 
 @kopf.on.resume(GROUP, VERSION, IMAGESCAN_PLURAL, when=in_scope, backoff=10)
@@ -47,19 +49,6 @@ def under_way(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> bo
 def progress(body: kopf.Body, memo: Any, **_: Any) -> None:
     with retried():
         reconcile_imagescan(context(memo), dict(body))
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    IMAGESCAN_PLURAL,
-    interval=REPAIR_INTERVAL,
-    initial_delay=REPAIR_INTERVAL,
-    when=in_scope,
-)
-def repair(body: kopf.Body, memo: Any, **_: Any) -> None:
-    with retried():
-        reconcile_imagescan(context(memo), dict(body), repair=True)
 
 
 @kopf.on.event(GROUP, VERSION, IMAGESCAN_PLURAL, when=deletion)

@@ -23,6 +23,7 @@ from scapguard.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 DENY_REPAIR_SECONDS: Final = 240.0  # at most one re-judging of all marked Images this often
+SCAN_REPAIR_SECONDS: Final = 600.0  # a policy's finished scans: their Images put back in line
 
 
 def utcnow() -> dt.datetime:
@@ -34,20 +35,21 @@ def new_token() -> str:
 
 
 class Throttle:
-    """Let an action run at most once per ``interval`` seconds (per process)."""
+    """Let an action (per ``key``) run at most once per ``interval`` seconds (per process)."""
 
     def __init__(self, interval: float, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._monotonic = monotonic
-        self._last: float | None = None
+        self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def ready(self) -> bool:
+    def ready(self, key: str = "") -> bool:
         with self._lock:
             now = self._monotonic()
-            if self._last is not None and now - self._last < self._interval:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
                 return False
-            self._last = now
+            self._last[key] = now
             return True
 
 
@@ -140,6 +142,8 @@ class OperatorContext:
     wakeups: Wakeups = field(default_factory=Wakeups)
     sweep_throttle: Throttle = field(default_factory=lambda: Throttle(60.0))
     deny_repair_throttle: Throttle = field(default_factory=lambda: Throttle(DENY_REPAIR_SECONDS))
+    #: Per policy (uid): the repair pass over its finished scans (``reconcile.scanpolicy``).
+    scan_repair_throttle: Throttle = field(default_factory=lambda: Throttle(SCAN_REPAIR_SECONDS))
     digest_lock: DigestLocks = field(default_factory=DigestLocks)
     _content: ContentCache | None = field(default=None, repr=False)
     _content_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -27,10 +27,12 @@ from scapguard.k8s.api import (
     generation_of,
     name_of,
     namespace_of,
+    uid_of,
 )
 from scapguard.reconcile.content import changed_sources, content_records, identity
 from scapguard.reconcile.contentupdate import upstream_updates
 from scapguard.reconcile.context import OperatorContext, Outcome
+from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.jobs import sweep
 from scapguard.reconcile.queue import in_queue
 from scapguard.reconcile.retention import collect
@@ -81,10 +83,24 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
             f"{fields['imagesDenied']} denied{note}",
         ),
     )
+    if ctx.scan_repair_throttle.ready(uid_of(policy)):
+        _repair(ctx, scans)
     ctx.admit()
     if ctx.sweep_throttle.ready():
         sweep(ctx)
     return Outcome()
+
+
+def _repair(ctx: OperatorContext, scans: list[Obj]) -> None:
+    """Finished scans: put their Images back in line if they drifted (an annotation edited or
+    removed by hand), every ``SCAN_REPAIR_SECONDS`` and once after each operator start."""
+    for scan in scans:
+        if read_progress(scan.get("status")).finished:
+            try:
+                reconcile_imagescan(ctx, scan, repair=True)
+            except Conflict:
+                logger.info("ImageScan %s/%s changed meanwhile; its own reconcile repairs it",
+                            namespace_of(scan), name_of(scan))  # fmt: skip
 
 
 def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
