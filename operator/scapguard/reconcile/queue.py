@@ -2,10 +2,10 @@
 
 All state is in the API: a scan waits while its status says Queued/Retrying and no Job of
 its current attempt exists; running = scanner Jobs not finished. Both are read from the
-operator's cache (``scapguard.k8s.cache``). Admission runs in the background loop only
-(``reconcile.background``; one active operator: kopf peering) and under a lock the Job sweep
-shares, so the limits hold. Fairness: scans are taken
-round-robin across policies, oldest first within a policy.
+operator's cache (``scapguard.k8s.cache``). Admission runs in the admitter thread only
+(``reconcile.background``; one active operator: kopf peering), under a lock the Job sweep
+shares, so the limits hold. Fairness: scans are taken round-robin across policies, oldest
+first within a policy.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     key = f"{namespace}/{spec.policy}"
     for body in (secret, job_body):
         body["metadata"]["annotations"][POLICY_ANNOTATION] = key
-    _job, created = launch(ctx, job_body, secret)
+    _, created = launch(ctx, job_body, secret)
     if created:
         ctx.metrics.scan_attempts.labels(key).inc()
     now = ctx.now()

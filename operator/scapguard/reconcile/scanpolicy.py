@@ -55,7 +55,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
         ctx.event(policy, "Warning", Reason.INVALID_SPEC, str(exc))
         return Outcome(permanent=str(exc))
     selection = select(ctx, namespace, spec, image_api=ctx.image_api)
-    ctx.select(namespace, name_of(policy))  # the scans the selection lacks: the loop creates
+    ctx.select(namespace, name_of(policy))  # the scans it lacks: the selector thread creates
     scans = policy_scans(ctx, namespace, name_of(policy))
     if ensure_running_scans(ctx, policy, selection.running, scans):
         scans = policy_scans(ctx, namespace, name_of(policy))
