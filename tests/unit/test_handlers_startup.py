@@ -6,7 +6,6 @@ import asyncio
 import logging
 import socket
 import urllib.request
-from typing import Any
 
 import kopf
 import pytest
@@ -149,23 +148,6 @@ def test_scapguard_annotations_reach_update_handlers(
     )
     essence = storage.build(body=body)
     assert essence["metadata"]["annotations"] == ours
-
-
-def test_only_scans_under_way_keep_a_progress_timer() -> None:
-    """kopf spawns and stops a timer as its filter turns true and false: finished scans (the
-    thousands an idle cluster has) cost no timer task."""
-    from scapguard.handlers.imagescan import under_way
-    from scapguard.testing import harness
-
-    memo = kopf.Memo()
-    memo[MEMO_KEY] = harness().ctx
-    queued: Any = {"status": {"request": {"number": 1}, "state": "Queued"}}
-    done: Any = {"status": {"request": {"number": 1}, "state": "Completed", "resultRequest": 1}}
-    rescan: Any = {**done, "metadata": {"annotations": {RESCAN_ANNOTATION: "OnDemand:1"}}}
-    assert under_way(body=kopf.Body(queued), namespace="apps", memo=memo)
-    assert not under_way(body=kopf.Body(done), namespace="apps", memo=memo)
-    assert under_way(body=kopf.Body(rescan), namespace="apps", memo=memo)
-    assert not under_way(body=kopf.Body(queued), namespace="apps", memo=kopf.Memo())
 
 
 def test_deletion_handlers_run_for_deletions_only() -> None:

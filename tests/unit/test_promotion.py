@@ -94,7 +94,7 @@ def test_a_passing_digest_is_copied_and_a_failing_one_is_not() -> None:
     pending = promotion_of(h, digest(1))
     assert pending["state"] == "Pending" and pending["job"] == job["metadata"]["name"]
     scan = scans(h)[digest(1)]
-    assert in_progress(scan)  # the progress timer looks at it until the copy ends
+    assert in_progress(scan)  # the policy timer looks at it until the copy ends
 
     reconcile_imagescan(h.ctx, scans(h)[digest(1)])  # still running: nothing changes
     assert len(copy_jobs(h)) == 1

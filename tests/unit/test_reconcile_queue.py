@@ -209,3 +209,21 @@ def test_the_queue_goes_by_status_alone_and_marks_no_scan() -> None:
         for scan in h.kube.list(IMAGESCAN, "apps"):
             reconcile_imagescan(h.ctx, scan)
     assert len(h.kube.created("jobs")) == 20
+
+
+def test_the_policy_timer_notices_a_scanner_job_that_ended_unseen() -> None:
+    """ImageScans have no timer of their own: a Job whose end the watch missed is found by
+    the policy's timer, which reconciles its scans under way (and only those)."""
+    h = harness()
+    add_policy(h)
+    add_stream(h, "app", "apps", {"latest": [digest(11)]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    reconcile_imagescan(h.ctx, scan)
+    (job,) = jobs(h)
+    assert h.kube.get(IMAGESCAN, scan["metadata"]["name"], "apps")["status"]["state"] == "Running"
+    finish_job(h, job["metadata"]["name"], "Failed", "DeadlineExceeded")
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    status = h.kube.get(IMAGESCAN, scan["metadata"]["name"], "apps")["status"]
+    assert status["state"] == "Retrying"
+    assert status["lastAttempt"]["reason"] == "Timeout"

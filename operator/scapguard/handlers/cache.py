@@ -6,7 +6,7 @@ namespaces and for scanner Jobs in the operator's namespace. Each replica keeps 
 standbys included, so a replica that becomes active answers from memory at once.
 
 A scanner Job that ends without a result also pokes its scan at once, instead of waiting for
-the ImageScan progress timer (30 s). Why not ``@kopf.on.event`` for Jobs: kopf would watch Jobs
+the policy timer's look at the scans under way (30 s). Why not ``@kopf.on.event`` for Jobs: kopf would watch Jobs
 in every namespace it serves (all of them), which needs cluster-wide access to Jobs.
 """
 
@@ -104,7 +104,7 @@ def _nudging(
     def nudge(job: Obj) -> None:
         try:
             nudge_scan_of_ended_job(ctx, job)
-        except KubeError as exc:  # the progress timer still sees the Job
+        except KubeError as exc:  # the policy timer still sees the Job
             logger.warning("could not poke the ImageScan of scanner Job %s: %s", name_of(job), exc)
         except Exception:
             logger.exception("could not poke the ImageScan of scanner Job %s", name_of(job))

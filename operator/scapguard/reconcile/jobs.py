@@ -179,7 +179,7 @@ def _stale(ctx: OperatorContext, job: Obj) -> str | None:
 def nudge_scan_of_ended_job(ctx: OperatorContext, job: Obj) -> bool:
     """A scanner Job ended without its result: poke the scan so the attempt's end is recorded now.
 
-    Otherwise only the 30 s progress timer notices a scanner that was OOM-killed, timed out or
+    Otherwise only the policy's 30 s timer notices a scanner that was OOM-killed, timed out or
     crashed before posting. Like the results endpoint, this only pokes (an annotation naming the
     Job): the active replica's reconcile reads the Job and decides. Returns whether it poked.
     """

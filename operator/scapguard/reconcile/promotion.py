@@ -6,7 +6,7 @@ Level-based, from the settled scan's reconcile: for the scan's current request,
 the policy's pull secrets as credentials) -> ``Promoted`` or ``Failed`` (the Job's message);
 a result other than Pass is ``NotPromoted`` with the result's reason and message. A rescan (a
 new request) judges again: a digest that passes after an update of the feed is promoted then.
-While a copy is pending the ImageScan progress timer keeps looking at it.
+While a copy is pending the ScanPolicy timer keeps looking at it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def promotion_target(spec: ImageScanSpec, promotion: Promotion) -> str:
 
 
 def pending(scan: Obj) -> bool:
-    """Whether a promotion copy is under way (the progress timer keeps reconciling)."""
+    """Whether a promotion copy is under way (the policy timer keeps reconciling the scan)."""
     promotion = (scan.get("status") or {}).get("promotion")
     return isinstance(promotion, dict) and promotion.get("state") == PENDING
 

@@ -12,6 +12,8 @@ from scapguard.api import constants as c
 from scapguard.api.conditions import Reason
 from scapguard.api.errors import SpecError
 from scapguard.api.imagescan import (
+    QUEUED,
+    RETRYING,
     RUNNING,
     format_time,
     parse_time,
@@ -32,7 +34,7 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.content import changed_sources, content_records, identity
 from scapguard.reconcile.contentupdate import upstream_updates
 from scapguard.reconcile.context import OperatorContext, Outcome
-from scapguard.reconcile.imagescan import reconcile_imagescan
+from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 from scapguard.reconcile.jobs import sweep
 from scapguard.reconcile.queue import in_queue
 from scapguard.reconcile.retention import collect
@@ -83,6 +85,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
             f"{fields['imagesDenied']} denied{note}",
         ),
     )
+    _progress(ctx, scans)
     if ctx.scan_repair_throttle.ready(uid_of(policy)):
         _repair(ctx, scans)
     ctx.admit()
@@ -91,16 +94,32 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
     return Outcome()
 
 
+def _progress(ctx: OperatorContext, scans: list[Obj]) -> None:
+    """Scans under way that no event may wake: a scanner Job that ended unseen (the Job watch
+    is the fast path), a promotion copy, a rescan not yet taken up. Scans waiting in the queue
+    are left to admission (``ctx.admit``), new ones to their create handler."""
+    for scan in scans:
+        progress = read_progress(scan.get("status"))
+        if progress.request is None or progress.state in (QUEUED, RETRYING):
+            continue
+        if in_progress(scan):
+            _reconcile_scan(ctx, scan)
+
+
 def _repair(ctx: OperatorContext, scans: list[Obj]) -> None:
     """Finished scans: put their Images back in line if they drifted (an annotation edited or
     removed by hand), every ``SCAN_REPAIR_SECONDS`` and once after each operator start."""
     for scan in scans:
         if read_progress(scan.get("status")).finished:
-            try:
-                reconcile_imagescan(ctx, scan, repair=True)
-            except Conflict:
-                logger.info("ImageScan %s/%s changed meanwhile; its own reconcile repairs it",
-                            namespace_of(scan), name_of(scan))  # fmt: skip
+            _reconcile_scan(ctx, scan, repair=True)
+
+
+def _reconcile_scan(ctx: OperatorContext, scan: Obj, *, repair: bool = False) -> None:
+    try:
+        reconcile_imagescan(ctx, scan, repair=repair)
+    except Conflict:
+        logger.info("ImageScan %s/%s changed meanwhile; its own reconcile takes over",
+                    namespace_of(scan), name_of(scan))  # fmt: skip
 
 
 def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
