@@ -6,8 +6,9 @@ namespaces and for scanner Jobs in the operator's namespace. Each replica keeps 
 standbys included, so a replica that becomes active answers from memory at once.
 
 A scanner Job that ends without a result also pokes its scan at once, instead of waiting for
-the policy timer's look at the scans under way (30 s). Why not ``@kopf.on.event`` for Jobs: kopf would watch Jobs
-in every namespace it serves (all of them), which needs cluster-wide access to Jobs.
+the policy timer's look at the scans under way (30 s). Why not ``@kopf.on.event`` for Jobs:
+kopf would watch Jobs in every namespace it serves (all of them), which needs cluster-wide
+access to Jobs.
 """
 
 from __future__ import annotations
