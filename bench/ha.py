@@ -3,7 +3,8 @@
 
 On the local real-node cluster, scapguard installed with Helm as it ships (``replicas: 2``,
 ``peering: scapguard``: the chart's ClusterKopfPeering), a Report policy and ``--scans``
-distinct patched Ubuntu fixture images tagged at once (``--concurrency`` scans at a time). Then
+distinct patched Ubuntu fixture images tagged at once (``--concurrency`` scans at a time;
+about three start at each takeover, so 45 scans keep the queue busy for 10 kills). Then
 ``--kills`` times: find the active replica (the highest priority in the peering record), wait
 until it has started a Job, SIGKILL its processes from the host, and wait for the takeover (a
 new scanner Job). The kubelet restarts a killed container; once it holds one in crash-loop
@@ -16,7 +17,7 @@ back-off (10 s doubling to 5 min) the pod is deleted and replaced instead. Print
   two kills, and the seconds in which two containers both logged handler activity;
 - Jobs per scan (exactly once is all 1), scans completed, total time.
 
-Run: .venv/bin/python bench/ha.py [--scans 30] [--kills 10] [--concurrency 3]
+Run: .venv/bin/python bench/ha.py [--scans 45] [--kills 10] [--concurrency 3]
 [--feed url|configmap] [--logs DIR]
 """
 
@@ -48,6 +49,7 @@ from tests.e2e.crashes import (  # noqa: E402
     environment,
     explain,
     jobs_per_scan,
+    jobs_since,
     kill_pod,
     operator_pods,
     peers,
@@ -117,12 +119,6 @@ def one_round(
     return result
 
 
-def jobs_since(jobs: JobRecord, since: float) -> bool:
-    """Whether a scanner Job was created after ``since``."""
-    with jobs.lock:
-        return any(t > since for t in jobs.seen_at.values())
-
-
 def spans(lines: list[LogLine]) -> dict[str, list[tuple[float, float]]]:
     """Per container, its activity merged into spans (gaps under SPAN_GAP)."""
     out: dict[str, list[tuple[float, float]]] = {}
@@ -149,7 +145,7 @@ def stamp(at: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--scans", type=int, default=30)
+    parser.add_argument("--scans", type=int, default=45)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="per wait, seconds")

@@ -326,6 +326,12 @@ def completed(scan: dict[str, Any]) -> bool:
     return status.get("state") == "Completed" and bool(status.get("result"))
 
 
+def jobs_since(jobs: JobRecord, since: float) -> bool:
+    """Whether a scanner Job was created after ``since`` (a time.time())."""
+    with jobs.lock:
+        return any(t > since for t in jobs.seen_at.values())
+
+
 def jobs_per_scan(namespace: str, policy: str, digests: list[str], jobs: JobRecord) -> Counter[int]:
     """Histogram: number of Jobs created -> number of scans."""
     return Counter(len(jobs.for_scan(namespace, scan_name(d, namespace, policy))) for d in digests)
