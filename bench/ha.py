@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -73,7 +74,16 @@ class Round:
     handover: float | None = None  # seconds until the peering names a live active process
     new_active: Peer | None = None
     first_job: float | None = None  # seconds until the first scanner Job after the kill
-    first_job_name: str = ""
+    survivors: frozenset[str] = frozenset()  # the other pods at the kill
+
+    def taken_over_by(self) -> str:
+        """ "other" (a replica that was running), "restarted" (the killed pod's container
+        restarted by the kubelet), "replacement" (the pod that replaced it), or "-"."""
+        if self.new_active is None:
+            return "-"
+        if self.new_active.pod in self.survivors:
+            return "other"
+        return "restarted" if self.new_active.pod == self.kill.pod else "replacement"
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -99,8 +109,9 @@ def one_round(
 ) -> Round:
     active = wait_active(env, timeout)
     book.collect()
+    survivors = frozenset(p["metadata"]["name"] for p in operator_pods(env.release)) - {active.pod}
     kill = kill_pod(env.release, active.pod, book)
-    result = Round(kill, active)
+    result = Round(kill, active, survivors=survivors)
     deadline = time.time() + timeout
     while time.time() < deadline and (result.handover is None or result.first_job is None):
         if result.handover is None:
@@ -111,8 +122,7 @@ def one_round(
             with jobs.lock:
                 after = [(t, n) for n, t in jobs.seen_at.items() if t > kill.at]
             if after:
-                at, name = min(after)
-                result.first_job, result.first_job_name = at - kill.at, name
+                result.first_job = min(after)[0] - kill.at
         if result.handover is not None and len(jobs.for_policy(key)) >= total:
             break  # every scan has its Job: no new one will come
         time.sleep(0.25)
@@ -208,11 +218,7 @@ def main() -> int:
                 rounds.append(one)
                 book.collect()
                 new = one.new_active
-                took = (
-                    "-"
-                    if new is None
-                    else ("restarted" if new.pod == one.kill.pod else "other") + f" {new.pod}"
-                )
+                took = one.taken_over_by() + ("" if new is None else f" {new.pod}")
                 print(
                     f"kill {n + 1} at +{one.kill.at - started:.1f} s: {one.kill.pod} "
                     f"({one.kill.outcome} in "
@@ -275,6 +281,16 @@ def report(book: LogBook, rounds: list[Round], jobs: JobRecord) -> None:
                              if one.kill.at < t < end})  # fmt: skip
         print(f"  kill {n + 1} at {stamp(one.kill.at)} of {one.killed.identity}: "
               f"first acting line {first}; Jobs in the window started by {window}")  # fmt: skip
+    took = [r.first_job for r in rounds if r.first_job is not None]
+    if took:
+        print(f"takeover (first new Job after the kill): min {min(took):.1f} s, median "
+              f"{statistics.median(took):.1f} s, max {max(took):.1f} s; never: "
+              f"{len(rounds) - len(took)}")  # fmt: skip
+    by = Counter(r.taken_over_by() for r in rounds)
+    print(
+        f"taken over by: {dict(sorted(by.items()))} (other: the replica that was running; "
+        "restarted/replacement: the killed pod's next process, its priority drawn higher)"
+    )
     overlaps = concurrent_seconds(acting)
     print(f"seconds in which two operator processes both logged acting lines: {len(overlaps)}")
     for second, containers in overlaps[:10]:
