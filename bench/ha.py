@@ -289,7 +289,7 @@ def report(book: LogBook, rounds: list[Round], jobs: JobRecord) -> None:
     by = Counter(r.taken_over_by() for r in rounds)
     print(
         f"taken over by: {dict(sorted(by.items()))} (other: the replica that was running; "
-        "restarted/replacement: the killed pod's next process, its priority drawn higher)"
+        "restarted/replacement: the killed pod's next process, when its priority is the highest)"
     )
     overlaps = concurrent_seconds(acting)
     print(f"seconds in which two operator processes both logged acting lines: {len(overlaps)}")
