@@ -45,6 +45,7 @@ PEERING_PLURAL = "clusterkopfpeerings"
 PEERING = "scapguard"  # the chart's default peering name
 
 _STARTED_JOB = re.compile(r"^started scanner Job (\S+) for ImageScan (\S+)")
+_KOPF_ROUTINE = re.compile(r"^(Handler|Timer) '[^']*' succeeded\.$|^\w+ is processed: ")
 _HANDLER = re.compile(r"^(Handler|Timer|Daemon) '[^']*' succeeded\.$")
 
 
@@ -339,8 +340,10 @@ def jobs_per_scan(namespace: str, policy: str, digests: list[str], jobs: JobReco
 
 def explain(scans: list[dict[str, Any]], jobs: JobRecord, book: LogBook, since: float) -> list[str]:
     """For each scan that had other than one Job: its Jobs (seconds after ``since``, and the
-    process whose log says it started them) and what its status says about its attempts."""
+    process whose log says it started them), what its status says about its attempts, and
+    what the operator logged about it or its Jobs (kopf's routine lines left out)."""
     starts = {name: line for line, name in book.job_starts()}
+    lines = book.lines()
     out = []
     for scan in scans:
         namespace, name = scan["metadata"]["namespace"], scan["metadata"]["name"]
@@ -358,6 +361,14 @@ def explain(scans: list[dict[str, Any]], jobs: JobRecord, book: LogBook, since: 
         for cond in status.get("conditions") or []:
             out.append(f"  condition {cond.get('type')}={cond.get('status')} "
                        f"{cond.get('reason')}: {cond.get('message')}")  # fmt: skip
+        said = [
+            line
+            for line in lines
+            if (name in line.message or any(job in line.message for job in created))
+            and not _KOPF_ROUTINE.match(line.message)
+        ]
+        for line in said[:20]:
+            out.append(f"  +{line.at - since:.1f} s {line.container}: {line.message[:300]}")
     return out
 
 
