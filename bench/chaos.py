@@ -240,6 +240,9 @@ def report(
     print(f"kills: {len(kills)} ({dict(outcomes)}); back after "
           f"{min(back, default=0):.1f}..{max(back, default=0):.1f} s")  # fmt: skip
     print(f"Tracebacks in operator logs: {book.tracebacks()}")
+    print(f"handler/timer runs that failed on a 409 (changed concurrently): "
+          f"{book.count('changed concurrently')}; Image annotation patches logged: "
+          f"{book.count('annotated Image')}")  # fmt: skip
     print(f"total: {finished:.0f} s from tagging to the last completion")
 
 

@@ -251,7 +251,8 @@ def main() -> int:
             print(
                 f"operator pods now: {[p['metadata']['name'] for p in operator_pods(env.release)]}"
             )
-            print(f"Tracebacks in operator logs: {book.tracebacks()}")
+            print(f"Tracebacks in operator logs: {book.tracebacks()}; handler/timer runs that "
+                  f"failed on a 409: {book.count('changed concurrently')}")  # fmt: skip
             for line in explain(scans, jobs, book, started):
                 print(line)
             if args.logs:

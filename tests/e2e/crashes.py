@@ -268,6 +268,10 @@ class LogBook:
         for container, text in self.texts.items():
             (directory / (container.replace("/", "_") + ".log")).write_text(text)
 
+    def count(self, fragment: str) -> int:
+        """How many log messages contain ``fragment``."""
+        return sum(1 for line in self.lines() if fragment in line.message)
+
     def tracebacks(self) -> int:
         return sum(text.count("Traceback") for text in self.texts.values())
 
