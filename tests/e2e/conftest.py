@@ -4,6 +4,7 @@ of its scanner Jobs, and one namespace per test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -90,12 +91,10 @@ class FeedServer:
         tmp.replace(path)
 
 
-@pytest.fixture(scope="session")
-def feed_server(
-    cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FeedServer]:
+@contextlib.contextmanager
+def serving_feeds(cluster: DevCluster, root: Path) -> Iterator[FeedServer]:
+    """A FeedServer of the files in ``root`` while the block runs."""
     assert cluster.netns is not None
-    root = tmp_path_factory.mktemp("feeds")
     argv = [*cluster.netns.enter(), sys.executable, "-u", "-m", "http.server", "0",
             "--bind", NODE_IP, "--directory", str(root)]  # fmt: skip
     with subprocess.Popen(
@@ -108,6 +107,14 @@ def feed_server(
             yield FeedServer(root, f"{NODE_IP}:{match.group(1)}")
         finally:
             server.kill()
+
+
+@pytest.fixture(scope="session")
+def feed_server(
+    cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FeedServer]:
+    with serving_feeds(cluster, tmp_path_factory.mktemp("feeds")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -187,10 +194,25 @@ class JobRecord:
             self.max_active[key] = max(self.max_active.get(key, 0), now)
 
 
-@pytest.fixture(scope="session")
-def jobs(admin_api: client.ApiClient, operator: ChartInstall) -> Iterator[JobRecord]:
-    record = JobRecord()
-    batch = client.BatchV1Api(admin_api)
+def _field(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+
+def _resource_version(obj: Any) -> str:
+    """Of a typed object or listing, or of a custom object's dict."""
+    if isinstance(obj, dict):
+        return str(obj["metadata"].get("resourceVersion") or "")
+    return str(obj.metadata.resource_version or "")
+
+
+@contextlib.contextmanager
+def following(
+    list_fn: Callable[..., Any], *args: str, observe: Callable[[str, Any], None]
+) -> Iterator[None]:
+    """Feed every object of a list/watch (``list_fn(*args)``, e.g. ``list_namespaced_job``
+    and a namespace, or ``list_cluster_custom_object`` and group, version, plural, which give
+    dicts) to ``observe(event type, object)`` from a thread until the block ends: the listing
+    first (as ADDED), then the watch, listed again when the watch expires."""
     w = watch.Watch()
     done = threading.Event()
 
@@ -199,20 +221,16 @@ def jobs(admin_api: client.ApiClient, operator: ChartInstall) -> Iterator[JobRec
         while not done.is_set():
             try:
                 if not resource_version:
-                    listing = batch.list_namespaced_job(NAMESPACE)
-                    for job in listing.items:
-                        record.observe("ADDED", job)
-                    assert listing.metadata is not None
-                    resource_version = listing.metadata.resource_version or ""
+                    listing = list_fn(*args)
+                    for obj in _field(listing, "items"):
+                        observe("ADDED", obj)
+                    resource_version = _resource_version(listing)
                 for ev in w.stream(
-                    batch.list_namespaced_job,
-                    NAMESPACE,
-                    resource_version=resource_version,
-                    timeout_seconds=60,
+                    list_fn, *args, resource_version=resource_version, timeout_seconds=60
                 ):
                     obj = ev["object"]
-                    resource_version = obj.metadata.resource_version
-                    record.observe(ev["type"], obj)
+                    resource_version = _resource_version(obj)
+                    observe(ev["type"], obj)
             except ApiException as e:
                 if e.status == 410:
                     resource_version = ""  # expired: list again
@@ -229,9 +247,25 @@ def jobs(admin_api: client.ApiClient, operator: ChartInstall) -> Iterator[JobRec
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
-    yield record
-    done.set()
-    w.stop()
+    try:
+        yield
+    finally:
+        done.set()
+        w.stop()
+
+
+@contextlib.contextmanager
+def recording_jobs(api: client.ApiClient) -> Iterator[JobRecord]:
+    """A JobRecord of the scanner Jobs in the release namespace while the block runs."""
+    record = JobRecord()
+    with following(client.BatchV1Api(api).list_namespaced_job, NAMESPACE, observe=record.observe):
+        yield record
+
+
+@pytest.fixture(scope="session")
+def jobs(admin_api: client.ApiClient, operator: ChartInstall) -> Iterator[JobRecord]:
+    with recording_jobs(admin_api) as record:
+        yield record
 
 
 _SILENT = """\
