@@ -212,3 +212,22 @@ def test_scanner_pods_have_a_writable_tmp_beside_a_read_only_root() -> None:
     volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
     assert "emptyDir" in volume
     assert not tmp.get("readOnly")
+
+
+def test_an_event_about_a_cluster_scoped_image_lives_in_default() -> None:
+    """The API server refuses an Event whose involvedObject has no namespace anywhere else
+    ("does not match event.namespace"): the Image's Denied Event was never posted."""
+    import datetime as dt
+
+    from scapguard.builders.events import build_event
+
+    image = {"apiVersion": "image.openshift.io/v1", "kind": "Image",
+             "metadata": {"name": "sha256:" + "a" * 64, "uid": "u"}}  # fmt: skip
+    event = build_event(regarding=image, type_="Warning", reason="Denied", message="m",
+                        now=dt.datetime(2026, 12, 3, tzinfo=dt.UTC))  # fmt: skip
+    assert event["metadata"]["namespace"] == "default"
+    assert event["involvedObject"]["namespace"] is None
+    scan = {"kind": "ImageScan", "metadata": {"name": "s", "namespace": "apps"}}
+    about_scan = build_event(regarding=scan, type_="Normal", reason="R", message="m",
+                             now=dt.datetime(2026, 12, 3, tzinfo=dt.UTC))  # fmt: skip
+    assert about_scan["metadata"]["namespace"] == "apps"

@@ -4,6 +4,7 @@ ContentUpdate rescans, against the fake API and a real HTTP upstream on 127.0.0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -81,6 +82,29 @@ def test_a_scan_gets_the_config_map_bytes_the_operator_read_when_it_started() ->
     assert served.entry.path.read_bytes() == FEED
     assert (served.entry.source, served.entry.origin) == ("configMap", "apps/feed/oval.xml")
     assert served.entry.sha256 == sha(FEED)
+
+
+def test_another_replica_serves_the_config_map_bytes_by_reading_them_again(
+    tmp_path: Path,
+) -> None:
+    """The results Service sends a scanner to any replica: one whose cache never read the
+    ConfigMap reads it now, and serves it only while it still holds the recorded bytes."""
+    h = harness()
+    with_config_map_feed(h)
+    add_stream(h, "app", "apps", {"a": [digest(1)]})
+    (job,) = start_scans(h)
+    token = secret_token(h, job)
+    other = dataclasses.replace(h.ctx, _content=None, settings=dataclasses.replace(
+        h.ctx.settings, content_cache_dir=str(tmp_path / "other")))  # fmt: skip
+    served = serve(other, job, token, "feed")
+    assert served.entry is not None and served.entry.path.read_bytes() == FEED
+    assert served.entry.path.is_relative_to(tmp_path / "other")
+    h.kube.patch(CONFIGMAP, "feed", "apps", {"data": {"oval.xml": "<changed/>"}})
+    third = dataclasses.replace(other, _content=None, settings=dataclasses.replace(
+        h.ctx.settings, content_cache_dir=str(tmp_path / "third")))  # fmt: skip
+    refused = serve(third, job, token, "feed")
+    assert (refused.status, refused.reason) == (409, "ContentUnavailable")
+    assert "no longer holds the bytes read when the scan started" in refused.message
 
 
 def test_content_requests_are_authenticated_and_limited_to_the_scans_own_policy() -> None:

@@ -17,11 +17,11 @@ def build_event(
     reason: str,
     message: str,
     now: dt.datetime,
-    default_namespace: str,
 ) -> dict[str, Any]:
-    """An Event about ``regarding``; cluster-scoped objects get theirs in ``default_namespace``."""
+    """An Event about ``regarding``; a cluster-scoped object's (an Image's) lives in
+    ``default``: the API server refuses it in any other namespace."""
     meta = regarding.get("metadata") or {}
-    namespace = meta.get("namespace") or default_namespace
+    namespace = meta.get("namespace") or "default"
     stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     name = str(meta.get("name", "object"))[:200]
     return {

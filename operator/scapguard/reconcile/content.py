@@ -43,7 +43,7 @@ class Content:
         return entry
 
 
-def _read_one(ctx: OperatorContext, namespace: str, ref: ConfigMapRef) -> Content:
+def read_one(ctx: OperatorContext, namespace: str, ref: ConfigMapRef) -> Content:
     try:
         cm = ctx.kube.get(CONFIGMAP, ref.name, namespace)
     except NotFound:
@@ -58,7 +58,7 @@ def _read_one(ctx: OperatorContext, namespace: str, ref: ConfigMapRef) -> Conten
 
 
 def read_content(ctx: OperatorContext, namespace: str, policy: ScanPolicySpec) -> list[Content]:
-    return [_read_one(ctx, namespace, ref) for ref in policy.config_map_refs()]
+    return [read_one(ctx, namespace, ref) for ref in policy.config_map_refs()]
 
 
 def content_records(
@@ -83,7 +83,7 @@ def content_records(
             if (meta.get("metadata") or {}).get("resourceVersion") == old["resourceVersion"]:
                 out.append(dict(old))
                 continue
-        out.append(_read_one(ctx, namespace, ref).record())
+        out.append(read_one(ctx, namespace, ref).record())
     return out
 
 

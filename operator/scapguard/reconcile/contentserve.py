@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from scapguard.api import constants as c
@@ -28,7 +30,7 @@ from scapguard.contentcache import catalogue
 from scapguard.contentcache.cache import Entry
 from scapguard.contentcache.errors import ContentFetchError
 from scapguard.k8s.api import SECRET, NotFound, Obj, annotations_of
-from scapguard.reconcile.content import Content, read_content
+from scapguard.reconcile.content import Content, read_content, read_one
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.ingest import JOB_NAME, token_ok
 
@@ -153,18 +155,30 @@ def _config_map(ctx: OperatorContext, recorded: object, what: str) -> Served:
     if recorded.get("missing"):
         return _refuse(ctx, 404, "ContentUnavailable", str(recorded["missing"]))
     sha = str(recorded.get("sha256", ""))
-    path = ctx.content.blob(sha)
+    path = ctx.content.blob(sha) or _reread(ctx, origin, sha)
     if path is None:
-        # Another replica started the scan, or the cache lost it: the ConfigMap still holds
-        # those bytes, or the scan's next attempt reads the new ones.
         return _refuse(
             ctx,
             409,
             "ContentUnavailable",
-            f"ConfigMap {origin} (sha256 {sha}) is not in this operator's content cache "
-            "any more; the next attempt reads it again",
+            f"ConfigMap {origin} no longer holds the bytes read when the scan started "
+            f"(sha256 {sha}); the next attempt reads it again",
         )
     return _ok(ctx, Entry(path, sha, "configMap", origin))
+
+
+def _reread(ctx: OperatorContext, origin: str, sha: str) -> Path | None:
+    """The recorded ConfigMap bytes, read again: the scanner's request reaches any replica
+    behind the results Service, not only the one that started the scan (nor is a cache
+    eviction final). Only the very bytes recorded are served."""
+    parts = origin.split("/")
+    if len(parts) != 3:
+        return None
+    namespace, name, key = parts
+    data = read_one(ctx, namespace, ConfigMapRef(name, key)).data
+    if data is None or hashlib.sha256(data).hexdigest() != sha:
+        return None
+    return ctx.content.blob(ctx.content.put_bytes(data, origin=f"ConfigMap {origin}"))
 
 
 def _ok(ctx: OperatorContext, entry: Entry) -> Served:

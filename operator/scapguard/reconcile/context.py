@@ -187,7 +187,6 @@ class OperatorContext:
             reason=reason,
             message=message,
             now=self.now(),
-            default_namespace=self.settings.namespace,
         )
         try:
             self.kube.create(EVENT, body)
