@@ -18,6 +18,7 @@ from scapguard.k8s.api import Kind, KubeError, Obj, error_for
 logger = logging.getLogger(__name__)
 
 _MERGE_PATCH = "application/merge-patch+json"
+POOL_SIZE = 32
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -52,6 +53,9 @@ def load_api_client(*, kubeconfig: str | None = None, context: str | None = None
             )
     except k8s_config.ConfigException as exc:
         raise KubeError(0, "NoConfiguration", _no_config(kubeconfig, exc)) from exc
+    # kopf's handler threads, the selector's creates and the admitter share one client: the
+    # default pool (cpu count + 4) discarded connections at scale.
+    configuration.connection_pool_maxsize = POOL_SIZE
     return k8s_client.ApiClient(configuration)
 
 
