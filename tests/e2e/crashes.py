@@ -15,9 +15,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import signal
 import tempfile
 import time
 from collections import Counter
@@ -32,7 +30,7 @@ from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
 from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
 from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.helminstall import ChartInstall, container_pids, install_scapguard
+from scapguard.devcluster.helminstall import ChartInstall, install_scapguard, sigkill_container
 from scapguard.devcluster.imagestreams import GROUP as IMAGE_GROUP
 from scapguard.devcluster.imagestreams import VERSION as IMAGE_VERSION
 from scapguard.devcluster.node import remove_tree
@@ -160,15 +158,7 @@ def kill_pod(
     pod = pod_named(release, name)
     if pod is None:
         raise ClusterError(f"no operator pod {name}")
-    (state,) = pod["status"]["containerStatuses"]
-    before = int(state.get("restartCount", 0))
-    container = state["containerID"].split("://", 1)[1]
-    pids = container_pids(container)
-    if not pids:
-        raise ClusterError(f"no process found in the operator's container {container}")
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    before = sigkill_container(pod)
     at = time.time()
     others = {p["metadata"]["name"] for p in operator_pods(release)} - {name}
 

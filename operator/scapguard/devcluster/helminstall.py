@@ -256,15 +256,7 @@ class ChartInstall:
         """A crash: SIGKILL every process of the operator container from the host (no handler
         runs, nothing is drained); return once the kubelet has restarted it (not yet Ready:
         see :meth:`ready`)."""
-        (state,) = self.operator_pod()["status"]["containerStatuses"]
-        before = int(state.get("restartCount", 0))
-        container = state["containerID"].split("://", 1)[1]
-        pids = container_pids(container)
-        if not pids:
-            raise ClusterError(f"no process found in the operator's container {container}")
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        before = sigkill_container(self.operator_pod())
         wait_for("the kubelet to restart the killed operator container",
                  lambda: self.restarts() > before, timeout, 0.2)  # fmt: skip
 
@@ -328,3 +320,18 @@ def install_scapguard(cluster: DevCluster, method: str = "helm", **values: str) 
     )
     release.install()
     return release
+
+
+def sigkill_container(pod: dict[str, Any]) -> int:
+    """SIGKILL every process of a one-container pod's container from the host (a crash: no
+    handler runs, nothing is drained); returns its restart count before the kill."""
+    (state,) = pod["status"]["containerStatuses"]
+    before = int(state.get("restartCount", 0))
+    container = state["containerID"].split("://", 1)[1]
+    pids = container_pids(container)
+    if not pids:
+        raise ClusterError(f"no process found in the operator's container {container}")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return before
