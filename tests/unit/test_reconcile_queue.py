@@ -227,3 +227,30 @@ def test_the_policy_timer_notices_a_scanner_job_that_ended_unseen() -> None:
     status = h.kube.get(IMAGESCAN, scan["metadata"]["name"], "apps")["status"]
     assert status["state"] == "Retrying"
     assert status["lastAttempt"]["reason"] == "Timeout"
+
+
+def test_a_start_racing_another_writer_of_the_scan_is_recorded_all_the_same() -> None:
+    """kopf writes its annotations on a scan just after the handler asked for admission: the
+    admitter's status write, from a cached copy, meets a Conflict. It reads the scan again and
+    records the attempt, or the Job would run unrecorded and its end go unnoticed."""
+    h = harness()
+    add_policy(h)
+    add_stream(h, "app", "apps", {"latest": [digest(12)]})
+    reconcile_scanpolicy(h.ctx, h.kube.get(SCANPOLICY, "default", "apps"))
+    (scan,) = h.kube.list(IMAGESCAN, "apps")
+    raced: list[str] = []
+
+    kopf_note = {"metadata": {"annotations": {"kopf.scapguard.io/x": "y"}}}
+
+    def kopf_annotates_first(verb: str, kind: Kind, body: Obj) -> None:
+        starting = verb == "patch_status" and (body.get("status") or {}).get("attempts") == 1
+        if starting and not raced:
+            raced.append(verb)
+            h.kube.patch(IMAGESCAN, scan["metadata"]["name"], "apps", kopf_note)
+            raise Conflict(409, "Conflict", "the object has been modified")
+
+    h.kube.before_write = kopf_annotates_first
+    reconcile_imagescan(h.ctx, scan)
+    status = h.kube.get(IMAGESCAN, scan["metadata"]["name"], "apps")["status"]
+    assert raced and status["attempts"] == 1 and status["state"] == "Running"
+    assert len(h.kube.created("jobs")) == 1

@@ -61,6 +61,7 @@ from scapguard.reconcile.status import with_conditions, write_status
 logger = logging.getLogger(__name__)
 
 POLICY_ANNOTATION = f"{c.PREFIX}/policy"
+ATTEMPT_WRITE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -266,31 +267,9 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     if created:
         ctx.metrics.scan_attempts.labels(key).inc()
     now = ctx.now()
-    patch: dict[str, Any] = {
-        "attempts": attempt,
-        "job": name,
-        "state": RUNNING,
-        "nextAttemptAt": None,
-    }
-    has_result = (scan.get("status") or {}).get("result") is not None
-    patch = with_conditions(
-        ctx,
-        scan,
-        patch,
-        [
-            (
-                cond.SCANNED,
-                cond.TRUE if has_result else cond.FALSE,
-                Reason.RUNNING,
-                f"attempt {attempt} running in Job {settings.namespace}/{name}",
-            )
-        ],
-    )
-    try:
-        write_status(ctx, scan, patch)
-    except Conflict:
+    if not _record_attempt(ctx, scan, progress.request.number, attempt, name):
         logger.info(
-            "ImageScan %s/%s changed while starting Job %s; its reconcile adopts it",
+            "ImageScan %s/%s moved on while starting Job %s; its reconcile adopts it",
             namespace,
             name_of(scan),
             name,
@@ -307,6 +286,50 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
         attempt,
     )
     return True
+
+
+def _record_attempt(ctx: OperatorContext, scan: Obj, request: int, attempt: int, job: str) -> bool:
+    """Write the attempt's start on the scan; False if the scan moved on meanwhile.
+
+    The admitter reads scans from the cache, and kopf writes its own annotations on a scan
+    right after its handler asked for admission: a Conflict here is usually only that. The
+    scan is read again and, while it still waits for this attempt, written again (else the
+    Job would run unrecorded and its end go unnoticed by the Job watch).
+    """
+    for _ in range(ATTEMPT_WRITE_TRIES):
+        progress = read_progress(scan.get("status"))
+        if (
+            progress.request is None
+            or progress.request.number != request
+            or progress.attempts != attempt - 1
+            or progress.finished
+        ):
+            return False
+        has_result = (scan.get("status") or {}).get("result") is not None
+        patch = with_conditions(
+            ctx,
+            scan,
+            {"attempts": attempt, "job": job, "state": RUNNING, "nextAttemptAt": None},
+            [
+                (
+                    cond.SCANNED,
+                    cond.TRUE if has_result else cond.FALSE,
+                    Reason.RUNNING,
+                    f"attempt {attempt} running in Job {ctx.settings.namespace}/{job}",
+                )
+            ],
+        )
+        try:
+            write_status(ctx, scan, patch)
+            return True
+        except Conflict:
+            try:
+                fresh = ctx.kube.get(IMAGESCAN, name_of(scan), namespace_of(scan))
+            except NotFound:
+                return False
+            scan.clear()
+            scan.update(fresh)
+    return False
 
 
 def queued_fields(now: dt.datetime) -> dict[str, Any]:
