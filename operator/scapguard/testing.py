@@ -18,8 +18,8 @@ from scapguard.config import Settings
 from scapguard.k8s.api import IMAGE, IMAGESTREAM, JOB, SCANPOLICY, SECRET, Obj
 from scapguard.k8s.fake import FakeKube
 from scapguard.metrics import Metrics
-from scapguard.reconcile.background import run_task
-from scapguard.reconcile.context import ADMIT, OperatorContext, Task, Wakeups
+from scapguard.reconcile.background import in_order, run_task
+from scapguard.reconcile.context import OperatorContext, Task, Wakeups
 from scapguard.reconcile.ingest import Ingested, ingest
 from scapguard.results import model as m
 
@@ -59,7 +59,7 @@ class InlineWakeups(Wakeups):
         self._running = True
         try:
             while tasks := self.take(timeout=0):
-                for each in sorted(tasks, key=lambda t: (t.kind == ADMIT, t.key)):
+                for each in in_order(tasks):
                     run_task(self.ctx, each)
         finally:
             self._running = False

@@ -58,11 +58,15 @@ def sync_selection(ctx: OperatorContext, namespace: str, name: str) -> None:
     ensure_scans(ctx, policy, selection.current, policy_scans(ctx, namespace, name))
 
 
+def in_order(tasks: list[Task]) -> list[Task]:
+    """Selections first (they create scans that then queue), admission last."""
+    return sorted(tasks, key=lambda t: (t.kind == ADMIT, t.key))
+
+
 def run_pending(ctx: OperatorContext, tasks: list[Task]) -> list[Task]:
-    """Selections first (they create scans that then queue), admission last; returns the
-    tasks that failed."""
+    """Run ``tasks`` (``in_order``); returns those that failed."""
     failed: list[Task] = []
-    for task in sorted(tasks, key=lambda t: (t.kind == ADMIT, t.key)):
+    for task in in_order(tasks):
         try:
             run_task(ctx, task)
         except KubeError as exc:
