@@ -52,9 +52,9 @@ from tests.e2e.crashes import (  # noqa: E402
     recording_denies,
 )
 
-from scapguard.devcluster.cluster import ClusterError, wait_for  # noqa: E402
-from scapguard.devcluster.ovalgen import ubuntu_oval  # noqa: E402
 from scapguard.results.model import Severity  # noqa: E402
+from scapguard_dev.cluster import ClusterError, wait_for  # noqa: E402
+from scapguard_dev.ovalgen import ubuntu_oval  # noqa: E402
 
 NAMESPACE = "chaos"
 POLICY = "policy"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from kubernetes import config as k8s_config
 
-from scapguard.devcluster.cluster import DevCluster
-from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import CONFIGMAP, NAMESPACE, Obj
 from scapguard.k8s.client import KubeClient
+from scapguard_dev.cluster import DevCluster
+from scapguard_dev.node import remove_tree
 
 SPACE = "bench"
 ROUNDS = 21

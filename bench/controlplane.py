@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.node import busybox_image, remove_tree
+from scapguard_dev.cluster import DevCluster, wait_for
+from scapguard_dev.node import busybox_image, remove_tree
 
 RESTRICTED = {
     "runAsNonRoot": True,

@@ -57,8 +57,8 @@ from tests.e2e.crashes import (  # noqa: E402
     ready_pods,
 )
 
-from scapguard.devcluster.cluster import ClusterError, wait_for  # noqa: E402
-from scapguard.devcluster.ovalgen import ubuntu_oval  # noqa: E402
+from scapguard_dev.cluster import ClusterError, wait_for  # noqa: E402
+from scapguard_dev.ovalgen import ubuntu_oval  # noqa: E402
 
 NAMESPACE = "ha"
 POLICY = "policy"

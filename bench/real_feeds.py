@@ -31,7 +31,7 @@ from tests.scanner.test_real_feeds import (  # noqa: E402
     scapguard,
 )
 
-from scapguard.devcluster.scanuser import ensure_scan_user  # noqa: E402
+from scapguard_dev.scanuser import ensure_scan_user  # noqa: E402
 
 BENCH_CASES = ("opensuse-leap-15.3", "rhel8-rhsa")
 

@@ -44,17 +44,20 @@ from kubernetes import config as k8s_config
 
 from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import DevCluster, free_port
-from scapguard.devcluster.helminstall import CRDS
-from scapguard.devcluster.imagestreams import GROUP, VERSION, ensure_image
-from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import IMAGESCAN, JOB, NAMESPACE, SCANPOLICY, SECRET
 from scapguard.k8s.client import KubeClient
 from scapguard.k8s.informer import Informer
 from scapguard.results import model as m
-from scapguard.testing import scan_result
+from scapguard_dev.cluster import DevCluster, free_port
+from scapguard_dev.helminstall import CRDS
+from scapguard_dev.imagestreams import GROUP, VERSION, ensure_image
+from scapguard_dev.node import remove_tree
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import scan_result  # noqa: E402
+
 SPACE = "scale"
 OPERATOR_NS = "scapguard"
 TAGS = 5

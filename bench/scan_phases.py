@@ -40,16 +40,16 @@ from kubernetes import client as kube_client
 
 from scapguard.api.constants import RESULT_KEY
 from scapguard.api.naming import result_config_map_name
-from scapguard.devcluster.cluster import DevCluster, running_cluster, wait_for
-from scapguard.devcluster.content import ssg_debian_content
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.helminstall import install_scapguard
-from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.registry import Registry
-from scapguard.devcluster.scannerenv import ensure_scanner_venv
-from scapguard.devcluster.scanuser import ensure_scan_user
 from scapguard.results.oval import parse_oval_results
 from scapguard.results.xccdf import parse_xccdf_results
+from scapguard_dev.cluster import DevCluster, running_cluster, wait_for
+from scapguard_dev.content import ssg_debian_content
+from scapguard_dev.fixtureimages import FixtureImages
+from scapguard_dev.helminstall import install_scapguard
+from scapguard_dev.imagestreams import tag_image
+from scapguard_dev.registry import Registry
+from scapguard_dev.scannerenv import ensure_scanner_venv
+from scapguard_dev.scanuser import ensure_scan_user
 
 PROFILE = "xccdf_org.ssgproject.content_profile_standard"
 

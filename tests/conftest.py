@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from scapguard.devcluster.cluster import DevCluster
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.node import remove_tree
-from scapguard.devcluster.registry import Registry
+from scapguard_dev.cluster import DevCluster
+from scapguard_dev.fixtureimages import FixtureImages
+from scapguard_dev.node import remove_tree
+from scapguard_dev.registry import Registry
 
 
 def _interrupted(signum: int, _frame: FrameType | None) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from scapguard.devcluster.cluster import DevCluster
+from scapguard_dev.cluster import DevCluster
 from tests.conftest import admin_client, started
 
 

@@ -1,5 +1,5 @@
 // The node's container runtime, sandbox and cluster DNS, built from their own modules
-// (scapguard.devcluster.binaries builds each program into hack/node/bin/): containerd 2
+// (scapguard_dev.binaries builds each program into hack/node/bin/): containerd 2
 // and its runc shim (runc itself: ../runc), CoreDNS with only the plugins the local
 // cluster uses (./coredns) and the pod sandbox's pause program (./pause).
 module scapguard.io/hack/node

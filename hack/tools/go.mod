@@ -1,5 +1,5 @@
 // Go programs the local environment and the tests run, built from their own modules
-// (scapguard.devcluster.binaries builds each `tool` below into hack/tools/bin/).
+// (scapguard_dev.binaries builds each `tool` below into hack/tools/bin/).
 module scapguard.io/hack/tools
 
 go 1.26.0

@@ -18,10 +18,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
-from scapguard.devcluster.node import remove_tree
 from scapguard.k8s.api import CONFIGMAP, IMAGE, Kind, NotFound
 from scapguard.k8s.client import KubeClient
+from scapguard_dev.cluster import DevCluster, free_port, wait_for
+from scapguard_dev.node import remove_tree
 from tests.controlplane import control_plane, control_plane_api  # noqa: F401 - this module's
 
 pytestmark = pytest.mark.cluster

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from scapguard.devcluster.cluster import DevCluster, wait_for
+from scapguard_dev.cluster import DevCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,9 +7,9 @@ from typing import Any, cast
 import pytest
 from kubernetes import client
 
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.imagestreams import GROUP, VERSION, resolve_digest, tag_image, untag
-from scapguard.devcluster.registry import Registry
+from scapguard_dev.fixtureimages import FixtureImages
+from scapguard_dev.imagestreams import GROUP, VERSION, resolve_digest, tag_image, untag
+from scapguard_dev.registry import Registry
 
 pytestmark = pytest.mark.cluster
 

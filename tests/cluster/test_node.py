@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from scapguard.devcluster.cluster import NODE_NAME, DevCluster, wait_for
-from scapguard.devcluster.images import PushedImage
-from scapguard.devcluster.netns import NODE_IP
-from scapguard.devcluster.node import busybox_image, cgroup_pids, mounts_under, read_sysctls
+from scapguard_dev.cluster import NODE_NAME, DevCluster, wait_for
+from scapguard_dev.images import PushedImage
+from scapguard_dev.netns import NODE_IP
+from scapguard_dev.node import busybox_image, cgroup_pids, mounts_under, read_sysctls
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

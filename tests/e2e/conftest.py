@@ -24,15 +24,15 @@ from urllib3.exceptions import HTTPError
 
 from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import Distro, FixtureImages, Variant, make_fixture_rootfs
-from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall, install_scapguard
-from scapguard.devcluster.images import PushedImage, build_and_push
-from scapguard.devcluster.imagestreams import GROUP as IMAGE_GROUP
-from scapguard.devcluster.imagestreams import VERSION as IMAGE_VERSION
-from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.netns import NODE_IP
-from scapguard.devcluster.registry import Registry
+from scapguard_dev.cluster import DevCluster, wait_for
+from scapguard_dev.fixtureimages import Distro, FixtureImages, Variant, make_fixture_rootfs
+from scapguard_dev.helminstall import NAMESPACE, ChartInstall, install_scapguard
+from scapguard_dev.images import PushedImage, build_and_push
+from scapguard_dev.imagestreams import GROUP as IMAGE_GROUP
+from scapguard_dev.imagestreams import VERSION as IMAGE_VERSION
+from scapguard_dev.imagestreams import tag_image
+from scapguard_dev.netns import NODE_IP
+from scapguard_dev.registry import Registry
 
 # The e2e suite shares one operator; its global limit is what scenario 6 checks.
 MAX_CONCURRENT = 3

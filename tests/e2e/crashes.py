@@ -28,12 +28,12 @@ from kubernetes import client
 
 from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.helminstall import ChartInstall, install_scapguard, sigkill_container
-from scapguard.devcluster.imagestreams import GROUP as IMAGE_GROUP
-from scapguard.devcluster.imagestreams import VERSION as IMAGE_VERSION
-from scapguard.devcluster.node import remove_tree
+from scapguard_dev.cluster import ClusterError, DevCluster, wait_for
+from scapguard_dev.fixtureimages import FixtureImages
+from scapguard_dev.helminstall import ChartInstall, install_scapguard, sigkill_container
+from scapguard_dev.imagestreams import GROUP as IMAGE_GROUP
+from scapguard_dev.imagestreams import VERSION as IMAGE_VERSION
+from scapguard_dev.node import remove_tree
 from tests.conftest import admin_client
 from tests.e2e.conftest import E2E, FeedServer, JobRecord, following, serving_feeds
 

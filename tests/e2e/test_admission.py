@@ -31,8 +31,8 @@ from kubernetes.client.exceptions import ApiException
 from scapguard.api import constants as c
 from scapguard.api.annotations import QualityInput, quality_annotation
 from scapguard.builders.admission import NAMESPACE_NAME_LABEL, webhook_configuration
-from scapguard.devcluster.cluster import DevCluster, free_port, wait_for
-from scapguard.devcluster.imagestreams import GROUP, VERSION, tag_image
+from scapguard_dev.cluster import DevCluster, free_port, wait_for
+from scapguard_dev.imagestreams import GROUP, VERSION, tag_image
 from tests.controlplane import control_plane, control_plane_api  # noqa: F401 - this module's
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.results.model import Severity
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -12,9 +12,9 @@ import pytest
 
 from scapguard.api.constants import SCAN_NAME_ANNOTATION
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import wait_for
-from scapguard.devcluster.helminstall import ChartInstall
-from scapguard.devcluster.ovalgen import ubuntu_oval
+from scapguard_dev.cluster import wait_for
+from scapguard_dev.helminstall import ChartInstall
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E, MAX_CONCURRENT, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.results.model import Severity
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import CATALOGUE_FILE, E2E, FeedServer, JobRecord
 from tests.ociartifacts import push_artifact
 

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 def run_demo(timeout: float = 540) -> subprocess.CompletedProcess[str]:
     """``scapguard-devcluster demo --no-wait``; on a timeout or an interrupted test session
     it gets SIGTERM first, so it stops its cluster and gives the host back its settings."""
-    argv = [sys.executable, "-m", "scapguard.devcluster.cli", "demo", "--no-wait"]
+    argv = [sys.executable, "-m", "scapguard_dev.cli", "demo", "--no-wait"]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as demo:
         try:
             out, err = demo.communicate(timeout=timeout)

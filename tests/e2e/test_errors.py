@@ -13,12 +13,12 @@ import pytest
 
 from scapguard.api.constants import JOB_ENDED_ANNOTATION
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import free_port, wait_for
-from scapguard.devcluster.helminstall import NAMESPACE
-from scapguard.devcluster.images import build_and_push
-from scapguard.devcluster.netns import NODE_IP
-from scapguard.devcluster.ovalgen import ubuntu_oval
-from scapguard.devcluster.registry import BasicAuth, Registry
+from scapguard_dev.cluster import free_port, wait_for
+from scapguard_dev.helminstall import NAMESPACE
+from scapguard_dev.images import build_and_push
+from scapguard_dev.netns import NODE_IP
+from scapguard_dev.ovalgen import ubuntu_oval
+from scapguard_dev.registry import BasicAuth, Registry
 from tests.e2e.conftest import E2E, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

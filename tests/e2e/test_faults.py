@@ -27,14 +27,14 @@ from kubernetes.client.exceptions import ApiException
 
 from scapguard.api import constants as c
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall, install_scapguard
-from scapguard.devcluster.images import PushedImage
-from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
-from scapguard.devcluster.ovalgen import ubuntu_oval
-from scapguard.devcluster.pki import CertificateAuthority
-from scapguard.devcluster.registry import Registry
+from scapguard_dev.cluster import DevCluster, wait_for
+from scapguard_dev.fixtureimages import FixtureImages
+from scapguard_dev.helminstall import NAMESPACE, ChartInstall, install_scapguard
+from scapguard_dev.images import PushedImage
+from scapguard_dev.netns import NODE_IP, NetworkNamespace
+from scapguard_dev.ovalgen import ubuntu_oval
+from scapguard_dev.pki import CertificateAuthority
+from scapguard_dev.registry import Registry
 from tests.conftest import admin_client
 from tests.e2e.conftest import E2E, JobRecord
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.cluster import wait_for
-from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.results.model import Severity
+from scapguard_dev.cluster import wait_for
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

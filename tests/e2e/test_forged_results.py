@@ -19,12 +19,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from scapguard.api.constants import KOPF_STORAGE_PREFIX, TOKEN_KEY
-from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall
-from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.results.model import encode_handoff
-from scapguard.testing import scan_result
+from scapguard_dev.cluster import DevCluster, wait_for
+from scapguard_dev.helminstall import NAMESPACE, ChartInstall
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E, JobRecord
+from tests.harness import scan_result
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -23,10 +23,10 @@ import pytest
 from kubernetes import client
 
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.binaries import repo_root
-from scapguard.devcluster.cluster import wait_for
-from scapguard.devcluster.helminstall import RELEASE, RESULTS_CA_CONFIGMAP, ChartInstall
-from scapguard.devcluster.ovalgen import ubuntu_oval
+from scapguard_dev.binaries import repo_root
+from scapguard_dev.cluster import wait_for
+from scapguard_dev.helminstall import RELEASE, RESULTS_CA_CONFIGMAP, ChartInstall
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E, FeedServer, JobRecord
 from tests.e2e.crashes import (
     LogBook,

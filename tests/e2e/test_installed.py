@@ -20,17 +20,17 @@ from kubernetes import client as kube_client
 
 from scapguard.api.constants import RESULT_KEY
 from scapguard.api.naming import result_config_map_name
-from scapguard.devcluster import productimages
-from scapguard.devcluster.cli import DEMO_PRIORITIES, demo_policy
-from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import FixtureImages, webapp_images
-from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
-from scapguard.devcluster.images import PushedImage
-from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.ovalgen import ubuntu_oval
-from scapguard.devcluster.registry import Registry
 from scapguard.results.xccdf import parse_xccdf_results
 from scapguard.scanner.pipeline import OWNERSHIP_RULE
+from scapguard_dev import productimages
+from scapguard_dev.cli import DEMO_PRIORITIES, demo_policy
+from scapguard_dev.cluster import DevCluster, wait_for
+from scapguard_dev.fixtureimages import FixtureImages, webapp_images
+from scapguard_dev.helminstall import ChartInstall, install_scapguard
+from scapguard_dev.images import PushedImage
+from scapguard_dev.imagestreams import tag_image
+from scapguard_dev.ovalgen import ubuntu_oval
+from scapguard_dev.registry import Registry
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

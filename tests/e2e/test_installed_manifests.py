@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as kube_client
 
-from scapguard.devcluster.cli import DEMO_PRIORITIES, demo_policy
-from scapguard.devcluster.cluster import DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import webapp_images
-from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
-from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.ovalgen import ubuntu_oval
+from scapguard_dev.cli import DEMO_PRIORITIES, demo_policy
+from scapguard_dev.cluster import DevCluster, wait_for
+from scapguard_dev.fixtureimages import webapp_images
+from scapguard_dev.helminstall import ChartInstall, install_scapguard
+from scapguard_dev.imagestreams import tag_image
+from scapguard_dev.ovalgen import ubuntu_oval
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

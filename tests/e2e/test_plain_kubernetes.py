@@ -24,13 +24,13 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from scapguard.api import constants as c
-from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import webapp_images
-from scapguard.devcluster.helminstall import NAMESPACE, ChartInstall
-from scapguard.devcluster.images import PushedImage
-from scapguard.devcluster.ovalgen import ubuntu_oval
-from scapguard.devcluster.registry import NotificationEndpoint, Registry
 from scapguard.results.model import Severity
+from scapguard_dev.cluster import ClusterError, DevCluster, wait_for
+from scapguard_dev.fixtureimages import webapp_images
+from scapguard_dev.helminstall import NAMESPACE, ChartInstall
+from scapguard_dev.images import PushedImage
+from scapguard_dev.ovalgen import ubuntu_oval
+from scapguard_dev.registry import NotificationEndpoint, Registry
 from tests.e2e.conftest import E2E, REGISTRY_EVENTS_PORT, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

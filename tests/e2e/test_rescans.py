@@ -14,9 +14,9 @@ import pytest
 
 from scapguard.api.constants import RESCAN_ANNOTATION
 from scapguard.api.imagescan import parse_time
-from scapguard.devcluster.cluster import wait_for
-from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.reconcile.scheduling import offset, window
+from scapguard_dev.cluster import wait_for
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.cluster import ClusterError, wait_for
-from scapguard.devcluster.helminstall import ChartInstall
-from scapguard.devcluster.ovalgen import ubuntu_oval
+from scapguard_dev.cluster import ClusterError, wait_for
+from scapguard_dev.helminstall import ChartInstall
+from scapguard_dev.ovalgen import ubuntu_oval
 from tests.e2e.conftest import E2E, MAX_CONCURRENT, JobRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -11,7 +11,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from scapguard.devcluster.fixtureimages import (
+from scapguard_dev.fixtureimages import (
     DISTROS,
     FIXTURE_OS_RELEASE,
     FIXTURE_PACKAGES,
@@ -24,7 +24,7 @@ from scapguard.devcluster.fixtureimages import (
     debian_mirror,
     make_fixture_rootfs,
 )
-from scapguard.devcluster.images import fetch_rootfs, write_layer_tar
+from scapguard_dev.images import fetch_rootfs, write_layer_tar
 
 ALL_FIXTURES = sorted(FIXTURE_PACKAGES)
 

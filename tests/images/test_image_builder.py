@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from scapguard.devcluster.images import (
+from scapguard_dev.images import (
     MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_LAYER_TAR,
     MEDIA_TYPE_MANIFEST,
@@ -21,7 +21,7 @@ from scapguard.devcluster.images import (
     build_and_push,
     push_raw_layers,
 )
-from scapguard.devcluster.registry import Registry
+from scapguard_dev.registry import Registry
 
 
 def _run(cmd: list[str]) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster.images import ImageBuildError, build_and_push, fetch_rootfs
-from scapguard.devcluster.registry import BasicAuth, Registry, RegistryError
+from scapguard_dev.images import ImageBuildError, build_and_push, fetch_rootfs
+from scapguard_dev.registry import BasicAuth, Registry, RegistryError
 
 
 def _get(reg: Registry, path: str, auth: BasicAuth | None = None) -> tuple[int, bytes]:

@@ -3,7 +3,7 @@
 The scan runs as ``scapguard-scan`` (uid 65532), never as root: the tests (root) create that
 user once, with a subordinate id range in /etc/subuid and /etc/subgid so the scanner can use a
 user namespace (``--id-mapping=userns``). ``scapguard-scan`` comes from a world-readable
-virtualenv with this checkout installed (:mod:`scapguard.devcluster.scannerenv`).
+virtualenv with this checkout installed (:mod:`scapguard_dev.scannerenv`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster.content import ssg_debian_content
-from scapguard.devcluster.registry import Registry
-from scapguard.devcluster.scannerenv import ensure_scanner_venv
-from scapguard.devcluster.scanuser import ScanUser, ensure_scan_user
 from scapguard.results.model import ScanResult
+from scapguard_dev.content import ssg_debian_content
+from scapguard_dev.registry import Registry
+from scapguard_dev.scannerenv import ensure_scanner_venv
+from scapguard_dev.scanuser import ScanUser, ensure_scan_user
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from scapguard.devcluster.fixtureimages import dpkg_query_manifest, write_dpkg_tree, write_rpm_tree
-from scapguard.devcluster.scanuser import SUBORDINATE_START, ScanUser
 from scapguard.results.model import ErrorReason, OSInfo
 from scapguard.results.oval import parse_oval_results
 from scapguard.scanner import content, ocifeed, oscap, osdetect, pipeline
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.sandbox import MAPPED_IDS, Sandbox
+from scapguard_dev.fixtureimages import dpkg_query_manifest, write_dpkg_tree, write_rpm_tree
+from scapguard_dev.scanuser import SUBORDINATE_START, ScanUser
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.fixtureimages import FixtureImages
-from scapguard.devcluster.registry import Registry
 from scapguard.results.xccdf import parse_xccdf_results
 from scapguard.scanner.pipeline import OWNERSHIP_RULE
+from scapguard_dev.fixtureimages import FixtureImages
+from scapguard_dev.registry import Registry
 
 pytestmark = pytest.mark.slow
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.fixtureimages import FixtureImages, make_fixture_rootfs
-from scapguard.devcluster.images import (
+from scapguard.results.model import ErrorReason
+from scapguard_dev.fixtureimages import FixtureImages, make_fixture_rootfs
+from scapguard_dev.images import (
     MEDIA_TYPE_LAYER_GZIP,
     RawLayer,
     build_and_push,
     push_raw_layers,
 )
-from scapguard.devcluster.registry import BasicAuth, Registry
-from scapguard.results.model import ErrorReason
+from scapguard_dev.registry import BasicAuth, Registry
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from scapguard.devcluster.fixtureimages import FixtureImages
 from scapguard.results.model import decode_handoff
+from scapguard_dev.fixtureimages import FixtureImages
 
 pytestmark = pytest.mark.slow
 

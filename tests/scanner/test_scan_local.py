@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.fixtureimages import make_fixture_rootfs
-from scapguard.devcluster.images import RawLayer, build_oci_layout, write_layer_tar
-from scapguard.devcluster.images import write_raw_oci_layout as raw_layout
-from scapguard.devcluster.ovalgen import feed_for
-from scapguard.devcluster.scanuser import ScanUser
 from scapguard.results.model import ErrorReason
+from scapguard_dev.fixtureimages import make_fixture_rootfs
+from scapguard_dev.images import RawLayer, build_oci_layout, write_layer_tar
+from scapguard_dev.images import write_raw_oci_layout as raw_layout
+from scapguard_dev.ovalgen import feed_for
+from scapguard_dev.scanuser import ScanUser
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.fixtureimages import Distro, FixtureImages
-from scapguard.devcluster.ovalgen import feed_for
 from scapguard.results.model import Finding, Severity
+from scapguard_dev.fixtureimages import Distro, FixtureImages
+from scapguard_dev.ovalgen import feed_for
 
 pytestmark = pytest.mark.slow
 

@@ -25,10 +25,10 @@ from scapguard.api.affected import (
 )
 from scapguard.api.summary import MAX_FINDINGS
 from scapguard.k8s.api import CONFIGMAP, IMAGESCAN, SCANPOLICY, Obj, namespace_of
-from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
-from scapguard.testing import (
+from tests.fakekube import FakeKube
+from tests.harness import (
     Harness,
     add_image,
     add_policy,

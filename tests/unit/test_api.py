@@ -16,7 +16,7 @@ from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
 from scapguard.api.naming import digest_label, job_name, scan_name
 from scapguard.api.policy import LabelSelector, SelectorRequirement, parse_policy_spec
 from scapguard.api.summary import result_status
-from scapguard.testing import digest, scan_result
+from tests.harness import digest, scan_result
 
 NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 

@@ -12,7 +12,7 @@ from scapguard.k8s.api import IMAGESCAN, JOB, Kind, KubeError, Obj
 from scapguard.reconcile import background
 from scapguard.reconcile.background import BackgroundLoop
 from scapguard.reconcile.context import ADMIT, ALL_TASKS, SELECT, Task, Wakeups
-from scapguard.testing import Harness, add_policy, add_stream, digest, harness
+from tests.harness import Harness, add_policy, add_stream, digest, harness
 
 
 def test_a_burst_of_requests_is_one_task_each() -> None:

@@ -20,7 +20,7 @@ from scapguard.builders.job import (
     ignored_scanner_fields,
     user_namespace_probe,
 )
-from scapguard.testing import digest
+from tests.harness import digest
 
 
 def job_input(**changes: Any) -> ScanJobInput:

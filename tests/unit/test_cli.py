@@ -10,7 +10,7 @@ import pytest
 from scapguard import cli
 from scapguard.api import constants as c
 from scapguard.k8s.api import CONFIGMAP, IMAGESCAN
-from scapguard.k8s.fake import FakeKube
+from tests.fakekube import FakeKube
 
 
 @pytest.fixture

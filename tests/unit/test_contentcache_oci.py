@@ -27,9 +27,9 @@ import pytest
 
 from scapguard.contentcache.errors import ContentFetchError
 from scapguard.contentcache.oci import Artifact, OciRef, RegistryClient, parse_reference
-from scapguard.devcluster.pki import CertificateAuthority, KeyPair
-from scapguard.devcluster.ports import free_port
-from scapguard.devcluster.registry import BasicAuth, Registry
+from scapguard_dev.pki import CertificateAuthority, KeyPair
+from scapguard_dev.ports import free_port
+from scapguard_dev.registry import BasicAuth, Registry
 from tests.ociartifacts import (
     CONTENT_TYPE,
     DOCKER_MANIFEST,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster.ovalgen import ubuntu_oval
 from scapguard.k8s.api import CONFIGMAP, EVENT, IMAGESCAN, SCANPOLICY, Obj
 from scapguard.reconcile.contentserve import registry_auths, serve
 from scapguard.reconcile.imagescan import reconcile_imagescan
@@ -23,7 +22,9 @@ from scapguard.results.model import ErrorReason
 from scapguard.results_server import build_app
 from scapguard.scanner import content
 from scapguard.scanner.errors import ScanFailure
-from scapguard.testing import (
+from scapguard_dev.ovalgen import ubuntu_oval
+from tests.aioserve import serving
+from tests.harness import (
     Harness,
     add_policy,
     add_stream,
@@ -34,7 +35,6 @@ from scapguard.testing import (
     scan_result,
     secret_token,
 )
-from tests.aioserve import serving
 from tests.httpupstream import Upstream
 
 FEED = b"<oval_definitions>v1</oval_definitions>"

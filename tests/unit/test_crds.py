@@ -15,8 +15,8 @@ from scapguard.api import constants as c
 from scapguard.k8s.api import IMAGESCAN, SCANPOLICY
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
-from scapguard.testing import add_image, add_policy, add_stream, digest, harness, jobs, post
-from scapguard.testing import scan_result as make_result
+from tests.harness import add_image, add_policy, add_stream, digest, harness, jobs, post
+from tests.harness import scan_result as make_result
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from scapguard.devcluster.binaries import tool_binary
+from scapguard_dev.binaries import tool_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -18,8 +18,8 @@ from scapguard.api.constants import (
 from scapguard.handlers import startup
 from scapguard.handlers.cache import Cache
 from scapguard.handlers.context import MEMO_KEY, in_scope
-from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.context import OperatorContext
+from tests.fakekube import FakeKube
 
 
 class CacheStart:
@@ -152,7 +152,7 @@ def test_scapguard_annotations_reach_update_handlers(
 
 def test_deletion_handlers_run_for_deletions_only() -> None:
     from scapguard.handlers.context import deletion
-    from scapguard.testing import harness
+    from tests.harness import harness
 
     memo = kopf.Memo()
     memo[MEMO_KEY] = harness().ctx

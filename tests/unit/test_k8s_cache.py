@@ -7,7 +7,7 @@ import pytest
 
 from scapguard.k8s.api import IMAGESCAN, JOB, SCANPOLICY, Kube, NotFound, Obj
 from scapguard.k8s.cache import CachedKube, Store, feed, parse_selector
-from scapguard.k8s.fake import FakeKube
+from tests.fakekube import FakeKube
 
 
 def scan(name: str, namespace: str = "apps", version: str = "1", **labels: str) -> Obj:

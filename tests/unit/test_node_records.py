@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster import node
-from scapguard.devcluster.node import NodeRecord, clean_stale_nodes, node_records, read_sysctls
+from scapguard_dev import node
+from scapguard_dev.node import NodeRecord, clean_stale_nodes, node_records, read_sysctls
 
 
 @pytest.fixture(autouse=True)

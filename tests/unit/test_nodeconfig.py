@@ -6,10 +6,10 @@ import ipaddress
 import tomllib
 from pathlib import Path
 
-from scapguard.devcluster import nodeconfig
-from scapguard.devcluster.forward import forward_argv
-from scapguard.devcluster.netns import NODE_IP, POD_CIDR, POD_GATEWAY, NetworkNamespace
-from scapguard.devcluster.nodeconfig import NodeLayout
+from scapguard_dev import nodeconfig
+from scapguard_dev.forward import forward_argv
+from scapguard_dev.netns import NODE_IP, POD_CIDR, POD_GATEWAY, NetworkNamespace
+from scapguard_dev.nodeconfig import NodeLayout
 
 LAYOUT = NodeLayout(Path("/w/node"), "n1", "/sg-test")
 CRI = "io.containerd.cri.v1.runtime"

@@ -11,7 +11,7 @@ from scapguard.api import constants as c
 from scapguard.k8s.api import EVENT, IMAGESCAN, JOB, POD, SCANPOLICY, SECRET, Obj
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
-from scapguard.testing import (
+from tests.harness import (
     OPERATOR_NS,
     Harness,
     add_policy,

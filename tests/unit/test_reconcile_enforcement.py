@@ -18,7 +18,7 @@ from scapguard.reconcile.enforcement import repair_denies
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.reconcile.verdicts import UntrustedResult, load_result
-from scapguard.testing import (
+from tests.harness import (
     Harness,
     add_image,
     add_policy,

@@ -20,7 +20,7 @@ from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.imagestream import reconcile_imagestream
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.results import model as m
-from scapguard.testing import (
+from tests.harness import (
     OPERATOR_NS,
     Harness,
     add_image,

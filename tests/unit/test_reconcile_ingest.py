@@ -24,7 +24,7 @@ from scapguard.reconcile.queue import pump_queue
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.results import model as m
 from scapguard.results_server import build_app
-from scapguard.testing import (
+from tests.harness import (
     Harness,
     add_policy,
     add_stream,

@@ -9,7 +9,7 @@ from scapguard.k8s.api import IMAGESCAN, POD, SCANPOLICY, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.jobs import job_state, nudge_scan_of_ended_job
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
-from scapguard.testing import (
+from tests.harness import (
     OPERATOR_NS,
     Harness,
     add_policy,

@@ -22,7 +22,7 @@ from scapguard.k8s.api import (
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.imagestream import reconcile_imagestream
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
-from scapguard.testing import (
+from tests.harness import (
     Harness,
     add_image,
     add_policy,

@@ -6,7 +6,7 @@ from scapguard.k8s.api import IMAGESCAN, JOB, SCANPOLICY, Conflict, Kind, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.queue import Candidate, admit, fair_order, pump_queue
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
-from scapguard.testing import (
+from tests.harness import (
     Harness,
     add_policy,
     add_stream,

@@ -6,8 +6,8 @@ import pytest
 
 from scapguard.config import Settings, SettingsError
 from scapguard.k8s.api import Forbidden, Kind, Obj
-from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.runtime import scanner_user_namespace
+from tests.fakekube import FakeKube
 
 
 def settings(mode: str = "auto") -> Settings:

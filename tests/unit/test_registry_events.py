@@ -30,7 +30,6 @@ from scapguard.config import Settings, SettingsError
 from scapguard.handlers import startup
 from scapguard.handlers.cache import Cache
 from scapguard.k8s.api import IMAGESCAN, SCANPOLICY, SECRET, Forbidden, Kind, KubeError, Obj
-from scapguard.k8s.fake import FakeKube
 from scapguard.reconcile.registryevents import (
     MAX_BODY,
     MAX_EVENTS,
@@ -41,7 +40,8 @@ from scapguard.reconcile.registryevents import (
     receive,
 )
 from scapguard.results_server import build_app, build_registry_events_app
-from scapguard.testing import OPERATOR_NS, Harness, add_policy, digest, harness
+from tests.fakekube import FakeKube
+from tests.harness import OPERATOR_NS, Harness, add_policy, digest, harness
 from tests.unit.test_deploy import chart_objects
 
 TOKEN = "s3cret-token"  # noqa: S105 -- a test credential

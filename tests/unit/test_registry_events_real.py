@@ -21,13 +21,13 @@ from aiohttp import web
 from scapguard.api import constants as c
 from scapguard.api.imagescan import parse_imagescan_spec
 from scapguard.api.naming import scan_name
-from scapguard.devcluster.registry import NotificationEndpoint, Registry
 from scapguard.k8s.api import IMAGESCAN, SECRET
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.registryevents import TOKEN_SECRET
 from scapguard.results_server import REGISTRY_EVENTS_PATH, build_app, build_registry_events_app
-from scapguard.testing import OPERATOR_NS, Harness, add_policy, harness
+from scapguard_dev.registry import NotificationEndpoint, Registry
 from tests.aioserve import serving
+from tests.harness import OPERATOR_NS, Harness, add_policy, harness
 from tests.ociartifacts import push_image, push_index
 
 TOKEN = "registry-notification-token"  # noqa: S105 -- a test credential

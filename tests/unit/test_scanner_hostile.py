@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 from scapguard.results.model import (
     ErrorReason,
     ImageRef,
@@ -28,6 +27,7 @@ from scapguard.results.model import (
 from scapguard.scanner import content, oscap, osdetect, pipeline, sandbox, unpack
 from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.pull import PulledImage
+from scapguard_dev.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 
 RHEL9 = {"etc/os-release": 'ID="rhel"\nVERSION_ID="9.4"\n'}
 RPMDB = {"var/lib/rpm/rpmdb.sqlite": "x"}

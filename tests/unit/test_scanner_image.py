@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster import content as devcontent
+from scapguard_dev import content as devcontent
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PACKAGES = REPO / "scanner-image" / "packages.txt"

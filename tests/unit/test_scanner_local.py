@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from scapguard.devcluster.images import RawLayer, write_raw_oci_layout
 from scapguard.results.model import (
     ErrorReason,
     ImageRef,
@@ -24,6 +23,7 @@ from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.local import REF_ANNOTATION as REF_NAME
 from scapguard.scanner.pipeline import ScanRequest
 from scapguard.scanner.pull import PulledImage
+from scapguard_dev.images import RawLayer, write_raw_oci_layout
 
 DIGEST = "sha256:" + "ab" * 32
 

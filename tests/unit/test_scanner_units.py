@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from scapguard.devcluster.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 from scapguard.results.model import ErrorReason, OSInfo
 from scapguard.results.oval import OvalResults, ProbeError, parse_oval_results
 from scapguard.scanner import cli, content, osdetect, pull, sandbox, unpack
@@ -27,6 +26,7 @@ from scapguard.scanner.errors import ScanFailure
 from scapguard.scanner.oscap import write_apt_config
 from scapguard.scanner.pipeline import oval_failure
 from scapguard.scanner.pull import PulledImage, PullOptions, skopeo_env, split_reference
+from scapguard_dev.images import MEDIA_TYPE_LAYER_GZIP, RawLayer, write_raw_oci_layout
 
 OVAL_NS = "http://oval.mitre.org/XMLSchema/oval-definitions-5"
 COMMON_NS = "http://oval.mitre.org/XMLSchema/oval-common-5"

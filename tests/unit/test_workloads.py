@@ -11,7 +11,7 @@ from scapguard.k8s.api import IMAGESCAN, POD, SCANPOLICY, Obj
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.reconcile.workloads import image_of
-from scapguard.testing import (
+from tests.harness import (
     Harness,
     add_policy,
     add_stream,

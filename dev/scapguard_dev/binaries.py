@@ -81,7 +81,7 @@ class BuildError(RuntimeError):
 
 def repo_root() -> Path:
     """The source checkout this package was imported from."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "hack" / "cluster" / "go.mod").is_file():
         raise BuildError(
             f"{root} is not a scapguard checkout (no hack/cluster/go.mod); "
@@ -258,7 +258,7 @@ def _stamp_changed(binary: Path, module: Path, ldflags: str | None = None) -> bo
 
 
 def main() -> None:
-    """``python -m scapguard.devcluster.binaries``: build what is stale, print the paths."""
+    """``python -m scapguard_dev.binaries``: build what is stale, print the paths."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         paths = [

@@ -7,7 +7,7 @@ configuration and extracting it under ``~/.cache/scapguard/`` (nothing is instal
 apt state is untouched). The mirror is the one the machine's own apt sources already use, read
 at run time; no host name is written anywhere.
 
-    python -m scapguard.devcluster.content      # prints the extracted SSG content directory
+    python -m scapguard_dev.content      # prints the extracted SSG content directory
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from scapguard.devcluster import fixtureimages
+from scapguard_dev import fixtureimages
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 from scapguard.api import constants as c
 from scapguard.config import Settings
 from scapguard.k8s.api import IMAGE, IMAGESTREAM, JOB, SCANPOLICY, SECRET, Obj
-from scapguard.k8s.fake import FakeKube
 from scapguard.metrics import Metrics
 from scapguard.reconcile.background import in_order, run_task
 from scapguard.reconcile.context import OperatorContext, Task, Wakeups
 from scapguard.reconcile.ingest import Ingested, ingest
 from scapguard.results import model as m
+from tests.fakekube import FakeKube
 
 OPERATOR_NS = "scapguard"
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import Popen
 
-from scapguard.devcluster.netns import NetworkNamespace
+from scapguard_dev.netns import NetworkNamespace
 
 SOCAT = "socat"
 

@@ -1,7 +1,7 @@
 """The local cluster's real node: containerd + runc, CNI, kubelet, kube-proxy and CoreDNS.
 
 ``DevCluster(..., real_node=True)`` starts these after the control plane, every one inside the
-cluster's network namespace (``scapguard.devcluster.netns``). This module holds what is node
+cluster's network namespace (``scapguard_dev.netns``). This module holds what is node
 specific: writing the configuration (``nodeconfig``), the pod sandbox image, the host-wide
 kernel settings the kubelet changes (saved and restored), and leaving nothing behind on stop:
 no pod process, mount, cgroup or namespace.
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from scapguard.devcluster import nodeconfig
-from scapguard.devcluster.binaries import node_binary
-from scapguard.devcluster.images import ImageConfig, PushedImage, build_and_push
-from scapguard.devcluster.netns import NODE_IP, NetworkNamespace, kill_all
-from scapguard.devcluster.nodeconfig import NodeLayout
+from scapguard_dev import nodeconfig
+from scapguard_dev.binaries import node_binary
+from scapguard_dev.images import ImageConfig, PushedImage, build_and_push
+from scapguard_dev.netns import NODE_IP, NetworkNamespace, kill_all
+from scapguard_dev.nodeconfig import NodeLayout
 
 log = logging.getLogger(__name__)
 

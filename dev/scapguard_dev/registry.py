@@ -39,9 +39,9 @@ from typing import Any
 
 import yaml
 
-from scapguard.devcluster.forward import start_forward
-from scapguard.devcluster.netns import NODE_IP, NetworkNamespace
-from scapguard.devcluster.ports import free_port
+from scapguard_dev.forward import start_forward
+from scapguard_dev.netns import NODE_IP, NetworkNamespace
+from scapguard_dev.ports import free_port
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,15 @@ from types import FrameType
 
 from kubernetes import client as kube_client
 
-from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
-from scapguard.devcluster.fixtureimages import webapp_images
-from scapguard.devcluster.helminstall import ChartInstall, install_scapguard
-from scapguard.devcluster.images import PushedImage
-from scapguard.devcluster.imagestreams import tag_image
-from scapguard.devcluster.node import remove_tree
-from scapguard.devcluster.ovalgen import ubuntu_oval
-from scapguard.devcluster.registry import Registry
 from scapguard.results.model import Severity
+from scapguard_dev.cluster import ClusterError, DevCluster, wait_for
+from scapguard_dev.fixtureimages import webapp_images
+from scapguard_dev.helminstall import ChartInstall, install_scapguard
+from scapguard_dev.images import PushedImage
+from scapguard_dev.imagestreams import tag_image
+from scapguard_dev.node import remove_tree
+from scapguard_dev.ovalgen import ubuntu_oval
+from scapguard_dev.registry import Registry
 
 log = logging.getLogger(__name__)
 

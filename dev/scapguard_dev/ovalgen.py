@@ -15,8 +15,8 @@ from typing import cast
 
 from lxml import etree
 
-from scapguard.devcluster.fixtureimages import FIXTURE_PACKAGES, Distro
 from scapguard.results.model import Severity
+from scapguard_dev.fixtureimages import FIXTURE_PACKAGES, Distro
 
 DEF_NS = "http://oval.mitre.org/XMLSchema/oval-definitions-5"
 LINUX_NS = f"{DEF_NS}#linux"

@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from scapguard.devcluster import productimages
-from scapguard.devcluster.binaries import repo_root, tool_binary
-from scapguard.devcluster.cluster import ClusterError, DevCluster, wait_for
-from scapguard.devcluster.images import PushedImage
+from scapguard_dev import productimages
+from scapguard_dev.binaries import repo_root, tool_binary
+from scapguard_dev.cluster import ClusterError, DevCluster, wait_for
+from scapguard_dev.images import PushedImage
 
 log = logging.getLogger(__name__)
 

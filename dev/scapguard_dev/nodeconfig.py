@@ -3,7 +3,7 @@
 containerd 2 (config version 3, runc as the default runtime, CNI from Debian's
 containernetworking-plugins, registries by ``hosts.toml``), the kubelet (cgroupfs on cgroup v1,
 x509 and webhook auth), kube-proxy (iptables, leaving host-wide conntrack sysctls alone), the CNI
-bridge network and CoreDNS. ``scapguard.devcluster.node`` writes them and starts the processes.
+bridge network and CoreDNS. ``scapguard_dev.node`` writes them and starts the processes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scapguard.devcluster.netns import BRIDGE, NODE_IP, POD_CIDR
+from scapguard_dev.netns import BRIDGE, NODE_IP, POD_CIDR
 
 CLUSTER_DOMAIN = "cluster.local"
 DNS_SERVICE_IP = "10.0.0.10"

@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from scapguard.devcluster.binaries import repo_root
+from scapguard_dev.binaries import repo_root
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from scapguard.devcluster import fakesig
-from scapguard.devcluster.images import (
+from scapguard_dev import fakesig
+from scapguard_dev.images import (
     ImageBuildError,
     ImageConfig,
     PushedImage,
@@ -46,8 +46,8 @@ from scapguard.devcluster.images import (
     run_tool,
     write_layer_tar,
 )
-from scapguard.devcluster.node import RUNNABLE, add_busybox
-from scapguard.devcluster.registry import BasicAuth, Registry
+from scapguard_dev.node import RUNNABLE, add_busybox
+from scapguard_dev.registry import BasicAuth, Registry
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ def build_rpm(
 
     ``files`` (absolute path -> content) are the package's files, none by default.
     ``signing_keyid`` (16 hex digits) adds a header signature whose issuer is that key id
-    (:mod:`scapguard.devcluster.fakesig`; ``--rpmv3`` so there is a ``SIGPGP`` too, the tag
+    (:mod:`scapguard_dev.fakesig`; ``--rpmv3`` so there is a ``SIGPGP`` too, the tag
     OpenSCAP 1.3.7 reads): what an OVAL ``signature_keyid`` state compares,
     so vendor feeds that require their signing key can be true on a fixture tree.
     """

@@ -65,7 +65,7 @@ def sign_command(keyid: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        sys.stderr.write("usage: python -m scapguard.devcluster.fakesig KEYID SIGFILE\n")
+        sys.stderr.write("usage: python -m scapguard_dev.fakesig KEYID SIGFILE\n")
         return 2
     data = sys.stdin.buffer.read()
     Path(args[1]).write_bytes(signature_packet(data, args[0]))

@@ -18,7 +18,7 @@ package list, pyproject.toml, README.md, the package's sources, the base layer);
 that tag already in storage is not built again. ``push(name, registry)`` copies it to a
 registry and returns the pushed digest.
 
-    python -m scapguard.devcluster.productimages [--push 127.0.0.1:5000]
+    python -m scapguard_dev.productimages [--push 127.0.0.1:5000]
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from scapguard.devcluster.binaries import repo_root
-from scapguard.devcluster.fixtureimages import archive_mirror, debootstrap_layer
-from scapguard.devcluster.images import ImageBuildError, PushedImage, run_tool
+from scapguard_dev.binaries import repo_root
+from scapguard_dev.fixtureimages import archive_mirror, debootstrap_layer
+from scapguard_dev.images import ImageBuildError, PushedImage, run_tool
 
 log = logging.getLogger(__name__)
 

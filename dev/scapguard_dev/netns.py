@@ -15,7 +15,7 @@ processes share the host's mount, pid and user namespaces). Inside it:
 - no other link and no default route: a packet to any address outside the namespace has no
   route, so nothing the cluster runs can reach a private or public network.
 
-The host reaches a service inside through a ``Forward`` (``scapguard.devcluster.forward``): a
+The host reaches a service inside through a ``Forward`` (``scapguard_dev.forward``): a
 socket on the host's 127.0.0.1, served by a process inside the namespace.
 """
 

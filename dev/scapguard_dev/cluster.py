@@ -10,9 +10,9 @@ ServiceAccounts, and stops every process it started, by pid.
 
 ``DevCluster(workdir, real_node=True)`` adds a real node: every component, the registry and
 the node (containerd + runc, CNI, kubelet, kube-proxy, CoreDNS, see
-``scapguard.devcluster.node``) run inside a network namespace of its own. The host reaches
+``scapguard_dev.node``) run inside a network namespace of its own. The host reaches
 the API server and the registry at ``127.0.0.1`` on the same port numbers through
-``scapguard.devcluster.forward``.
+``scapguard_dev.forward``.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from typing import IO, Any
 import yaml
 from kubernetes import client
 
-from scapguard.devcluster import nodeconfig, pki
-from scapguard.devcluster.binaries import cluster_binary
-from scapguard.devcluster.forward import start_forward
-from scapguard.devcluster.netns import NODE_IP, SERVICE_CIDR, NetworkNamespace
-from scapguard.devcluster.node import RealNode, pause_image
-from scapguard.devcluster.nodeconfig import NodeLayout
-from scapguard.devcluster.ports import free_port
-from scapguard.devcluster.registry import Registry
+from scapguard_dev import nodeconfig, pki
+from scapguard_dev.binaries import cluster_binary
+from scapguard_dev.forward import start_forward
+from scapguard_dev.netns import NODE_IP, SERVICE_CIDR, NetworkNamespace
+from scapguard_dev.node import RealNode, pause_image
+from scapguard_dev.nodeconfig import NodeLayout
+from scapguard_dev.ports import free_port
+from scapguard_dev.registry import Registry
 
 __all__ = ["ClusterError", "DevCluster", "free_port", "running_cluster", "wait_for"]
 

@@ -12,7 +12,7 @@ Two ways in:
   tests: ``../`` paths, absolute symlinks, device nodes, whiteouts, decompression bombs). The OCI
   layout is written here, not by umoci, so nothing inspects or rewrites the layers.
 
-The dev registry (:mod:`scapguard.devcluster.registry`) speaks plain HTTP on loopback, so every
+The dev registry (:mod:`scapguard_dev.registry`) speaks plain HTTP on loopback, so every
 skopeo call here passes ``--dest-tls-verify=false`` / ``--src-tls-verify=false``.
 
 Building and unpacking keep owners only when run as root (the tests and CI run as root).
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from scapguard.devcluster.registry import BasicAuth
+from scapguard_dev.registry import BasicAuth
 
 log = logging.getLogger(__name__)
 

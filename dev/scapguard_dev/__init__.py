@@ -1,0 +1,1 @@
+"""scapguard_dev."""
