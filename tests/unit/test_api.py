@@ -9,7 +9,7 @@ import pytest
 
 from scapguard.api import constants as c
 from scapguard.api.annotations import QualityInput, enforcement_patch, quality_annotation
-from scapguard.api.conditions import set_condition
+from scapguard.api.conditions import Condition, set_condition
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import evaluate
 from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
@@ -109,37 +109,19 @@ def test_imagescan_spec_needs_a_digest() -> None:
 
 def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
     conds, changed = set_condition(
-        None, type_="Ready", status="True", reason="A", message="m", observed_generation=1, now="t1"
+        None, Condition("Ready", "True", "A", "m"), observed_generation=1, now="t1"
     )
     assert changed and conds[0]["lastTransitionTime"] == "t1"
     same, changed = set_condition(
-        conds,
-        type_="Ready",
-        status="True",
-        reason="A",
-        message="m",
-        observed_generation=1,
-        now="t2",
+        conds, Condition("Ready", "True", "A", "m"), observed_generation=1, now="t2"
     )
     assert not changed and same == conds
     reworded, changed = set_condition(
-        conds,
-        type_="Ready",
-        status="True",
-        reason="B",
-        message="m2",
-        observed_generation=2,
-        now="t3",
+        conds, Condition("Ready", "True", "B", "m2"), observed_generation=2, now="t3"
     )
     assert changed and reworded[0]["lastTransitionTime"] == "t1"
     flipped, changed = set_condition(
-        reworded,
-        type_="Ready",
-        status="False",
-        reason="C",
-        message="m",
-        observed_generation=2,
-        now="t4",
+        reworded, Condition("Ready", "False", "C", "m"), observed_generation=2, now="t4"
     )
     assert changed and flipped[0]["lastTransitionTime"] == "t4"
 

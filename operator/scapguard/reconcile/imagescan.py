@@ -13,7 +13,7 @@ from typing import Any
 
 from scapguard.api import conditions as cond
 from scapguard.api import constants as c
-from scapguard.api.conditions import Reason
+from scapguard.api.conditions import Condition, Reason
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import ERROR, Verdict, evaluate
 from scapguard.api.imagescan import (
@@ -124,7 +124,7 @@ def _ensure_labels(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec) -> None
 
 
 def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> None:
-    patch = with_conditions(ctx, scan, {}, [(cond.READY, cond.FALSE, reason, message)])
+    patch = with_conditions(ctx, scan, {}, [Condition(cond.READY, cond.FALSE, reason, message)])
     if differs(scan, patch):
         write_status(ctx, scan, patch)
         ctx.event(scan, "Warning", reason, message)
@@ -147,7 +147,7 @@ def _release_deny(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, message:
             scan,
             {"denied": False, "evaluationHash": None},
             [
-                (
+                Condition(
                     cond.ENFORCED,
                     cond.FALSE,
                     Reason.POLICY_NOT_FOUND,
@@ -193,8 +193,10 @@ def _new_request(
         scan,
         patch,
         [
-            (cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.QUEUED, message),
-            *([] if has_result else [(cond.READY, cond.FALSE, Reason.QUEUED, message)]),
+            Condition(
+                cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.QUEUED, message
+            ),
+            *([] if has_result else [Condition(cond.READY, cond.FALSE, Reason.QUEUED, message)]),
         ],
     )
     write_status(ctx, scan, patch)
@@ -311,7 +313,14 @@ def _schedule_retry(
             "job": None,
             "queuedAt": format_time(ctx.now()),
         },
-        [(cond.SCANNED, cond.TRUE if progress.result else cond.FALSE, Reason.RETRYING, message)],
+        [
+            Condition(
+                cond.SCANNED,
+                cond.TRUE if progress.result else cond.FALSE,
+                Reason.RETRYING,
+                message,
+            )
+        ],
     )
     write_status(ctx, scan, patch)
     ctx.event(scan, "Warning", Reason.RETRYING, message)

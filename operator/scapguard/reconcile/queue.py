@@ -21,7 +21,7 @@ from typing import Any
 
 from scapguard.api import conditions as cond
 from scapguard.api import constants as c
-from scapguard.api.conditions import Reason
+from scapguard.api.conditions import Condition, Reason
 from scapguard.api.errors import SpecError
 from scapguard.api.imagescan import (
     QUEUED,
@@ -311,7 +311,7 @@ def _record_attempt(ctx: OperatorContext, scan: Obj, request: int, attempt: int,
             scan,
             {"attempts": attempt, "job": job, "state": RUNNING, "nextAttemptAt": None},
             [
-                (
+                Condition(
                     cond.SCANNED,
                     cond.TRUE if has_result else cond.FALSE,
                     Reason.RUNNING,

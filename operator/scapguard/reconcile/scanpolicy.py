@@ -53,7 +53,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
     try:
         spec = parse_policy_spec(policy.get("spec"))
     except SpecError as exc:
-        _write_status(ctx, policy, {}, (cond.FALSE, Reason.INVALID_SPEC, str(exc)))
+        _write_status(ctx, policy, {}, _ready(cond.FALSE, Reason.INVALID_SPEC, str(exc)))
         ctx.event(policy, "Warning", Reason.INVALID_SPEC, str(exc))
         return Outcome(permanent=str(exc))
     selection = select(ctx, namespace, spec, image_api=ctx.image_api)
@@ -78,7 +78,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
         ctx,
         policy,
         fields,
-        (
+        _ready(
             cond.TRUE,
             Reason.RECONCILED,
             f"{fields['imagesSelected']} images selected, {fields['imagesFailing']} failing, "
@@ -258,16 +258,17 @@ def _aggregates(
     }
 
 
+def _ready(status: str, reason: str, message: str) -> cond.Condition:
+    return cond.Condition(cond.READY, status, reason, message)
+
+
 def _write_status(
-    ctx: OperatorContext, policy: Obj, fields: dict[str, Any], ready: tuple[str, str, str]
+    ctx: OperatorContext, policy: Obj, fields: dict[str, Any], ready: cond.Condition
 ) -> None:
     status = policy.get("status") or {}
     conditions, changed = cond.set_condition(
         status.get("conditions"),
-        type_=cond.READY,
-        status=ready[0],
-        reason=ready[1],
-        message=ready[2],
+        ready,
         observed_generation=generation_of(policy),
         now=format_time(ctx.now()),
     )

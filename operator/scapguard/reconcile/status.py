@@ -4,7 +4,7 @@ and the labels and annotations scapguard marks them with."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scapguard.api import conditions as cond
@@ -70,24 +70,16 @@ def with_conditions(
     ctx: OperatorContext,
     scan: Obj,
     patch: dict[str, Any],
-    updates: list[tuple[str, str, str, str]],
+    updates: Sequence[cond.Condition],
 ) -> dict[str, Any]:
-    """Add ``conditions`` to ``patch`` from (type, status, reason, message) tuples."""
+    """Add ``conditions`` to ``patch`` from ``updates``."""
     status = scan.get("status") or {}
-    conditions = status.get("conditions") or []
-    changed = False
-    now = format_time(ctx.now())
-    for type_, state, reason, message in updates:
-        conditions, did = cond.set_condition(
-            conditions,
-            type_=type_,
-            status=state,
-            reason=reason,
-            message=message,
-            observed_generation=generation_of(scan),
-            now=now,
-        )
-        changed = changed or did
+    conditions, changed = cond.set_conditions(
+        status.get("conditions"),
+        updates,
+        observed_generation=generation_of(scan),
+        now=format_time(ctx.now()),
+    )
     if changed:
         patch["conditions"] = conditions
     patch.setdefault("observedGeneration", generation_of(scan))

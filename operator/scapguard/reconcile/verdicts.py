@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from scapguard.api import conditions as cond
-from scapguard.api.conditions import Reason
+from scapguard.api.conditions import Condition, Reason
 from scapguard.api.constants import OPENSHIFT_DENY_ANNOTATION, RESCAN_ANNOTATION, RESULT_KEY
 from scapguard.api.evaluation import ERROR, FAIL, PASS, ResultLike, Verdict, evaluate
 from scapguard.api.imagescan import ImageScanSpec, format_time, read_progress
@@ -168,95 +168,108 @@ def conditions_for(
     enforcement: Enforcement,
     denied: bool,
     scanner: object = None,
-) -> list[tuple[str, str, str, str]]:
-    """``scanner``: the status' ``scanner`` block (id mapping) of the scan being judged."""
-    if verdict.result == ERROR:
-        scanned = (cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
-        compliant = (
-            cond.COMPLIANT,
-            cond.UNKNOWN,
-            Reason.NOT_EVALUATED,
-            "the scan did not complete",
-        )
-    else:
-        lost = owners_lost(scanner)
-        scanned = (
-            (cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
-            if lost is None
-            else (
-                cond.SCANNED,
-                cond.TRUE,
-                Reason.OWNERS_NOT_PRESERVED,
-                f"scan completed rootless, the image's file owners were lost ({lost}): "
-                "ownership and permission rules are notchecked",
-            )
-        )
-        compliant = (
+) -> list[Condition]:
+    """Scanned, Compliant, Enforced and the summary Ready for a verdict and its enforcement.
+
+    ``scanner``: the status' ``scanner`` block (id mapping) of the scan being judged.
+    """
+    scanned = _scanned(verdict, scanner)
+    compliant = (
+        Condition(cond.COMPLIANT, cond.UNKNOWN, Reason.NOT_EVALUATED, "the scan did not complete")
+        if verdict.result == ERROR
+        else Condition(
             cond.COMPLIANT,
             cond.TRUE if verdict.result == PASS else cond.FALSE,
             verdict.reason,
             verdict.message,
         )
-    if denied and enforcement.by_admission:
-        enforced = (
+    )
+    enforced = _enforced(verdict, policy, enforcement, denied)
+    ready_ok = scanned.true and enforced.true
+    ready = Condition(
+        cond.READY,
+        cond.TRUE if ready_ok else cond.FALSE,
+        compliant.reason if ready_ok else (enforced.reason if scanned.true else scanned.reason),
+        f"{verdict.result}: {verdict.message}",
+    )
+    return [scanned, compliant, enforced, ready]
+
+
+def _scanned(verdict: Verdict, scanner: object) -> Condition:
+    if verdict.result == ERROR:
+        return Condition(cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
+    lost = owners_lost(scanner)
+    if lost is None:
+        return Condition(cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
+    return Condition(
+        cond.SCANNED,
+        cond.TRUE,
+        Reason.OWNERS_NOT_PRESERVED,
+        f"scan completed rootless, the image's file owners were lost ({lost}): "
+        "ownership and permission rules are notchecked",
+    )
+
+
+def _enforced(
+    verdict: Verdict, policy: ScanPolicySpec, enforcement: Enforcement, denied: bool
+) -> Condition:
+    """The Enforced condition: what the Image (or the admission webhook) does about ``denied``."""
+    if denied:
+        return _enforced_deny(verdict, policy, enforcement)
+    if enforcement.by_person:
+        return Condition(
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED_BY_PERSON,
+            "denied by a deny-execution annotation scapguard did not set",
+        )
+    if enforcement.denied:
+        return Condition(
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED,
+            f"denied by another policy ({', '.join(enforcement.denied_by)})",
+        )
+    if not policy.enforcing:
+        return Condition(cond.ENFORCED, cond.TRUE, Reason.REPORT_ONLY, "the policy only reports")
+    return Condition(cond.ENFORCED, cond.TRUE, Reason.NOT_DENIED, "image not denied")
+
+
+def _enforced_deny(verdict: Verdict, policy: ScanPolicySpec, enforcement: Enforcement) -> Condition:
+    """The Enforced condition of a scan that wants its image denied."""
+    if enforcement.by_admission:
+        return Condition(
             cond.ENFORCED,
             cond.TRUE,
             Reason.DENIED,
             "image denied: the cluster has no image.openshift.io API, so the admission "
             "webhook refuses Pods that run this digest (no Image to annotate)",
         )
-    elif denied and not enforcement.image_found:
-        enforced = (
+    if not enforcement.image_found:
+        return Condition(
             cond.ENFORCED,
             cond.FALSE,
             Reason.IMAGE_NOT_FOUND,
             "no image.openshift.io Image for this digest to annotate",
         )
-    elif denied and enforcement.person_value is not None and not enforcement.denied:
-        enforced = (
+    if enforcement.person_value is not None and not enforcement.denied:
+        return Condition(
             cond.ENFORCED,
             cond.FALSE,
             Reason.ALLOWED_BY_PERSON,
             f"the policy denies this image, but a person set {OPENSHIFT_DENY_ANNOTATION}="
             f"{enforcement.person_value!r}; scapguard leaves it as it is",
         )
-    elif denied:
-        held = verdict.result == ERROR and policy.on_error != "Deny"
-        enforced = (
-            cond.ENFORCED,
-            cond.TRUE if enforcement.denied else cond.FALSE,
-            Reason.DENIED,
-            "image denied execution: this scan did not complete, the deny stands from the "
-            "last completed scan, which fails the policy"
-            if held
-            else "image denied execution",
-        )
-    elif enforcement.by_person:
-        enforced = (
-            cond.ENFORCED,
-            cond.TRUE,
-            Reason.DENIED_BY_PERSON,
-            "denied by a deny-execution annotation scapguard did not set",
-        )
-    elif enforcement.denied:
-        enforced = (
-            cond.ENFORCED,
-            cond.TRUE,
-            Reason.DENIED,
-            f"denied by another policy ({', '.join(enforcement.denied_by)})",
-        )
-    elif not policy.enforcing:
-        enforced = (cond.ENFORCED, cond.TRUE, Reason.REPORT_ONLY, "the policy only reports")
-    else:
-        enforced = (cond.ENFORCED, cond.TRUE, Reason.NOT_DENIED, "image not denied")
-    ready_ok = scanned[1] == cond.TRUE and enforced[1] == cond.TRUE
-    ready = (
-        cond.READY,
-        cond.TRUE if ready_ok else cond.FALSE,
-        compliant[2] if ready_ok else (enforced[2] if scanned[1] == cond.TRUE else scanned[2]),
-        f"{verdict.result}: {verdict.message}",
+    held = verdict.result == ERROR and policy.on_error != "Deny"
+    return Condition(
+        cond.ENFORCED,
+        cond.TRUE if enforcement.denied else cond.FALSE,
+        Reason.DENIED,
+        "image denied execution: this scan did not complete, the deny stands from the "
+        "last completed scan, which fails the policy"
+        if held
+        else "image denied execution",
     )
-    return [scanned, compliant, enforced, ready]
 
 
 def apply_verdict(
@@ -285,7 +298,7 @@ def apply_verdict(
             verdict, policy, enforcement, fields["denied"], fresh["status"].get("scanner")
         )
         if pending:  # a rescan is queued or running: its own Scanned condition stands
-            conditions = [x for x in conditions if x[0] != cond.SCANNED]
+            conditions = [x for x in conditions if x.type != cond.SCANNED]
         write_status(ctx, scan, with_conditions(ctx, scan, dict(fields), conditions))
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
