@@ -31,12 +31,6 @@ def image_marks(e2e: E2E, digest: str) -> dict[str, str]:
     return dict(e2e.image_object(digest)["metadata"].get("annotations") or {})
 
 
-def attempts(e2e: E2E, jobs: JobRecord, scan: dict[str, Any]) -> list[tuple[str, str]]:
-    """(request, attempt) of every Job created for ``scan``."""
-    names = jobs.for_scan(e2e.namespace, scan["metadata"]["name"])
-    return [(r, a) for r, a in (n.rsplit("-", 2)[1:] for n in names)]
-
-
 def assert_error(
     e2e: E2E, jobs: JobRecord, scan: dict[str, Any], reason: str, retries: int
 ) -> dict[str, Any]:
@@ -46,7 +40,8 @@ def assert_error(
     assert status["reason"] == reason
     assert f"after {retries + 1} attempts" in status["error"]["message"], status["error"]
     assert status["attempts"] == retries + 1
-    assert attempts(e2e, jobs, scan) == [("1", str(n)) for n in range(1, retries + 2)]
+    expected = [(1, n) for n in range(1, retries + 2)]
+    assert jobs.attempts_of(e2e.namespace, scan["metadata"]["name"]) == expected
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Scanned"]["status"] == "False"
     assert conditions["Scanned"]["reason"] == reason

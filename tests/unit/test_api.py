@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from scapguard.api.conditions import Condition, set_condition
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import evaluate
 from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
-from scapguard.api.naming import digest_label, job_name, scan_name
+from scapguard.api.naming import JobName, digest_label, job_name, parse_job_name, scan_name
 from scapguard.api.policy import LabelSelector, SelectorRequirement, parse_policy_spec
 from scapguard.api.summary import result_status
 from tests.harness import digest, scan_result
@@ -205,6 +206,15 @@ def test_names_are_deterministic_and_valid() -> None:
     assert a.startswith(digest(1)[7:19]) and len(a) <= 63
     assert len(digest_label(digest(1))) == 63
     assert job_name("uid", 2, 3).endswith("-2-3") and len(job_name("u" * 36, 99, 99)) <= 63
+
+
+def test_a_job_name_parses_back_into_what_made_it() -> None:
+    name = job_name("uid", 2, 13)
+    scan_hash = hashlib.sha256(b"uid").hexdigest()[:12]
+    assert name == f"scapguard-scan-{scan_hash}-2-13"
+    assert parse_job_name(name) == JobName(scan_hash, 2, 13)
+    for other in ("../../etc", f"{name}-1", "scapguard-scan-xyz-1-1", "scapguard-promote-0-1"):
+        assert parse_job_name(other) is None, other
 
 
 def test_quality_annotation_follows_the_openshift_format() -> None:

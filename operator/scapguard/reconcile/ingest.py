@@ -13,13 +13,12 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 from scapguard.api import constants as c
 from scapguard.api.imagescan import RUNNING, format_time, parse_imagescan_spec, read_progress
-from scapguard.api.naming import result_config_map_name
+from scapguard.api.naming import parse_job_name, result_config_map_name
 from scapguard.builders.imagescan import build_result_config_map
 from scapguard.k8s.api import (
     CONFIGMAP,
@@ -41,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 CONSUME_TRIES = 5
 
-JOB_NAME: Final = re.compile(r"scapguard-scan-[0-9a-f]{12}-[0-9]+-[0-9]+")
 MAX_STORED: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
 
@@ -72,7 +70,7 @@ def _int(value: str | None) -> int:
 
 def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
     settings = ctx.settings
-    if not JOB_NAME.fullmatch(job):
+    if parse_job_name(job) is None:
         return _reject(ctx, job, 404, "UnknownJob", "no such scan")
     if len(body) > settings.results_max_bytes:
         return _reject(ctx, job, 413, "TooLarge", "result larger than the limit")
