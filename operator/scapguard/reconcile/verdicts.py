@@ -16,13 +16,18 @@ from scapguard.api import conditions as cond
 from scapguard.api.conditions import Condition, Reason
 from scapguard.api.constants import OPENSHIFT_DENY_ANNOTATION, RESCAN_ANNOTATION, RESULT_KEY
 from scapguard.api.evaluation import ERROR, FAIL, PASS, ResultLike, Verdict, evaluate
-from scapguard.api.imagescan import ImageScanSpec, format_time, read_progress
+from scapguard.api.imagescan import (
+    ImageScanSpec,
+    StatusPatch,
+    judged,
+    read_progress,
+    verdict_conditions,
+)
 from scapguard.api.naming import result_config_map_name
 from scapguard.api.policy import ScanPolicySpec
 from scapguard.api.summary import result_status
 from scapguard.k8s.api import (
     CONFIGMAP,
-    IMAGESCAN,
     NotFound,
     Obj,
     annotations_of,
@@ -32,12 +37,11 @@ from scapguard.k8s.api import (
 )
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import Enforcement, enforce_digest
-from scapguard.reconcile.status import with_conditions, write_status
+from scapguard.reconcile.status import mark_scan, write_change
 from scapguard.results.model import _gunzip_bounded
 
 logger = logging.getLogger(__name__)
 
-MAX_FAILING_IDS: Final = 100
 MAX_STORED_RESULT: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
 
@@ -95,14 +99,7 @@ def distrust(ctx: OperatorContext, scan: Obj, exc: UntrustedResult, *, rescan: b
     if rescan and request is not None:
         value = f"OnDemand:stored-result/{request.number}"
         if annotations_of(scan).get(RESCAN_ANNOTATION) != value:
-            scan.update(
-                ctx.kube.patch(
-                    IMAGESCAN,
-                    name_of(scan),
-                    namespace_of(scan),
-                    {"metadata": {"annotations": {RESCAN_ANNOTATION: value}}},
-                )
-            )
+            mark_scan(ctx, scan, annotations={RESCAN_ANNOTATION: value})
         message += "; verdict kept, rescan requested"
     logger.warning("ImageScan %s/%s: %s", namespace_of(scan), name_of(scan), message)
     ctx.event(scan, "Warning", Reason.STORED_RESULT_TAMPERED, message)
@@ -140,20 +137,6 @@ def wants_deny(policy: ScanPolicySpec, verdict: Verdict) -> bool:
     if not policy.enforcing:
         return False
     return verdict.result == FAIL or (verdict.result == ERROR and policy.on_error == "Deny")
-
-
-def verdict_fields(policy: ScanPolicySpec, verdict: Verdict, now: dt.datetime) -> dict[str, Any]:
-    failing = [*verdict.failing_vulnerabilities, *verdict.failing_rules]
-    return {
-        "result": verdict.result,
-        "reason": verdict.reason,
-        "message": verdict.message,
-        "denied": wants_deny(policy, verdict),
-        "failing": failing[:MAX_FAILING_IDS],
-        "excepted": list(verdict.excepted[:MAX_FAILING_IDS]),
-        "evaluationHash": policy.evaluation_hash(now),
-        "evaluatedAt": format_time(now),
-    }
 
 
 def owners_lost(scanner: object) -> str | None:
@@ -278,28 +261,38 @@ def apply_verdict(
     spec: ImageScanSpec,
     policy: ScanPolicySpec,
     verdict: Verdict,
-    extra: Mapping[str, Any],
+    settled: StatusPatch | None = None,
     *,
     pending: bool = False,
 ) -> Enforcement:
-    """Write ``verdict`` (plus ``extra`` status fields) and bring the Image in line with it.
+    """Write ``verdict`` (with ``settled``, the end of the request it judges: ``completed``
+    or ``gave_up``) and bring the Image in line with it.
 
     ``pending``: the verdict is on the last result while a rescan is under way.
     """
     now = ctx.now()
-    fields = {**extra, **verdict_fields(policy, verdict, now), "displayImage": spec.display_image()}
-    if verdict.result == ERROR and policy.enforcing and not fields["denied"]:
-        fields["denied"] = last_completed_fails(ctx, scan, policy, now)
-    fresh = {**scan, "status": {**(scan.get("status") or {}), **fields}}
+    denied = wants_deny(policy, verdict)
+    if verdict.result == ERROR and policy.enforcing and not denied:
+        denied = last_completed_fails(ctx, scan, policy, now)
+    change = judged(
+        verdict,
+        denied=denied,
+        evaluation_hash=policy.evaluation_hash(now),
+        now=now,
+        display_image=spec.display_image(),
+    )
+    if settled is not None:
+        change = settled | change
+    fresh = {**scan, "status": {**(scan.get("status") or {}), **change.fields}}
     previous = (scan.get("status") or {}).get("result")
     with ctx.digest_lock(spec.digest):  # until the status other scans' enforcement reads
         enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
-        conditions = conditions_for(
-            verdict, policy, enforcement, fields["denied"], fresh["status"].get("scanner")
+        conditions = verdict_conditions(
+            conditions_for(verdict, policy, enforcement, denied, fresh["status"].get("scanner"))
         )
         if pending:  # a rescan is queued or running: its own Scanned condition stands
-            conditions = [x for x in conditions if x.type != cond.SCANNED]
-        write_status(ctx, scan, with_conditions(ctx, scan, dict(fields), conditions))
+            conditions = conditions.without(cond.SCANNED)
+        write_change(ctx, scan, change | conditions)
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
     if previous and previous != verdict.result:
@@ -339,7 +332,7 @@ def reevaluate(
         verdict = evaluate(stored, policy, now)
     previous = status.get("result")
     pending = not read_progress(status).finished
-    apply_verdict(ctx, scan, spec, policy, verdict, {}, pending=pending)
+    apply_verdict(ctx, scan, spec, policy, verdict, pending=pending)
     if previous != verdict.result:
         ctx.event(
             scan,
