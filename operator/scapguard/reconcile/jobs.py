@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from scapguard.api import constants as c
 from scapguard.api.conditions import Reason
-from scapguard.api.imagescan import parse_time, read_progress
+from scapguard.api.imagescan import Standing, attempt_of, parse_time, read_progress, standing
 from scapguard.builders.job import CONTAINER_NAME, scanner_selector
 from scapguard.k8s.api import (
     IMAGESCAN,
@@ -34,6 +34,17 @@ logger = logging.getLogger(__name__)
 ORPHAN_SECRET_AGE: Final = dt.timedelta(minutes=5)
 #: How much of the scanner container's termination message (its log's tail) a reason quotes.
 _TERMINATION_TAIL: Final = 500
+
+
+#: Why a scanner Job whose attempt stands so serves its scan no more (the sweep deletes it).
+_NOT_SERVING: Final = {
+    Standing.OTHER_REQUEST: "it belongs to an earlier request",
+    Standing.FINISHED: "its scan has a result",
+    Standing.OTHER_ATTEMPT: "a later attempt superseded it",
+    # Only after a crash or a lost write: the queue records a start under the lock the sweep
+    # holds. The scan still waits, so the queue starts that attempt again (under this name).
+    Standing.UNRECORDED: "its start was never recorded",
+}
 
 
 @dataclass(frozen=True)
@@ -159,14 +170,12 @@ def _serving(ctx: OperatorContext, job: Obj) -> tuple[Obj | None, str]:
         return None, f"ImageScan {namespace}/{name} is gone"
     if uid_of(scan) != labels_of(job).get(c.SCAN_UID_LABEL):
         return None, f"ImageScan {namespace}/{name} was replaced"
-    progress = read_progress(scan.get("status"))
-    request = progress.request
-    if request is None or notes.get(c.REQUEST_ANNOTATION) != str(request.number):
-        return None, "it belongs to an earlier request"
-    if notes.get(c.ATTEMPT_ANNOTATION) != str(progress.attempts):
-        return None, "a later attempt superseded it"
-    if progress.finished:
-        return None, "its scan has a result"
+    ref = attempt_of(notes)
+    if ref is None:
+        return None, "it names no attempt"
+    where = standing(read_progress(scan.get("status")), ref)
+    if where is not Standing.CURRENT:
+        return None, _NOT_SERVING[where]
     return scan, ""  # the current attempt: the scan's reconcile records how it ended
 
 
