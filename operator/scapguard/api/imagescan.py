@@ -253,6 +253,33 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# Causes of a wake-up (c.WAKE_ANNOTATION).
+WAKE_RESULT_RECEIVED: Final = "result-received"
+WAKE_JOB_ENDED: Final = "job-ended"
+_WAKE_CAUSES: Final = (WAKE_RESULT_RECEIVED, WAKE_JOB_ENDED)
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Why an ImageScan's reconcile was woken, and by which scanner Job."""
+
+    cause: str  # WAKE_RESULT_RECEIVED | WAKE_JOB_ENDED
+    job: str
+
+
+def format_wake(cause: str, job: str) -> str:
+    """The wake annotation's value: ``<cause>:<job name>``."""
+    if cause not in _WAKE_CAUSES or not job:
+        raise ValueError(f"not a wake-up: {cause!r} for {job!r}")
+    return f"{cause}:{job}"
+
+
+def parse_wake(value: str | None) -> Wake | None:
+    """The wake-up a wake annotation value names; None for anything else."""
+    cause, sep, job = (value or "").partition(":")
+    return Wake(cause, job) if sep and cause in _WAKE_CAUSES and job else None
+
+
 def trigger_of(rescan: str) -> str:
     """The trigger an operator-written rescan value names (``Scheduled:...``); else OnDemand."""
     prefix = rescan.split(":", 1)[0]

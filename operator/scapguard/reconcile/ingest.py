@@ -1,7 +1,8 @@
 """Accept a scanner's result post: per-scan bearer token, single use, bounded, checked.
 
-The endpoint only records (result ConfigMap, ``status.lastAttempt``) and pokes the scan with an
-annotation; the active operator's reconcile judges and enforces. So a standby replica serving
+The endpoint only records (result ConfigMap, ``status.lastAttempt``) and wakes the scan
+(``scapguard.io/wake: result-received:<job>``); the active operator's reconcile judges and
+enforces. So a standby replica serving
 a post cannot race the active one's decisions.
 """
 
@@ -18,6 +19,7 @@ from typing import Any, Final
 
 from scapguard.api import constants as c
 from scapguard.api.imagescan import (
+    WAKE_RESULT_RECEIVED,
     AttemptOutcome,
     AttemptRef,
     ScanProgress,
@@ -48,7 +50,7 @@ from scapguard.k8s.api import (
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext
-from scapguard.reconcile.status import mark_scan, write_change
+from scapguard.reconcile.status import wake, write_change
 from scapguard.results.model import ScanResult, ScanResultError, decode_handoff
 
 logger = logging.getLogger(__name__)
@@ -172,11 +174,7 @@ def _record(
         format_time(result.finished_at),
     )
     write_change(ctx, scan, result_received(progress, outcome, job, stored), guarded=False)
-    mark_scan(
-        ctx,
-        scan,
-        annotations={c.RESULT_RECEIVED_ANNOTATION: f"{ref.request}.{ref.attempt}"},
-    )
+    wake(ctx, scan, WAKE_RESULT_RECEIVED, job)
     logger.info(
         "accepted %s result for ImageScan %s/%s (request %s, attempt %s)",
         result.outcome,

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from scapguard.api.imagescan import StatusPatch, format_time
+from scapguard.api import constants as c
+from scapguard.api.imagescan import StatusPatch, format_time, format_wake
 from scapguard.k8s.api import (
     IMAGESCAN,
     NotFound,
@@ -49,6 +50,16 @@ def mark_scan(
         return False
     scan.update(updated)
     return True
+
+
+def wake(ctx: OperatorContext, scan: Obj, cause: str, job: str) -> bool:
+    """Wake the scan's reconcile (``scapguard.io/wake``: ``cause`` of scanner Job ``job``).
+
+    The only poke from outside the ImageScan handler: the results endpoint and the Job watch
+    run in every replica and only record; the active replica's reconcile decides.
+    Returns False when the scan is gone.
+    """
+    return mark_scan(ctx, scan, annotations={c.WAKE_ANNOTATION: format_wake(cause, job)})
 
 
 def write_change(
