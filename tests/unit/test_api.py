@@ -13,7 +13,7 @@ from scapguard.api.annotations import QualityInput, enforcement_patch, quality_a
 from scapguard.api.conditions import Condition, set_condition
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import evaluate
-from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
+from scapguard.api.imagescan import parse_imagescan_spec, parse_rescan, rescan_value, trigger_of
 from scapguard.api.naming import JobName, digest_label, job_name, parse_job_name, scan_name
 from scapguard.api.policy import LabelSelector, SelectorRequirement, parse_policy_spec
 from scapguard.api.summary import result_status
@@ -106,6 +106,16 @@ def test_imagescan_spec_needs_a_digest() -> None:
     assert err.value.field == "spec.image"
     assert trigger_of("Scheduled:2026-01-01T00:00:00Z") == "Scheduled"
     assert trigger_of("Scheduled") == "OnDemand" and trigger_of("anything") == "OnDemand"
+
+
+def test_rescan_values_name_their_trigger_and_detail() -> None:
+    assert rescan_value("PolicyChange", "abc") == "PolicyChange:abc"
+    assert rescan_value("ContentUpdate", "feed@0123") == "ContentUpdate:feed@0123"
+    assert parse_rescan("ContentUpdate:feed@0123") == ("ContentUpdate", "feed@0123")
+    assert parse_rescan("OnDemand:policy/7") == ("OnDemand", "policy/7")
+    assert parse_rescan("by-hand:1") == ("OnDemand", "by-hand:1"), "a person's value"
+    with pytest.raises(ValueError):
+        rescan_value("Whenever", "x")
 
 
 def test_set_condition_keeps_transition_time_unless_status_changes() -> None:

@@ -280,10 +280,24 @@ def parse_wake(value: str | None) -> Wake | None:
     return Wake(cause, job) if sep and cause in _WAKE_CAUSES and job else None
 
 
+def rescan_value(trigger: str, detail: str) -> str:
+    """The rescan annotation value the operator writes: ``<trigger>:<detail>``. The detail
+    (a content hash, a cron fire time...) makes the value new exactly when the cause is."""
+    if trigger not in TRIGGERS:
+        raise ValueError(f"not a trigger: {trigger!r}")
+    return f"{trigger}:{detail}"
+
+
+def parse_rescan(value: str) -> tuple[str, str]:
+    """(trigger, detail) of a rescan annotation value; any other value (a person's) is an
+    OnDemand rescan whose detail is the whole value."""
+    trigger, sep, detail = value.partition(":")
+    return (trigger, detail) if sep and trigger in TRIGGERS else ("OnDemand", value)
+
+
 def trigger_of(rescan: str) -> str:
     """The trigger an operator-written rescan value names (``Scheduled:...``); else OnDemand."""
-    prefix = rescan.split(":", 1)[0]
-    return prefix if prefix in TRIGGERS and ":" in rescan else "OnDemand"
+    return parse_rescan(rescan)[0]
 
 
 def parse_time(value: object) -> dt.datetime | None:

@@ -16,8 +16,10 @@ from scapguard.api.imagescan import (
     RETRYING,
     RUNNING,
     format_time,
+    parse_rescan,
     parse_time,
     read_progress,
+    rescan_value,
 )
 from scapguard.api.policy import ScanPolicySpec, fingerprint, parse_policy_spec
 from scapguard.builders.job import ignored_scanner_fields
@@ -142,17 +144,21 @@ def _rescans(
     records = content_records(ctx, namespace_of(policy) or "", spec, recorded)
     updated = changed_sources(recorded, records)
     # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
-    update = f"ContentUpdate:{fingerprint([identity(r) for r in records])}" if updated else None
+    update = (
+        rescan_value("ContentUpdate", fingerprint([identity(r) for r in records]))
+        if updated
+        else None
+    )
     upstream = upstream_updates(ctx, namespace_of(policy) or "", spec, scans)
     for scan in scans:
         progress = read_progress(scan.get("status"))
         if wanted and wanted != observed:
-            _annotate_rescan(ctx, scan, f"OnDemand:policy/{wanted}")
+            _annotate_rescan(ctx, scan, rescan_value("OnDemand", f"policy/{wanted}"))
             continue
         if progress.request is None:
             continue
         if progress.finished and progress.request.content_hash != content:
-            _annotate_rescan(ctx, scan, f"PolicyChange:{content}")
+            _annotate_rescan(ctx, scan, rescan_value("PolicyChange", content))
             continue
         if update is not None:
             # Scans under way too: their attempt may have started with the old content.
@@ -180,7 +186,7 @@ def _rescans(
             f"content changed in {', '.join(updated)}: rescan of {len(scans)} images requested",
         )
     if upstream:
-        moved = sorted({v.removeprefix("ContentUpdate:").split("@")[0] for v in upstream.values()})
+        moved = sorted({parse_rescan(v)[1].split("@")[0] for v in upstream.values()})
         ctx.event(
             policy,
             "Normal",

@@ -21,6 +21,7 @@ from scapguard.api.imagescan import (
     StatusPatch,
     judged,
     read_progress,
+    rescan_value,
     verdict_conditions,
 )
 from scapguard.api.naming import result_config_map_name
@@ -97,7 +98,7 @@ def distrust(ctx: OperatorContext, scan: Obj, exc: UntrustedResult, *, rescan: b
     message = f"{exc}; not judged from it"
     request = read_progress(scan.get("status")).request
     if rescan and request is not None:
-        value = f"OnDemand:stored-result/{request.number}"
+        value = rescan_value("OnDemand", f"stored-result/{request.number}")
         if annotations_of(scan).get(RESCAN_ANNOTATION) != value:
             mark_scan(ctx, scan, annotations={RESCAN_ANNOTATION: value})
         message += "; verdict kept, rescan requested"
