@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from scapguard.api import conditions as cond
@@ -129,79 +131,99 @@ def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
         mark_scan(ctx, scan, annotations={c.RESCAN_ANNOTATION: value})
 
 
+@dataclass(frozen=True)
+class _Asks:
+    """What a policy asks its scans to rescan for on one reconcile."""
+
+    policy: str | None  # the policy's own rescan annotation, while not yet observed
+    content_hash: str  # of the policy's scan content now (a change: PolicyChange)
+    content_update: str | None  # a ContentUpdate: value when a ConfigMap source changed
+    upstream: Mapping[str, str]  # scan name -> ContentUpdate: value (catalogue feed, OCI tag)
+
+
 def _rescans(
     ctx: OperatorContext, policy: Obj, spec: ScanPolicySpec, scans: list[Obj]
 ) -> dict[str, Any]:
     """Ask scans for rescans (by annotation): policy rescan, policy change, content update,
-    schedule."""
+    schedule. Returns the policy's status fields that record what was asked."""
     now = ctx.now()
-    fields: dict[str, Any] = {}
     status = policy.get("status") or {}
     wanted = annotations_of(policy).get(c.RESCAN_ANNOTATION)
-    observed = status.get("observedRescan")
-    content = spec.content_hash()
     recorded = status.get("contentSources")
     records = content_records(ctx, namespace_of(policy) or "", spec, recorded)
     updated = changed_sources(recorded, records)
-    # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
-    update = (
-        rescan_value("ContentUpdate", fingerprint([identity(r) for r in records]))
-        if updated
-        else None
+    asks = _Asks(
+        policy=wanted if wanted and wanted != status.get("observedRescan") else None,
+        content_hash=spec.content_hash(),
+        # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
+        content_update=(
+            rescan_value("ContentUpdate", fingerprint([identity(r) for r in records]))
+            if updated
+            else None
+        ),
+        upstream=upstream_updates(ctx, namespace_of(policy) or "", spec, scans),
     )
-    upstream = upstream_updates(ctx, namespace_of(policy) or "", spec, scans)
     for scan in scans:
-        progress = read_progress(scan.get("status"))
-        if wanted and wanted != observed:
-            _annotate_rescan(ctx, scan, rescan_value("OnDemand", f"policy/{wanted}"))
-            continue
-        if progress.request is None:
-            continue
-        if progress.finished and progress.request.content_hash != content:
-            _annotate_rescan(ctx, scan, rescan_value("PolicyChange", content))
-            continue
-        if update is not None:
-            # Scans under way too: their attempt may have started with the old content.
-            _annotate_rescan(ctx, scan, update)
-            continue
-        if name_of(scan) in upstream:
-            _annotate_rescan(ctx, scan, upstream[name_of(scan)])
-            continue
-        if progress.finished and spec.schedule:
-            due = due_rescan(
-                name_of(scan), spec.schedule, parse_time(progress.request.requested_at), now
-            )
-            if due is not None:
-                _annotate_rescan(ctx, scan, due)
-    if wanted and wanted != observed:
-        fields["observedRescan"] = wanted
-        ctx.event(
-            policy, "Normal", Reason.RESCAN_REQUESTED, f"rescan of {len(scans)} images requested"
-        )
+        value = _rescan_of(scan, asks, spec, now)
+        if value is not None:
+            _annotate_rescan(ctx, scan, value)
+    _announce_rescans(ctx, policy, len(scans), asks, updated)
+    fields: dict[str, Any] = {"contentSources": records or None, **_schedule_fields(spec, now)}
+    if asks.policy is not None:
+        fields["observedRescan"] = asks.policy
+    return fields
+
+
+def _rescan_of(scan: Obj, asks: _Asks, spec: ScanPolicySpec, now: dt.datetime) -> str | None:
+    """The rescan value ``asks`` means for one scan, if any (first reason wins)."""
+    progress = read_progress(scan.get("status"))
+    if asks.policy is not None:
+        return rescan_value("OnDemand", f"policy/{asks.policy}")
+    if progress.request is None:
+        return None
+    if progress.finished and progress.request.content_hash != asks.content_hash:
+        return rescan_value("PolicyChange", asks.content_hash)
+    if asks.content_update is not None:
+        # Scans under way too: their attempt may have started with the old content.
+        return asks.content_update
+    if name_of(scan) in asks.upstream:
+        return asks.upstream[name_of(scan)]
+    if progress.finished and spec.schedule:
+        requested = parse_time(progress.request.requested_at)
+        return due_rescan(name_of(scan), spec.schedule, requested, now)
+    return None
+
+
+def _announce_rescans(
+    ctx: OperatorContext, policy: Obj, count: int, asks: _Asks, updated: list[str]
+) -> None:
+    if asks.policy is not None:
+        ctx.event(policy, "Normal", Reason.RESCAN_REQUESTED, f"rescan of {count} images requested")
     if updated:
         ctx.event(
             policy,
             "Normal",
             Reason.CONTENT_UPDATED,
-            f"content changed in {', '.join(updated)}: rescan of {len(scans)} images requested",
+            f"content changed in {', '.join(updated)}: rescan of {count} images requested",
         )
-    if upstream:
-        moved = sorted({parse_rescan(v)[1].split("@")[0] for v in upstream.values()})
+    if asks.upstream:
+        moved = sorted({parse_rescan(v)[1].split("@")[0] for v in asks.upstream.values()})
         ctx.event(
             policy,
             "Normal",
             Reason.CONTENT_UPDATED,
-            f"new content in {', '.join(moved)}: rescan of {len(upstream)} images requested",
+            f"new content in {', '.join(moved)}: rescan of {len(asks.upstream)} images requested",
         )
-    fields["contentSources"] = records or None
-    if spec.schedule:
-        win = window(spec.schedule, now)
-        fields["lastScheduledRescan"] = format_time(win.start)
-        fields["nextScheduledRescan"] = format_time(win.end)
-    else:
-        fields["lastScheduledRescan"] = None
-        fields["nextScheduledRescan"] = None
-    return fields
+
+
+def _schedule_fields(spec: ScanPolicySpec, now: dt.datetime) -> dict[str, Any]:
+    if not spec.schedule:
+        return {"lastScheduledRescan": None, "nextScheduledRescan": None}
+    win = window(spec.schedule, now)
+    return {
+        "lastScheduledRescan": format_time(win.start),
+        "nextScheduledRescan": format_time(win.end),
+    }
 
 
 def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) -> None:
