@@ -230,10 +230,9 @@ def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) ->
     """Failure rule, exceptions, action or onError changed: re-judge without rescanning."""
     wanted = spec.evaluation_hash(ctx.now())
     for scan in scans:
-        progress = read_progress(scan.get("status"))
         scan_spec = parsed(scan)
         # Scans with a rescan under way too: their last result is what enforcement acts on.
-        if scan_spec is None or progress.result is None or progress.evaluation_hash == wanted:
+        if scan_spec is None or not read_progress(scan.get("status")).verdict_outdated(wanted):
             continue
         try:
             reevaluate(ctx, scan, scan_spec, spec)
