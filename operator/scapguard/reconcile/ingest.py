@@ -2,8 +2,7 @@
 
 The endpoint only records (result ConfigMap, ``status.lastAttempt``) and wakes the scan
 (``scapguard.io/wake: result-received:<job>``); the active operator's reconcile judges and
-enforces. So a standby replica serving
-a post cannot race the active one's decisions.
+enforces. So a standby replica serving a post cannot race the active one's decisions.
 """
 
 from __future__ import annotations
