@@ -2,8 +2,8 @@
 
 "On change" includes two annotations: ``scapguard.io/rescan`` (a new request, from a person or
 the policy) and ``scapguard.io/wake`` (``result-received:<job>`` from the results endpoint,
-``job-ended:<job>`` from the Job watch; docs/operator.md, "Wake-up annotation"), the one way
-code outside this handler gets a scan reconciled at once. The reconcile never asks why it runs.
+``job-ended:<job>`` from the Job watch; docs/operator.md, "Wake-up annotation"), the operator's
+one internal wake-up. The reconcile never asks why it runs: it reads the status and decides.
 
 ImageScans have no kopf timer: kopf keeps the whole last body of every object with a timer in
 memory (about 70 KiB a scan at scale), and thousands of timer tasks cost CPU while idle. Their
