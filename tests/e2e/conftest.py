@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from scapguard.api import constants as c
-from scapguard.api.naming import scan_name
+from scapguard.api.naming import parse_job_name, scan_name
 from scapguard_dev.cluster import DevCluster, wait_for
 from scapguard_dev.fixtureimages import Distro, FixtureImages, Variant, make_fixture_rootfs
 from scapguard_dev.helminstall import NAMESPACE, ChartInstall, install_scapguard
@@ -168,6 +168,11 @@ class JobRecord:
                 if a.get(c.SCAN_NAMESPACE_ANNOTATION) == namespace
                 and a.get(c.SCAN_NAME_ANNOTATION) == name
             ]
+
+    def attempts_of(self, namespace: str, name: str) -> list[tuple[int, int]]:
+        """(request, attempt) of every Job created for one ImageScan, in creation order."""
+        parsed = [parse_job_name(n) for n in self.for_scan(namespace, name)]
+        return [(p.request, p.attempt) for p in parsed if p is not None]
 
     def active_for(self, key: str) -> set[str]:
         """The policy's Jobs that are neither finished nor deleted right now."""

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from scapguard.api.constants import JOB_ENDED_ANNOTATION
+from scapguard.api.constants import WAKE_ANNOTATION
+from scapguard.api.imagescan import WAKE_JOB_ENDED, Wake, parse_wake
 from scapguard.api.naming import scan_name
 from scapguard_dev.cluster import free_port, wait_for
 from scapguard_dev.helminstall import NAMESPACE
@@ -31,12 +32,6 @@ def image_marks(e2e: E2E, digest: str) -> dict[str, str]:
     return dict(e2e.image_object(digest)["metadata"].get("annotations") or {})
 
 
-def attempts(e2e: E2E, jobs: JobRecord, scan: dict[str, Any]) -> list[tuple[str, str]]:
-    """(request, attempt) of every Job created for ``scan``."""
-    names = jobs.for_scan(e2e.namespace, scan["metadata"]["name"])
-    return [(r, a) for r, a in (n.rsplit("-", 2)[1:] for n in names)]
-
-
 def assert_error(
     e2e: E2E, jobs: JobRecord, scan: dict[str, Any], reason: str, retries: int
 ) -> dict[str, Any]:
@@ -46,7 +41,8 @@ def assert_error(
     assert status["reason"] == reason
     assert f"after {retries + 1} attempts" in status["error"]["message"], status["error"]
     assert status["attempts"] == retries + 1
-    assert attempts(e2e, jobs, scan) == [("1", str(n)) for n in range(1, retries + 2)]
+    expected = [(1, n) for n in range(1, retries + 2)]
+    assert jobs.attempts_of(e2e.namespace, scan["metadata"]["name"]) == expected
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Scanned"]["status"] == "False"
     assert conditions["Scanned"]["reason"] == reason
@@ -142,12 +138,13 @@ def test_a_scanner_pod_killed_before_its_post_is_noticed_through_the_job_watch(
     wait_for("the scanner pod to run", scanner_running, 60, 0.2)
     e2e.core.delete_namespaced_pod(pods[0].metadata.name, NAMESPACE, grace_period_seconds=0)
     killed = time.monotonic()
-    # The job-ended annotation (asserted below) says the end came through the watch of scanner
+    # The job-ended wake-up (asserted below) says the end came through the watch of scanner
     # Jobs, not the policy timer's fallback.
     scan = e2e.wait_result(digest, timeout=60)
     print(f"scanner pod deleted -> Error recorded: {time.monotonic() - killed:.1f}s")
     status = scan["status"]
     assert (status["result"], status["reason"]) == ("Error", "ScannerFailed"), status
     (job,) = jobs.for_scan(e2e.namespace, name)
-    assert scan["metadata"]["annotations"][JOB_ENDED_ANNOTATION] == job
+    woken = parse_wake(scan["metadata"]["annotations"][WAKE_ANNOTATION])
+    assert woken == Wake(WAKE_JOB_ENDED, job), woken
     e2e.wait_events("ImageScan", name, "ScanFailed")

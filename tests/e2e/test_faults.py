@@ -174,12 +174,6 @@ def faulty_registry(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def job_names(e2e: E2E, jobs: JobRecord, name: str) -> list[tuple[str, str]]:
-    """(request, attempt) of every scanner Job created for ImageScan ``name``."""
-    found = jobs.for_scan(e2e.namespace, name)
-    return [(r, a) for r, a in (n.rsplit("-", 2)[1:] for n in found)]
-
-
 def assert_error(
     e2e: E2E, jobs: JobRecord, scan: dict[str, Any], reason: str, retries: int
 ) -> dict[str, Any]:
@@ -189,8 +183,8 @@ def assert_error(
     assert (status["reason"], status["error"]["reason"]) == (reason, reason), status
     assert status["attempts"] == retries + 1, status
     assert f"after {retries + 1} attempts" in status["error"]["message"], status["error"]
-    expected = [("1", str(n)) for n in range(1, retries + 2)]
-    assert job_names(e2e, jobs, scan["metadata"]["name"]) == expected
+    expected = [(1, n) for n in range(1, retries + 2)]
+    assert jobs.attempts_of(e2e.namespace, scan["metadata"]["name"]) == expected
     scanned = {x["type"]: x for x in status["conditions"]}["Scanned"]
     assert (scanned["status"], scanned["reason"]) == ("False", reason), scanned
     return status
@@ -263,8 +257,8 @@ def test_registry_answering_503_until_it_recovers_is_retried_and_the_scan_passes
     assert 2 <= status["attempts"] <= 4, status
     assert status["denied"] is False
     assert denied_mark(e2e, digest) is None
-    attempts = job_names(e2e, jobs, name)
-    assert attempts == [("1", str(n)) for n in range(1, status["attempts"] + 1)]
+    attempts = jobs.attempts_of(e2e.namespace, name)
+    assert attempts == [(1, n) for n in range(1, status["attempts"] + 1)]
     served = [s for s, _, _ in proxy.served()]
     assert 503 in served and served[-1] == 200, served
     assert served.index(200) > served.index(503), served
@@ -406,10 +400,7 @@ def test_scanner_oom_killed_is_an_error_naming_oomkilled(e2e: E2E, jobs: JobReco
         assert "OOMKilled" in message and "memory limit of 40Mi" in message, status["error"]
         assert "after 2 attempts" in status["error"]["message"], status["error"]
         assert status["attempts"] == 2
-        assert [n.rsplit("-", 2)[1:] for n in jobs.for_scan(NAMESPACE, name)] == [
-            ["1", "1"],
-            ["1", "2"],
-        ]
+        assert jobs.attempts_of(NAMESPACE, name) == [(1, 1), (1, 2)]
 
 
 def test_scanner_pod_not_started_before_the_policy_timeout_is_a_timeout_error(

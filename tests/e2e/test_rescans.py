@@ -43,7 +43,7 @@ def test_rescan_by_annotation_on_a_scan_then_on_its_policy(e2e: E2E, jobs: JobRe
     other = e2e.wait_result(two)
     assert request_of(first)["trigger"] == "NewImage" and first["status"]["trigger"] == "NewImage"
     name = first["metadata"]["name"]
-    assert [j.rsplit("-", 2)[1:] for j in job_names(e2e, jobs, first)] == [["1", "1"]]
+    assert jobs.attempts_of(e2e.namespace, name) == [(1, 1)]
 
     # A person asks for a rescan of one ImageScan: a new request, a new Job, nothing else.
     e2e.annotate_scan(name, {RESCAN_ANNOTATION: "by-hand-1"})
@@ -61,7 +61,7 @@ def test_rescan_by_annotation_on_a_scan_then_on_its_policy(e2e: E2E, jobs: JobRe
     assert request["rescan"] == "by-hand-1"
     assert again["status"]["trigger"] == "OnDemand"
     assert again["status"]["result"] == "Pass"
-    assert job_names(e2e, jobs, first)[1].endswith("-2-1")
+    assert jobs.attempts_of(e2e.namespace, name)[1] == (2, 1)
     e2e.wait_events("ImageScan", name, "RescanRequested")
     assert len(job_names(e2e, jobs, other)) == 1, "only the annotated scan is rescanned"
 
@@ -85,7 +85,7 @@ def test_rescan_by_annotation_on_a_scan_then_on_its_policy(e2e: E2E, jobs: JobRe
             "OnDemand",
             wanted,
         )
-        assert job_names(e2e, jobs, scan)[-1].endswith(f"-{number}-1")
+        assert jobs.attempts_of(e2e.namespace, scan["metadata"]["name"])[-1] == (number, 1)
     assert other["status"]["result"] == "Fail"
     assert e2e.wait_result(two, request=2)["status"]["result"] == "Fail"
     policy = e2e.policy_object()
@@ -138,9 +138,9 @@ def test_cron_schedule_rescans_within_the_window(e2e: E2E, jobs: JobRecord) -> N
     slack = dt.timedelta(seconds=1)  # RFC 3339 seconds
     assert fire + spread - slack <= requested <= fire + spread + dt.timedelta(seconds=45)
     # One Job per request, first attempt each (the schedule may have fired again meanwhile).
-    runs = [tuple(n.rsplit("-", 2)[1:]) for n in jobs.for_scan(e2e.namespace, name)]
-    assert runs[: request["number"]] == [(str(r), "1") for r in range(1, request["number"] + 1)]
-    assert all(attempt == "1" for _, attempt in runs), runs
+    runs = jobs.attempts_of(e2e.namespace, name)
+    assert runs[: request["number"]] == [(r, 1) for r in range(1, request["number"] + 1)]
+    assert all(attempt == 1 for _, attempt in runs), runs
     policy = e2e.policy_object()
     assert policy["status"]["nextScheduledRescan"] > policy["status"]["lastScheduledRescan"]
 

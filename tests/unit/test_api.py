@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
 
 from scapguard.api import constants as c
 from scapguard.api.annotations import QualityInput, enforcement_patch, quality_annotation
-from scapguard.api.conditions import set_condition
+from scapguard.api.conditions import Condition, set_condition
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import evaluate
-from scapguard.api.imagescan import parse_imagescan_spec, trigger_of
-from scapguard.api.naming import digest_label, job_name, scan_name
+from scapguard.api.imagescan import parse_imagescan_spec, parse_rescan, rescan_value, trigger_of
+from scapguard.api.naming import JobName, digest_label, job_name, parse_job_name, scan_name
 from scapguard.api.policy import LabelSelector, SelectorRequirement, parse_policy_spec
 from scapguard.api.summary import result_status
 from tests.harness import digest, scan_result
@@ -107,39 +108,31 @@ def test_imagescan_spec_needs_a_digest() -> None:
     assert trigger_of("Scheduled") == "OnDemand" and trigger_of("anything") == "OnDemand"
 
 
+def test_rescan_values_name_their_trigger_and_detail() -> None:
+    assert rescan_value("PolicyChange", "abc") == "PolicyChange:abc"
+    assert rescan_value("ContentUpdate", "feed@0123") == "ContentUpdate:feed@0123"
+    assert parse_rescan("ContentUpdate:feed@0123") == ("ContentUpdate", "feed@0123")
+    assert parse_rescan("OnDemand:policy/7") == ("OnDemand", "policy/7")
+    assert parse_rescan("by-hand:1") == ("OnDemand", "by-hand:1"), "a person's value"
+    with pytest.raises(ValueError):
+        rescan_value("Whenever", "x")
+
+
 def test_set_condition_keeps_transition_time_unless_status_changes() -> None:
     conds, changed = set_condition(
-        None, type_="Ready", status="True", reason="A", message="m", observed_generation=1, now="t1"
+        None, Condition("Ready", "True", "A", "m"), observed_generation=1, now="t1"
     )
     assert changed and conds[0]["lastTransitionTime"] == "t1"
     same, changed = set_condition(
-        conds,
-        type_="Ready",
-        status="True",
-        reason="A",
-        message="m",
-        observed_generation=1,
-        now="t2",
+        conds, Condition("Ready", "True", "A", "m"), observed_generation=1, now="t2"
     )
     assert not changed and same == conds
     reworded, changed = set_condition(
-        conds,
-        type_="Ready",
-        status="True",
-        reason="B",
-        message="m2",
-        observed_generation=2,
-        now="t3",
+        conds, Condition("Ready", "True", "B", "m2"), observed_generation=2, now="t3"
     )
     assert changed and reworded[0]["lastTransitionTime"] == "t1"
     flipped, changed = set_condition(
-        reworded,
-        type_="Ready",
-        status="False",
-        reason="C",
-        message="m",
-        observed_generation=2,
-        now="t4",
+        reworded, Condition("Ready", "False", "C", "m"), observed_generation=2, now="t4"
     )
     assert changed and flipped[0]["lastTransitionTime"] == "t4"
 
@@ -223,6 +216,15 @@ def test_names_are_deterministic_and_valid() -> None:
     assert a.startswith(digest(1)[7:19]) and len(a) <= 63
     assert len(digest_label(digest(1))) == 63
     assert job_name("uid", 2, 3).endswith("-2-3") and len(job_name("u" * 36, 99, 99)) <= 63
+
+
+def test_a_job_name_parses_back_into_what_made_it() -> None:
+    name = job_name("uid", 2, 13)
+    scan_hash = hashlib.sha256(b"uid").hexdigest()[:12]
+    assert name == f"scapguard-scan-{scan_hash}-2-13"
+    assert parse_job_name(name) == JobName(scan_hash, 2, 13)
+    for other in ("../../etc", f"{name}-1", "scapguard-scan-xyz-1-1", "scapguard-promote-0-1"):
+        assert parse_job_name(other) is None, other
 
 
 def test_quality_annotation_follows_the_openshift_format() -> None:

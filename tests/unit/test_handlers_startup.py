@@ -13,7 +13,7 @@ import pytest
 from scapguard.api.constants import (
     KOPF_STORAGE_PREFIX,
     RESCAN_ANNOTATION,
-    RESULT_RECEIVED_ANNOTATION,
+    WAKE_ANNOTATION,
 )
 from scapguard.handlers import startup
 from scapguard.handlers.cache import Cache
@@ -118,7 +118,7 @@ def test_scapguard_annotations_reach_update_handlers(
     monkeypatch: pytest.MonkeyPatch, job_watch: CacheStart
 ) -> None:
     """kopf leaves out of its diff every annotation under a prefix marked ``kopf-managed``:
-    its own storage must not use scapguard.io, or rescans and result pokes go unnoticed."""
+    its own storage must not use scapguard.io, or rescans and wake-ups go unnoticed."""
     monkeypatch.setenv("SCAPGUARD_NAMESPACE", "scapguard")
     monkeypatch.setenv("SCAPGUARD_RESULTS_BIND", "127.0.0.1")
     monkeypatch.setenv("SCAPGUARD_RESULTS_PORT", str(free_port()))
@@ -134,7 +134,7 @@ def test_scapguard_annotations_reach_update_handlers(
 
     asyncio.run(run())
     storage = settings.persistence.diffbase_storage
-    ours = {RESCAN_ANNOTATION: "2", RESULT_RECEIVED_ANNOTATION: "1.1"}
+    ours = {RESCAN_ANNOTATION: "2", WAKE_ANNOTATION: "result-received:scapguard-scan-0-1-1"}
     body = kopf.Body(
         {
             "apiVersion": "scapguard.io/v1alpha1",

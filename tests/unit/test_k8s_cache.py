@@ -96,7 +96,7 @@ def test_stored_objects_lack_managed_fields_and_listings_are_copies() -> None:
     assert "managedFields" not in listed["metadata"]
     assert listed["metadata"]["annotations"] == {"scapguard.io/rescan": "OnDemand:1"}
     assert listed["apiVersion"] == "scapguard.io/v1alpha1" and listed["kind"] == "ImageScan"
-    listed.clear()  # what write_status does to the object it was given
+    listed.clear()  # what write_change does to the object it was given
     listed.update({"metadata": {"name": "a", "namespace": "apps"}, "status": {"x": 1}})
     (again,) = kube.list(IMAGESCAN, "apps")
     assert again["spec"] == {"image": "a"} and "status" not in again

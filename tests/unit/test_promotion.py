@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from scapguard.api import constants as c
+from scapguard.api.naming import parse_job_name
 from scapguard.k8s.api import EVENT, IMAGESCAN, JOB, POD, SCANPOLICY, SECRET, Obj
 from scapguard.reconcile.imagescan import in_progress, reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
@@ -35,7 +36,7 @@ def scan_jobs(h: Harness) -> list[Obj]:
     return [
         j
         for j in h.kube.list(JOB, OPERATOR_NS)
-        if j["metadata"]["name"].startswith("scapguard-scan-")
+        if parse_job_name(j["metadata"]["name"]) is not None
     ]
 
 

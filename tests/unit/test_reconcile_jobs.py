@@ -37,7 +37,7 @@ def started() -> tuple[Harness, str, Obj]:
 
 def poke(h: Harness, name: str) -> str | None:
     notes = h.kube.get(IMAGESCAN, name, "apps")["metadata"].get("annotations") or {}
-    return notes.get(c.JOB_ENDED_ANNOTATION)
+    return notes.get(c.WAKE_ANNOTATION)
 
 
 def test_a_job_that_failed_without_a_result_pokes_its_scan_once() -> None:
@@ -47,7 +47,7 @@ def test_a_job_that_failed_without_a_result_pokes_its_scan_once() -> None:
     finish_job(h, job_name, "Failed", "BackoffLimitExceeded")
     (ended,) = jobs(h)
     assert nudge_scan_of_ended_job(h.ctx, ended)
-    assert poke(h, name) == job_name
+    assert poke(h, name) == f"job-ended:{job_name}"
     assert not nudge_scan_of_ended_job(h.ctx, ended), "the same Job pokes once"
     # The reconcile the poke causes records the attempt's end and schedules the retry.
     reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, name, "apps"))
@@ -65,7 +65,7 @@ def test_a_job_that_posted_its_result_or_was_superseded_pokes_nothing() -> None:
     assert not nudge_scan_of_ended_job(h.ctx, ended), "the result is recorded already"
     reconcile_imagescan(h.ctx, h.kube.get(IMAGESCAN, name, "apps"))
     assert not nudge_scan_of_ended_job(h.ctx, ended), "the scan has its result"
-    assert poke(h, name) is None
+    assert poke(h, name) == f"result-received:{job_name}", "woken by the post, not the end"
 
 
 def test_a_job_of_a_scan_that_is_gone_pokes_nothing() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 # Condition types.
@@ -60,6 +61,21 @@ class Reason:
     RESULT_REJECTED: Final = "ResultRejected"
 
 
+@dataclass(frozen=True)
+class Condition:
+    """One standard condition as scapguard judges it; ``set_conditions`` adds the
+    observedGeneration and lastTransitionTime."""
+
+    type: str
+    status: str  # TRUE | FALSE | UNKNOWN
+    reason: str  # a Reason
+    message: str
+
+    @property
+    def true(self) -> bool:
+        return self.status == TRUE
+
+
 def find_condition(
     conditions: Sequence[Mapping[str, Any]] | None, type_: str
 ) -> Mapping[str, Any] | None:
@@ -71,15 +87,12 @@ def find_condition(
 
 def set_condition(
     conditions: Sequence[Mapping[str, Any]] | None,
+    condition: Condition,
     *,
-    type_: str,
-    status: str,
-    reason: str,
-    message: str,
     observed_generation: int | None,
     now: str,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Return the conditions with ``type_`` set, and whether anything changed.
+    """Return the conditions with ``condition`` set, and whether anything changed.
 
     lastTransitionTime moves only when the status changes (cert-manager's rule), so
     repeating the same judgement is not a change and needs no patch.
@@ -87,33 +100,42 @@ def set_condition(
     out: list[dict[str, Any]] = []
     changed = True
     found = False
-    for cond in conditions or ():
-        if cond.get("type") != type_:
-            out.append(dict(cond))
+    for old in conditions or ():
+        if old.get("type") != condition.type:
+            out.append(dict(old))
             continue
         found = True
-        same_status = cond.get("status") == status
-        new = {
-            "type": type_,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": observed_generation,
-            "lastTransitionTime": cond.get("lastTransitionTime") if same_status else now,
-        }
-        if not new["lastTransitionTime"]:
-            new["lastTransitionTime"] = now
-        changed = new != dict(cond)
+        kept = old.get("lastTransitionTime") if old.get("status") == condition.status else None
+        new = _rendered(condition, observed_generation, kept or now)
+        changed = new != dict(old)
         out.append(new)
     if not found:
-        out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": observed_generation,
-                "lastTransitionTime": now,
-            }
-        )
+        out.append(_rendered(condition, observed_generation, now))
     return out, changed
+
+
+def set_conditions(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    updates: Iterable[Condition],
+    *,
+    observed_generation: int | None,
+    now: str,
+) -> tuple[list[dict[str, Any]], bool]:
+    """``set_condition`` for each of ``updates`` in turn; changed if any of them changed."""
+    out = [dict(old) for old in conditions or ()]
+    changed = False
+    for condition in updates:
+        out, did = set_condition(out, condition, observed_generation=observed_generation, now=now)
+        changed = changed or did
+    return out, changed
+
+
+def _rendered(condition: Condition, observed_generation: int | None, since: str) -> dict[str, Any]:
+    return {
+        "type": condition.type,
+        "status": condition.status,
+        "reason": condition.reason,
+        "message": condition.message,
+        "observedGeneration": observed_generation,
+        "lastTransitionTime": since,
+    }

@@ -22,7 +22,7 @@ IMAGE_PLURAL: Final = "images"
 PREFIX: Final = "scapguard.io"
 # kopf's own annotations (progress, last-handled configuration, its "kopf-managed" marker).
 # Not PREFIX: kopf drops every annotation under a prefix that carries its marker from the diff
-# it runs update handlers on, so scapguard.io/rescan and the result poke would go unnoticed.
+# it runs update handlers on, so scapguard.io/rescan and scapguard.io/wake would go unnoticed.
 KOPF_STORAGE_PREFIX: Final = f"kopf.{PREFIX}"
 
 # Annotations a person (or the operator) sets to ask for a rescan; any new value rescans.
@@ -30,10 +30,12 @@ RESCAN_ANNOTATION: Final = f"{PREFIX}/rescan"
 # On ImageScans the operator created from an ImageStream: since when no tag of any stream
 # points at the digest any more (RFC 3339); cleared when a tag points at it again.
 UNTAGGED_SINCE_ANNOTATION: Final = f"{PREFIX}/untagged-since"
-# Poke written by the results endpoint so the active operator reconciles the scan at once.
-RESULT_RECEIVED_ANNOTATION: Final = f"{PREFIX}/result-received"
-# Poke written when the scan's scanner Job ended without posting a result (names the Job).
-JOB_ENDED_ANNOTATION: Final = f"{PREFIX}/job-ended"
+# The one internal wake-up of an ImageScan's reconcile (docs/operator.md, "Wake-up
+# annotation"): a new value is an update event, so the active replica's handler runs at once.
+# Written only by the operator, never read for a decision: ``<cause>:<scanner Job name>``
+# (api.imagescan.format_wake/parse_wake), the cause ``result-received`` (the results endpoint
+# recorded the Job's post) or ``job-ended`` (the Job watch saw the Job end without one).
+WAKE_ANNOTATION: Final = f"{PREFIX}/wake"
 
 # On the Image: scapguard set the deny (a deny without this marker belongs to a person).
 DENY_MARKER_ANNOTATION: Final = f"{PREFIX}/deny-execution"

@@ -1,5 +1,10 @@
 """ImageScan handlers: reconcile on change, clean up on deletion.
 
+"On change" includes two annotations: ``scapguard.io/rescan`` (a new request, from a person or
+the policy) and ``scapguard.io/wake`` (``result-received:<job>`` from the results endpoint,
+``job-ended:<job>`` from the Job watch; docs/operator.md, "Wake-up annotation"), the operator's
+one internal wake-up. The reconcile never asks why it runs: it reads the status and decides.
+
 ImageScans have no kopf timer: kopf keeps the whole last body of every object with a timer in
 memory (about 70 KiB a scan at scale), and thousands of timer tasks cost CPU while idle. Their
 policy's timer looks at the scans under way every 30 s (the fallback for the Job watch) and

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from scapguard.api import constants as c
 from scapguard.api.errors import SpecError
+from scapguard.api.naming import parse_job_name
 from scapguard.api.policy import ConfigMapRef, ContentSource, ScanPolicySpec, parse_policy_spec
 from scapguard.contentcache import catalogue
 from scapguard.contentcache.cache import Entry
@@ -32,7 +33,7 @@ from scapguard.contentcache.errors import ContentFetchError
 from scapguard.k8s.api import SECRET, NotFound, Obj, annotations_of
 from scapguard.reconcile.content import Content, read_content, read_one
 from scapguard.reconcile.context import OperatorContext
-from scapguard.reconcile.ingest import JOB_NAME, token_ok
+from scapguard.reconcile.ingest import token_ok
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _plan_entry(ctx: OperatorContext, namespace: str, item: Content) -> dict[str
 
 def serve(ctx: OperatorContext, job: str, token: str, what: str) -> Served:
     """Authenticate a scanner's content request and find (or fetch) what it asks for."""
-    if not JOB_NAME.fullmatch(job):
+    if parse_job_name(job) is None:
         return _refuse(ctx, 404, "UnknownJob", "no such scan")
     try:
         secret = ctx.kube.get(SECRET, job, ctx.settings.namespace)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from scapguard.api.imagescan import read_progress
+from scapguard.api.imagescan import read_progress, rescan_value
 from scapguard.api.policy import ContentSource, ScanPolicySpec
 from scapguard.contentcache import catalogue
 from scapguard.contentcache.errors import ContentFetchError
@@ -74,7 +74,7 @@ def upstream_updates(
                     current[key], labels[key] = _catalogue_now(ctx, feed_key), feed_key
             sha = current.get(key)
             if sha is not None and entry.get("sha256") != sha:
-                out[name_of(scan)] = f"ContentUpdate:{labels[key]}@{sha[:12]}"
+                out[name_of(scan)] = rescan_value("ContentUpdate", f"{labels[key]}@{sha[:12]}")
     return out
 
 

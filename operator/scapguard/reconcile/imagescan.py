@@ -11,24 +11,34 @@ import datetime as dt
 import logging
 from typing import Any
 
-from scapguard.api import conditions as cond
 from scapguard.api import constants as c
 from scapguard.api.conditions import Reason
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import ERROR, Verdict, evaluate
 from scapguard.api.imagescan import (
-    COMPLETED,
     QUEUED,
     RETRYING,
     AttemptOutcome,
     ImageScanSpec,
     ScanProgress,
     ScanRequest,
+    StatusPatch,
+    attempt_ended,
+    completed,
+    deny_released,
     format_time,
+    gave_up,
+    job_released,
+    not_ready,
     parse_imagescan_spec,
     parse_time,
+    queued,
     read_progress,
+    requeued,
+    retry_message,
+    retry_scheduled,
     trigger_of,
+    verdict_conditions,
 )
 from scapguard.api.naming import digest_label, job_name, result_config_map_name
 from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
@@ -47,8 +57,7 @@ from scapguard.reconcile.enforcement import enforce_digest
 from scapguard.reconcile.jobs import delete_job, observe_job
 from scapguard.reconcile.promotion import ensure_promotion
 from scapguard.reconcile.promotion import pending as promotion_pending
-from scapguard.reconcile.queue import queued_fields
-from scapguard.reconcile.status import differs, mark_scan, with_conditions, write_status
+from scapguard.reconcile.status import mark_scan, write_change, write_if_changed
 from scapguard.reconcile.verdicts import (
     UntrustedResult,
     apply_verdict,
@@ -92,13 +101,13 @@ def reconcile_imagescan(ctx: OperatorContext, scan: Obj, *, repair: bool = False
     now = ctx.now()
     rescan = annotations_of(scan).get(c.RESCAN_ANNOTATION)
     request = progress.request
-    if request is None or (progress.finished and rescan is not None and rescan != request.rescan):
+    if request is None or progress.new_request_due(rescan):
         _new_request(ctx, scan, spec, policy, progress, rescan, now)
         ctx.admit()
         return Outcome()
     if progress.finished:
         return _settled(ctx, scan, spec, policy, progress, repair=repair)
-    if progress.result is not None and progress.evaluation_hash != policy.evaluation_hash(now):
+    if progress.verdict_outdated(policy.evaluation_hash(now)):
         # The rules changed while a rescan waits or runs: the last result is judged anew now.
         reevaluate(ctx, scan, spec, policy)
         progress = read_progress(scan.get("status"))
@@ -108,10 +117,8 @@ def reconcile_imagescan(ctx: OperatorContext, scan: Obj, *, repair: bool = False
 def in_progress(scan: Obj) -> bool:
     """Whether the scan has work under way or asked for (no API call: status and annotations)."""
     progress = read_progress(scan.get("status"))
-    if progress.request is None or not progress.finished or promotion_pending(scan):
-        return True
     rescan = annotations_of(scan).get(c.RESCAN_ANNOTATION)
-    return rescan is not None and rescan != progress.request.rescan
+    return not progress.finished or promotion_pending(scan) or progress.new_request_due(rescan)
 
 
 def _ensure_labels(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec) -> None:
@@ -124,9 +131,7 @@ def _ensure_labels(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec) -> None
 
 
 def _not_ready(ctx: OperatorContext, scan: Obj, reason: str, message: str) -> None:
-    patch = with_conditions(ctx, scan, {}, [(cond.READY, cond.FALSE, reason, message)])
-    if differs(scan, patch):
-        write_status(ctx, scan, patch)
+    if write_if_changed(ctx, scan, not_ready(reason, message)):
         ctx.event(scan, "Warning", reason, message)
 
 
@@ -139,23 +144,11 @@ def _release_deny(ctx: OperatorContext, scan: Obj, spec: ImageScanSpec, message:
     status = scan.get("status") or {}
     if status.get("denied") is not True:
         return
-    fresh = {**scan, "status": {**status, "denied": False}}
+    change = deny_released(message)
+    fresh = {**scan, "status": {**status, **change.fields}}
     with ctx.digest_lock(spec.digest):
         enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
-        patch = with_conditions(
-            ctx,
-            scan,
-            {"denied": False, "evaluationHash": None},
-            [
-                (
-                    cond.ENFORCED,
-                    cond.FALSE,
-                    Reason.POLICY_NOT_FOUND,
-                    f"{message}: this scan denies nothing",
-                )
-            ],
-        )
-        write_status(ctx, scan, patch)
+        write_change(ctx, scan, change)
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
 
@@ -177,27 +170,7 @@ def _new_request(
         content_hash=policy.content_hash(),
         requested_at=format_time(now),
     )
-    patch: dict[str, Any] = {
-        "request": request.to_dict(),
-        "trigger": request.trigger,
-        "attempts": 0,
-        "job": None,
-        "nextAttemptAt": None,
-        "displayImage": spec.display_image(),
-        **queued_fields(now),
-    }
-    has_result = progress.result is not None
-    message = f"{request.trigger} scan queued"
-    patch = with_conditions(
-        ctx,
-        scan,
-        patch,
-        [
-            (cond.SCANNED, cond.TRUE if has_result else cond.FALSE, Reason.QUEUED, message),
-            *([] if has_result else [(cond.READY, cond.FALSE, Reason.QUEUED, message)]),
-        ],
-    )
-    write_status(ctx, scan, patch)
+    write_change(ctx, scan, queued(progress, request, spec.display_image(), now))
     if previous is not None:
         ctx.event(scan, "Normal", Reason.RESCAN_REQUESTED, f"rescan requested ({request.trigger})")
 
@@ -214,8 +187,8 @@ def _settled(
     """The current request has its result: re-judge if the rules changed, keep Image in line."""
     if progress.job:
         delete_job(ctx, progress.job)
-        write_status(ctx, scan, {"job": None})
-    if progress.evaluation_hash != policy.evaluation_hash(ctx.now()):
+        write_change(ctx, scan, job_released())
+    if progress.verdict_outdated(policy.evaluation_hash(ctx.now())):
         reevaluate(ctx, scan, spec, policy)
     elif repair:
         _repair_enforcement(ctx, scan, spec, policy)
@@ -236,9 +209,7 @@ def _repair_enforcement(
         enforcement = enforce_digest(ctx, spec.digest)
         denied = status.get("denied") is True
         conditions = conditions_for(verdict, policy, enforcement, denied, status.get("scanner"))
-        patch = with_conditions(ctx, scan, {}, conditions)
-        if differs(scan, patch):
-            write_status(ctx, scan, patch)
+        write_if_changed(ctx, scan, verdict_conditions(conditions))
 
 
 def _advance(
@@ -249,45 +220,45 @@ def _advance(
     progress: ScanProgress,
     request: ScanRequest,
 ) -> Outcome:
+    """The request has no result yet: queue it, wait for its attempt, or act on how it ended."""
     attempt = progress.attempts
-    outcome = progress.current_outcome()
-    if attempt > 0 and outcome is None:
-        state = observe_job(ctx, job_name(uid_of(scan), request.number, attempt))
-        if state.active:
-            return Outcome()
-        outcome = AttemptOutcome(
-            request.number, attempt, "Error", state.reason, state.message, format_time(ctx.now())
-        )
-        write_status(ctx, scan, {"lastAttempt": _outcome_dict(outcome)})
-    if attempt > 0 and outcome is not None:
-        if outcome.outcome == "Completed":
-            return _complete(ctx, scan, spec, policy, request, outcome)
-        if attempt > policy.scanner.retries:
-            return _give_up(ctx, scan, spec, policy, request, outcome)
-        due = progress.next_attempt_at
-        if progress.state != RETRYING or due is None:
-            # The scanner's clock may run ahead of ours: never wait longer than the backoff.
-            finished = min(parse_time(outcome.finished_at) or ctx.now(), ctx.now())
-            due = finished + dt.timedelta(seconds=backoff(ctx, attempt))
-            _schedule_retry(ctx, scan, progress, outcome, due)
-        wait = (due - ctx.now()).total_seconds()
-        if wait > 0:
-            return Outcome(retry_after=wait)
-    elif progress.state not in (QUEUED, RETRYING):
-        write_status(ctx, scan, queued_fields(ctx.now()))
+    if attempt == 0:
+        if progress.state not in (QUEUED, RETRYING):
+            write_change(ctx, scan, requeued(ctx.now()))
+        ctx.admit()
+        return Outcome()
+    outcome = progress.current_outcome() or _ended_unposted(ctx, scan, request, attempt)
+    if outcome is None:
+        return Outcome()  # the attempt's Job still runs
+    if outcome.outcome == "Completed":
+        return _complete(ctx, scan, spec, policy, request, outcome)
+    if attempt > policy.scanner.retries:
+        return _give_up(ctx, scan, spec, policy, request, outcome)
+    due = progress.next_attempt_at
+    if progress.state != RETRYING or due is None:
+        # The scanner's clock may run ahead of ours: never wait longer than the backoff.
+        finished = min(parse_time(outcome.finished_at) or ctx.now(), ctx.now())
+        due = finished + dt.timedelta(seconds=backoff(ctx, attempt))
+        _schedule_retry(ctx, scan, progress, outcome, due)
+    wait = (due - ctx.now()).total_seconds()
+    if wait > 0:
+        return Outcome(retry_after=wait)
     ctx.admit()
     return Outcome()
 
 
-def _outcome_dict(outcome: AttemptOutcome) -> dict[str, Any]:
-    return {
-        "request": outcome.request,
-        "attempt": outcome.attempt,
-        "outcome": outcome.outcome,
-        "reason": outcome.reason,
-        "message": outcome.message,
-        "finishedAt": outcome.finished_at,
-    }
+def _ended_unposted(
+    ctx: OperatorContext, scan: Obj, request: ScanRequest, attempt: int
+) -> AttemptOutcome | None:
+    """How the attempt ended if its Job ended without posting a result (None: it runs)."""
+    state = observe_job(ctx, job_name(uid_of(scan), request.number, attempt))
+    if state.active:
+        return None
+    outcome = AttemptOutcome(
+        request.number, attempt, "Error", state.reason, state.message, format_time(ctx.now())
+    )
+    write_change(ctx, scan, attempt_ended(outcome))
+    return outcome
 
 
 def _schedule_retry(
@@ -297,24 +268,11 @@ def _schedule_retry(
     outcome: AttemptOutcome,
     due: dt.datetime,
 ) -> None:
-    reason = outcome.reason or Reason.SCAN_FAILED
-    ctx.metrics.errors.labels(reason).inc()
+    ctx.metrics.errors.labels(outcome.reason or Reason.SCAN_FAILED).inc()
     if progress.job:
         delete_job(ctx, progress.job)
-    message = f"attempt {outcome.attempt} failed ({reason}: {outcome.message}); retrying"
-    patch = with_conditions(
-        ctx,
-        scan,
-        {
-            "state": RETRYING,
-            "nextAttemptAt": format_time(due),
-            "job": None,
-            "queuedAt": format_time(ctx.now()),
-        },
-        [(cond.SCANNED, cond.TRUE if progress.result else cond.FALSE, Reason.RETRYING, message)],
-    )
-    write_status(ctx, scan, patch)
-    ctx.event(scan, "Warning", Reason.RETRYING, message)
+    write_change(ctx, scan, retry_scheduled(progress, outcome, due, ctx.now()))
+    ctx.event(scan, "Warning", Reason.RETRYING, retry_message(outcome))
 
 
 def _complete(
@@ -336,18 +294,11 @@ def _complete(
         missing = AttemptOutcome(
             outcome.request, outcome.attempt, "Error", reason, message, format_time(ctx.now())
         )
-        write_status(ctx, scan, {"lastAttempt": _outcome_dict(missing)})
+        write_change(ctx, scan, attempt_ended(missing))
         return Outcome(retry_after=1.0)
     verdict = evaluate(doc, policy, ctx.now())
-    extra = {
-        **completed_fields(doc),
-        "state": COMPLETED,
-        "resultRequest": request.number,
-        "job": None,
-        "nextAttemptAt": None,
-        "error": None,
-    }
-    _finish(ctx, scan, spec, policy, request, verdict, extra, doc)
+    settled = completed(request, completed_fields(doc))
+    _finish(ctx, scan, spec, policy, request, verdict, settled, doc)
     return Outcome()
 
 
@@ -363,14 +314,7 @@ def _give_up(
     ctx.metrics.errors.labels(reason).inc()
     message = f"{outcome.message or 'scan failed'} (after {outcome.attempt} attempts)"
     verdict = Verdict(result=ERROR, reason=reason, message=message, error_reason=reason)
-    extra = {
-        "state": COMPLETED,
-        "resultRequest": request.number,
-        "job": None,
-        "nextAttemptAt": None,
-        "error": {"reason": reason, "message": message},
-    }
-    _finish(ctx, scan, spec, policy, request, verdict, extra, None)
+    _finish(ctx, scan, spec, policy, request, verdict, gave_up(request, reason, message), None)
     return Outcome()
 
 
@@ -381,11 +325,11 @@ def _finish(
     policy: ScanPolicySpec,
     request: ScanRequest,
     verdict: Verdict,
-    extra: dict[str, Any],
+    settled: StatusPatch,
     doc: dict[str, Any] | None,
 ) -> None:
     job = (scan.get("status") or {}).get("job")
-    apply_verdict(ctx, scan, spec, policy, verdict, extra)
+    apply_verdict(ctx, scan, spec, policy, verdict, settled)
     if isinstance(job, str) and job:
         delete_job(ctx, job)
     ctx.metrics.scans.labels(verdict.result, request.trigger).inc()

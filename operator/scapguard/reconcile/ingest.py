@@ -1,8 +1,8 @@
 """Accept a scanner's result post: per-scan bearer token, single use, bounded, checked.
 
-The endpoint only records (result ConfigMap, ``status.lastAttempt``) and pokes the scan with an
-annotation; the active operator's reconcile judges and enforces. So a standby replica serving
-a post cannot race the active one's decisions.
+The endpoint only records (result ConfigMap, ``status.lastAttempt``) and wakes the scan
+(``scapguard.io/wake: result-received:<job>``); the active operator's reconcile judges and
+enforces. So a standby replica serving a post cannot race the active one's decisions.
 """
 
 from __future__ import annotations
@@ -13,13 +13,25 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 from scapguard.api import constants as c
-from scapguard.api.imagescan import RUNNING, format_time, parse_imagescan_spec, read_progress
-from scapguard.api.naming import result_config_map_name
+from scapguard.api.imagescan import (
+    WAKE_RESULT_RECEIVED,
+    AttemptOutcome,
+    AttemptRef,
+    ScanProgress,
+    Standing,
+    StoredResult,
+    attempt_of,
+    format_time,
+    parse_imagescan_spec,
+    read_progress,
+    result_received,
+    standing,
+)
+from scapguard.api.naming import parse_job_name, result_config_map_name
 from scapguard.builders.imagescan import build_result_config_map
 from scapguard.k8s.api import (
     CONFIGMAP,
@@ -32,16 +44,18 @@ from scapguard.k8s.api import (
     annotations_of,
     labels_of,
     meta,
+    name_of,
+    namespace_of,
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext
+from scapguard.reconcile.status import wake, write_change
 from scapguard.results.model import ScanResult, ScanResultError, decode_handoff
 
 logger = logging.getLogger(__name__)
 
 CONSUME_TRIES = 5
 
-JOB_NAME: Final = re.compile(r"scapguard-scan-[0-9a-f]{12}-[0-9]+-[0-9]+")
 MAX_STORED: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
 
@@ -66,43 +80,20 @@ def token_ok(secret: Obj, presented: str) -> bool:
     return hmac.compare_digest(expected, hashlib.sha256(presented.encode()).digest())
 
 
-def _int(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else -1
-
-
 def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
-    settings = ctx.settings
-    if not JOB_NAME.fullmatch(job):
+    """Check a scanner's result post for Job ``job``, spend its credential, store the result,
+    record the attempt's outcome and wake the scan's reconcile."""
+    if parse_job_name(job) is None:
         return _reject(ctx, job, 404, "UnknownJob", "no such scan")
-    if len(body) > settings.results_max_bytes:
+    if len(body) > ctx.settings.results_max_bytes:
         return _reject(ctx, job, 413, "TooLarge", "result larger than the limit")
-    try:
-        secret = ctx.kube.get(SECRET, job, settings.namespace)
-    except NotFound:
-        return _reject(ctx, job, 401, "Unauthorized", "unknown scan or bad credential")
-    if not token_ok(secret, token):
-        return _reject(ctx, job, 401, "Unauthorized", "unknown scan or bad credential")
-    notes = annotations_of(secret)
-    if notes.get(c.CONSUMED_ANNOTATION) == "true":
-        return _reject(ctx, job, 409, "Replayed", "this scan credential was used already")
-    request, attempt = _int(notes.get(c.REQUEST_ANNOTATION)), _int(notes.get(c.ATTEMPT_ANNOTATION))
-    namespace = notes.get(c.SCAN_NAMESPACE_ANNOTATION, "")
-    name = notes.get(c.SCAN_NAME_ANNOTATION, "")
-    try:
-        scan = ctx.kube.get(IMAGESCAN, name, namespace)
-    except NotFound:
-        return _reject(ctx, job, 410, "ScanGone", f"ImageScan {namespace}/{name} is gone")
-    if uid_of(scan) != labels_of(secret).get(c.SCAN_UID_LABEL):
-        return _reject(ctx, job, 410, "ScanGone", f"ImageScan {namespace}/{name} was replaced")
-    progress = read_progress(scan.get("status"))
-    current = progress.request
-    if current is None or current.number != request or progress.finished:
-        return _reject(ctx, job, 409, "Stale", "the scan is not waiting for this result")
-    if attempt not in (progress.attempts, progress.attempts + 1):
-        return _reject(ctx, job, 409, "Stale", "not the scan's current attempt")
-    last = progress.last_attempt
-    if last is not None and (last.request, last.attempt) == (request, attempt):
-        return _reject(ctx, job, 409, "Replayed", "this attempt has a result already")
+    secret = _credential(ctx, job, token)
+    if isinstance(secret, Ingested):
+        return secret
+    waiting = _waiting_scan(ctx, job, secret)
+    if isinstance(waiting, Ingested):
+        return waiting
+    scan, progress, ref = waiting
     try:
         result, report = decode_handoff(json.loads(body))
     except (ValueError, ScanResultError) as exc:
@@ -118,39 +109,79 @@ def ingest(ctx: OperatorContext, job: str, token: str, body: bytes) -> Ingested:
         )
     if not _consume(ctx, job, secret):
         return _reject(ctx, job, 409, "Replayed", "this scan credential was used concurrently")
-    status: dict[str, Any] = {"attempts": max(progress.attempts, attempt)}
-    if attempt == progress.attempts + 1:
-        # The attempt's start was never recorded (the operator crashed or lost a write race
-        # right after creating the Job): record it as start_attempt would have, or the queue
-        # would still see the scan waiting and start attempt + 1 next to this result.
-        status.update({"state": RUNNING, "job": job, "nextAttemptAt": None})
-    if result.outcome == "Completed":
-        status["report"] = _store(ctx, scan, result, report)
+    _record(ctx, scan, progress, ref, job, result, report)
+    return Ingested(200, "Accepted")
+
+
+def _credential(ctx: OperatorContext, job: str, token: str) -> Obj | Ingested:
+    """The Job's Secret if ``token`` is its unused credential."""
+    try:
+        secret = ctx.kube.get(SECRET, job, ctx.settings.namespace)
+    except NotFound:
+        return _reject(ctx, job, 401, "Unauthorized", "unknown scan or bad credential")
+    if not token_ok(secret, token):
+        return _reject(ctx, job, 401, "Unauthorized", "unknown scan or bad credential")
+    if annotations_of(secret).get(c.CONSUMED_ANNOTATION) == "true":
+        return _reject(ctx, job, 409, "Replayed", "this scan credential was used already")
+    return secret
+
+
+def _waiting_scan(
+    ctx: OperatorContext, job: str, secret: Obj
+) -> tuple[Obj, ScanProgress, AttemptRef] | Ingested:
+    """The ImageScan the Secret names, if it waits for the result of the Secret's attempt."""
+    notes = annotations_of(secret)
+    namespace = notes.get(c.SCAN_NAMESPACE_ANNOTATION, "")
+    name = notes.get(c.SCAN_NAME_ANNOTATION, "")
+    try:
+        scan = ctx.kube.get(IMAGESCAN, name, namespace)
+    except NotFound:
+        return _reject(ctx, job, 410, "ScanGone", f"ImageScan {namespace}/{name} is gone")
+    if uid_of(scan) != labels_of(secret).get(c.SCAN_UID_LABEL):
+        return _reject(ctx, job, 410, "ScanGone", f"ImageScan {namespace}/{name} was replaced")
+    progress = read_progress(scan.get("status"))
+    ref = attempt_of(notes)
+    where = Standing.OTHER_REQUEST if ref is None else standing(progress, ref)
+    if ref is None or where in (Standing.OTHER_REQUEST, Standing.FINISHED):
+        return _reject(ctx, job, 409, "Stale", "the scan is not waiting for this result")
+    if where is Standing.OTHER_ATTEMPT:
+        return _reject(ctx, job, 409, "Stale", "not the scan's current attempt")
+    last = progress.last_attempt
+    if last is not None and last.ref == ref:
+        return _reject(ctx, job, 409, "Replayed", "this attempt has a result already")
+    return scan, progress, ref
+
+
+def _record(
+    ctx: OperatorContext,
+    scan: Obj,
+    progress: ScanProgress,
+    ref: AttemptRef,
+    job: str,
+    result: ScanResult,
+    report: bytes | None,
+) -> None:
+    """Store the result, record the attempt's outcome on the scan and wake its reconcile."""
+    stored = _store(ctx, scan, result, report) if result.outcome == "Completed" else None
     error = result.error
-    status["lastAttempt"] = {
-        "request": request,
-        "attempt": attempt,
-        "outcome": result.outcome,
-        "reason": error.reason if error else None,
-        "message": error.message if error else None,
-        "finishedAt": format_time(result.finished_at),
-    }
-    ctx.kube.patch_status(IMAGESCAN, name, namespace, {"status": status})
-    ctx.kube.patch(
-        IMAGESCAN,
-        name,
-        namespace,
-        {"metadata": {"annotations": {c.RESULT_RECEIVED_ANNOTATION: f"{request}.{attempt}"}}},
+    outcome = AttemptOutcome(
+        ref.request,
+        ref.attempt,
+        result.outcome,
+        error.reason if error else None,
+        error.message if error else None,
+        format_time(result.finished_at),
     )
+    write_change(ctx, scan, result_received(progress, outcome, job, stored), guarded=False)
+    wake(ctx, scan, WAKE_RESULT_RECEIVED, job)
     logger.info(
         "accepted %s result for ImageScan %s/%s (request %s, attempt %s)",
         result.outcome,
-        namespace,
-        name,
-        request,
-        attempt,
+        namespace_of(scan),
+        name_of(scan),
+        ref.request,
+        ref.attempt,
     )
-    return Ingested(200, "Accepted")
 
 
 def _consume(ctx: OperatorContext, job: str, secret: Obj) -> bool:
@@ -182,23 +213,13 @@ def _consume(ctx: OperatorContext, job: str, secret: Obj) -> bool:
 
 def _store(
     ctx: OperatorContext, scan: Obj, result: ScanResult, report: bytes | None
-) -> dict[str, Any]:
+) -> StoredResult:
     """Put the full result and the report in the scan's ConfigMap; the report only if it fits."""
     result_gz = gzip.compress(result.to_json().encode(), mtime=0)
     report_gz = gzip.compress(report, mtime=0) if report is not None else None
-    info: dict[str, Any] = {
-        "configMap": result_config_map_name(str(meta(scan).get("name"))),
-        "resultKey": c.RESULT_KEY,
-        # The ConfigMap is editable by the namespace's users; this status is not. Re-evaluation
-        # trusts the stored result only when it still has this digest.
-        "resultSha256": hashlib.sha256(result_gz).hexdigest(),
-        "reportKey": c.REPORT_KEY,
-        "available": report_gz is not None,
-        "message": "" if report_gz is not None else "the scanner sent no report",
-    }
+    message = "" if report_gz is not None else "the scanner sent no report"
     if report_gz is not None and len(result_gz) + len(report_gz) > MAX_STORED:
-        report_gz = None
-        info.update(available=False, message="the report is too large to keep in a ConfigMap")
+        report_gz, message = None, "the report is too large to keep in a ConfigMap"
     body = build_result_config_map(
         scan_name=str(meta(scan).get("name")),
         namespace=str(meta(scan).get("namespace")),
@@ -217,4 +238,11 @@ def _store(
             body["metadata"]["namespace"],
             {"binaryData": binary},
         )
-    return info
+    return StoredResult(
+        config_map=result_config_map_name(str(meta(scan).get("name"))),
+        # The ConfigMap is editable by the namespace's users; this status is not. Re-evaluation
+        # trusts the stored result only when it still has this digest.
+        result_sha256=hashlib.sha256(result_gz).hexdigest(),
+        report_kept=report_gz is not None,
+        message=message,
+    )

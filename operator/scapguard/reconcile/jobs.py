@@ -10,7 +10,16 @@ from typing import Any, Final
 
 from scapguard.api import constants as c
 from scapguard.api.conditions import Reason
-from scapguard.api.imagescan import parse_time, read_progress
+from scapguard.api.imagescan import (
+    WAKE_JOB_ENDED,
+    Standing,
+    Wake,
+    attempt_of,
+    parse_time,
+    parse_wake,
+    read_progress,
+    standing,
+)
 from scapguard.builders.job import CONTAINER_NAME, scanner_selector
 from scapguard.k8s.api import (
     IMAGESCAN,
@@ -27,13 +36,24 @@ from scapguard.k8s.api import (
     uid_of,
 )
 from scapguard.reconcile.context import OperatorContext
-from scapguard.reconcile.status import mark_scan
+from scapguard.reconcile.status import wake
 
 logger = logging.getLogger(__name__)
 
 ORPHAN_SECRET_AGE: Final = dt.timedelta(minutes=5)
 #: How much of the scanner container's termination message (its log's tail) a reason quotes.
 _TERMINATION_TAIL: Final = 500
+
+
+#: Why a scanner Job whose attempt stands so serves its scan no more (the sweep deletes it).
+_NOT_SERVING: Final = {
+    Standing.OTHER_REQUEST: "it belongs to an earlier request",
+    Standing.FINISHED: "its scan has a result",
+    Standing.OTHER_ATTEMPT: "a later attempt superseded it",
+    # Only after a crash or a lost write: the queue records a start under the lock the sweep
+    # holds. The scan still waits, so the queue starts that attempt again (under this name).
+    Standing.UNRECORDED: "its start was never recorded",
+}
 
 
 @dataclass(frozen=True)
@@ -159,14 +179,12 @@ def _serving(ctx: OperatorContext, job: Obj) -> tuple[Obj | None, str]:
         return None, f"ImageScan {namespace}/{name} is gone"
     if uid_of(scan) != labels_of(job).get(c.SCAN_UID_LABEL):
         return None, f"ImageScan {namespace}/{name} was replaced"
-    progress = read_progress(scan.get("status"))
-    request = progress.request
-    if request is None or notes.get(c.REQUEST_ANNOTATION) != str(request.number):
-        return None, "it belongs to an earlier request"
-    if notes.get(c.ATTEMPT_ANNOTATION) != str(progress.attempts):
-        return None, "a later attempt superseded it"
-    if progress.finished:
-        return None, "its scan has a result"
+    ref = attempt_of(notes)
+    if ref is None:
+        return None, "it names no attempt"
+    where = standing(read_progress(scan.get("status")), ref)
+    if where is not Standing.CURRENT:
+        return None, _NOT_SERVING[where]
     return scan, ""  # the current attempt: the scan's reconcile records how it ended
 
 
@@ -177,11 +195,12 @@ def _stale(ctx: OperatorContext, job: Obj) -> str | None:
 
 
 def nudge_scan_of_ended_job(ctx: OperatorContext, job: Obj) -> bool:
-    """A scanner Job ended without its result: poke the scan so the attempt's end is recorded now.
+    """A scanner Job ended without its result: wake the scan so the attempt's end is recorded
+    now (``scapguard.io/wake: job-ended:<job>``).
 
     Otherwise only the policy's 30 s timer notices a scanner that was OOM-killed, timed out or
-    crashed before posting. Like the results endpoint, this only pokes (an annotation naming the
-    Job): the active replica's reconcile reads the Job and decides. Returns whether it poked.
+    crashed before posting. Like the results endpoint, this only wakes the scan: the active
+    replica's reconcile reads the Job and decides. Returns whether it woke the scan.
     """
     if not job_finished(job) or meta(job).get("deletionTimestamp"):
         return False
@@ -190,9 +209,10 @@ def nudge_scan_of_ended_job(ctx: OperatorContext, job: Obj) -> bool:
         return False
     if read_progress(scan.get("status")).current_outcome() is not None:
         return False  # the result (or a recorded end) arrived: nothing to hurry
-    if annotations_of(scan).get(c.JOB_ENDED_ANNOTATION) == name_of(job):
-        return False
-    if not mark_scan(ctx, scan, annotations={c.JOB_ENDED_ANNOTATION: name_of(job)}):
+    ended = Wake(WAKE_JOB_ENDED, name_of(job))
+    if parse_wake(annotations_of(scan).get(c.WAKE_ANNOTATION)) == ended:
+        return False  # woken for this Job's end already
+    if not wake(ctx, scan, WAKE_JOB_ENDED, name_of(job)):
         return False
     logger.info(
         "scanner Job %s ended without a result; ImageScan %s/%s reconciles now",

@@ -15,7 +15,16 @@ import logging
 from typing import Any, Final
 
 from scapguard.api.conditions import Reason
-from scapguard.api.imagescan import ImageScanSpec, format_time, read_progress
+from scapguard.api.imagescan import (
+    NOT_PROMOTED,
+    PROMOTED,
+    PROMOTION_FAILED,
+    PROMOTION_PENDING,
+    ImageScanSpec,
+    PromotionRecord,
+    promotion_changed,
+    read_progress,
+)
 from scapguard.api.naming import promotion_job_name
 from scapguard.api.policy import Promotion, ScanPolicySpec
 from scapguard.builders.job import (
@@ -36,14 +45,10 @@ from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import delete_job
 from scapguard.reconcile.launch import launch
 from scapguard.reconcile.queue import registry_auth
-from scapguard.reconcile.status import write_status
+from scapguard.reconcile.status import write_change
 
 logger = logging.getLogger(__name__)
 
-PENDING: Final = "Pending"
-PROMOTED: Final = "Promoted"
-NOT_PROMOTED: Final = "NotPromoted"
-FAILED: Final = "Failed"
 _MESSAGE_MAX: Final = 1000
 
 
@@ -55,7 +60,7 @@ def promotion_target(spec: ImageScanSpec, promotion: Promotion) -> str:
 def pending(scan: Obj) -> bool:
     """Whether a promotion copy is under way (the policy timer keeps reconciling the scan)."""
     promotion = (scan.get("status") or {}).get("promotion")
-    return isinstance(promotion, dict) and promotion.get("state") == PENDING
+    return isinstance(promotion, dict) and promotion.get("state") == PROMOTION_PENDING
 
 
 def ensure_promotion(
@@ -72,25 +77,25 @@ def ensure_promotion(
     current: dict[str, Any] = dict(status.get("promotion") or {})
     same = current.get("request") == request and current.get("target") == target
     if status.get("result") != "Pass":
-        wanted = {
-            "state": NOT_PROMOTED,
-            "target": target,
-            "request": request,
-            "reason": str(status.get("reason") or status.get("result") or "NotPassed"),
-            "message": f"{status.get('result')}: {status.get('message') or ''}"[:_MESSAGE_MAX],
-            "job": None,
-        }
-        if same and all(current.get(k) == v for k, v in wanted.items() if k != "message"):
+        wanted = PromotionRecord(
+            NOT_PROMOTED,
+            target,
+            request,
+            reason=str(status.get("reason") or status.get("result") or "NotPassed"),
+            message=f"{status.get('result')}: {status.get('message') or ''}"[:_MESSAGE_MAX],
+        )
+        fields = wanted.to_dict().items()
+        if same and all(current.get(k) == v for k, v in fields if k != "message"):
             return
         _write(ctx, scan, wanted)
         ctx.event(
-            scan, "Normal", Reason.NOT_PROMOTED, f"not promoted to {target}: {wanted['message']}"
+            scan, "Normal", Reason.NOT_PROMOTED, f"not promoted to {target}: {wanted.message}"
         )
         return
-    if same and current.get("state") in (PROMOTED, FAILED):
+    if same and current.get("state") in (PROMOTED, PROMOTION_FAILED):
         return
     name = promotion_job_name(uid_of(scan), request)
-    if same and current.get("state") == PENDING and current.get("job") == name:
+    if same and current.get("state") == PROMOTION_PENDING and current.get("job") == name:
         _observe(ctx, scan, name, target, request)
         return
     _start(ctx, scan, spec, policy, name, target, request)
@@ -127,8 +132,8 @@ def _start(
     )
     secret = build_promotion_secret(inp, auth) if auth is not None else None
     launch(ctx, build_promotion_job(inp), secret)
-    _write(ctx, scan, {"state": PENDING, "target": target, "request": request, "job": name,
-                       "reason": None, "message": f"copying {spec.image} to {target}"})  # fmt: skip
+    copying = f"copying {spec.image} to {target}"
+    _write(ctx, scan, PromotionRecord(PROMOTION_PENDING, target, request, name, message=copying))
     logger.info("promoting %s to %s (Job %s)", spec.image, target, name)
 
 
@@ -145,13 +150,16 @@ def _observe(ctx: OperatorContext, scan: Obj, name: str, target: str, request: i
     if job is not None and "Complete" not in conditions and "Failed" not in conditions:
         return  # still copying
     if "Complete" in conditions:
-        _write(ctx, scan, {"state": PROMOTED, "target": target, "request": request, "job": None,
-                           "reason": None, "message": f"promoted to {target}"})  # fmt: skip
+        _write(
+            ctx, scan, PromotionRecord(PROMOTED, target, request, message=f"promoted to {target}")
+        )
         ctx.event(scan, "Normal", Reason.PROMOTED, f"promoted to {target}")
     else:
         why = _failure_message(ctx, name) if job is not None else "the copy Job disappeared"
-        _write(ctx, scan, {"state": FAILED, "target": target, "request": request, "job": None,
-                           "reason": "CopyFailed", "message": why[:_MESSAGE_MAX]})  # fmt: skip
+        failed = PromotionRecord(
+            PROMOTION_FAILED, target, request, reason="CopyFailed", message=why[:_MESSAGE_MAX]
+        )
+        _write(ctx, scan, failed)
         ctx.event(scan, "Warning", Reason.PROMOTION_FAILED, f"promotion to {target} failed: {why}")
     delete_job(ctx, name)
 
@@ -167,5 +175,5 @@ def _failure_message(ctx: OperatorContext, job: str) -> str:
     return "the copy Job failed"
 
 
-def _write(ctx: OperatorContext, scan: Obj, promotion: dict[str, Any]) -> None:
-    write_status(ctx, scan, {"promotion": {**promotion, "time": format_time(ctx.now())}})
+def _write(ctx: OperatorContext, scan: Obj, promotion: PromotionRecord) -> None:
+    write_change(ctx, scan, promotion_changed(promotion, ctx.now()))

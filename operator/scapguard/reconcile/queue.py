@@ -19,18 +19,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scapguard.api import conditions as cond
 from scapguard.api import constants as c
-from scapguard.api.conditions import Reason
 from scapguard.api.errors import SpecError
 from scapguard.api.imagescan import (
     QUEUED,
     RETRYING,
-    RUNNING,
+    AttemptRef,
     ScanProgress,
-    format_time,
+    Standing,
+    attempt_started,
     parse_time,
     read_progress,
+    standing,
 )
 from scapguard.api.naming import job_name
 from scapguard.api.policy import ScanPolicySpec, parse_policy_spec
@@ -56,7 +56,7 @@ from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
 from scapguard.reconcile.launch import launch
 from scapguard.reconcile.scans import parsed
-from scapguard.reconcile.status import with_conditions, write_status
+from scapguard.reconcile.status import write_change
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +225,48 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
     spec = parsed(scan)
     if progress.request is None or spec is None:
         return False
-    attempt = progress.attempts + 1
-    name = job_name(uid_of(scan), progress.request.number, attempt)
+    ref = AttemptRef(progress.request.number, progress.attempts + 1)
+    name = job_name(uid_of(scan), ref.request, ref.attempt)
     namespace = namespace_of(scan) or ""
+    key = f"{namespace}/{spec.policy}"
+    if _launch_attempt(ctx, scan, spec.image, policy_obj, policy, ref, name, key):
+        ctx.metrics.scan_attempts.labels(key).inc()
+    now = ctx.now()
+    if not _record_attempt(ctx, scan, ref, name):
+        logger.info(
+            "ImageScan %s/%s moved on while starting Job %s; its reconcile adopts it",
+            namespace,
+            name_of(scan),
+            name,
+        )
+        return True
+    requested = parse_time(progress.request.requested_at)
+    if ref.attempt == 1 and requested is not None:
+        ctx.metrics.queue_wait.observe(max(0.0, (now - requested).total_seconds()))
+    logger.info(
+        "started scanner Job %s for ImageScan %s/%s (attempt %s)",
+        name,
+        namespace,
+        name_of(scan),
+        ref.attempt,
+    )
+    return True
+
+
+def _launch_attempt(
+    ctx: OperatorContext,
+    scan: Obj,
+    image: str,
+    policy_obj: Obj,
+    policy: ScanPolicySpec,
+    ref: AttemptRef,
+    name: str,
+    key: str,
+) -> bool:
+    """Create (or adopt) the attempt's Secret and Job, both marked with the policy ``key``;
+    whether the Job is new."""
     settings = ctx.settings
+    namespace = namespace_of(scan) or ""
     auth = registry_auth(ctx, namespace, policy)
     content = content_plan(ctx, namespace, policy)
     inp = ScanJobInput(
@@ -238,9 +276,9 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
         scan_name=name_of(scan),
         scan_uid=uid_of(scan),
         policy_uid=uid_of(policy_obj),
-        request=progress.request.number,
-        attempt=attempt,
-        image=spec.image,
+        request=ref.request,
+        attempt=ref.attempt,
+        image=image,
         policy=policy,
         scanner_image=settings.scanner_image,
         results_url=settings.results_url,
@@ -260,35 +298,13 @@ def start_attempt(ctx: OperatorContext, scan: Obj, policy_obj: Obj, policy: Scan
         content_plan_json=json.dumps(content, sort_keys=True),
     )
     job_body = build_scan_job(inp)
-    key = f"{namespace}/{spec.policy}"
     for body in (secret, job_body):
         body["metadata"]["annotations"][POLICY_ANNOTATION] = key
     _, created = launch(ctx, job_body, secret)
-    if created:
-        ctx.metrics.scan_attempts.labels(key).inc()
-    now = ctx.now()
-    if not _record_attempt(ctx, scan, progress.request.number, attempt, name):
-        logger.info(
-            "ImageScan %s/%s moved on while starting Job %s; its reconcile adopts it",
-            namespace,
-            name_of(scan),
-            name,
-        )
-        return True
-    requested = parse_time(progress.request.requested_at)
-    if attempt == 1 and requested is not None:
-        ctx.metrics.queue_wait.observe(max(0.0, (now - requested).total_seconds()))
-    logger.info(
-        "started scanner Job %s for ImageScan %s/%s (attempt %s)",
-        name,
-        namespace,
-        name_of(scan),
-        attempt,
-    )
-    return True
+    return created
 
 
-def _record_attempt(ctx: OperatorContext, scan: Obj, request: int, attempt: int, job: str) -> bool:
+def _record_attempt(ctx: OperatorContext, scan: Obj, ref: AttemptRef, job: str) -> bool:
     """Write the attempt's start on the scan; False if the scan moved on meanwhile.
 
     The admitter reads scans from the cache, and kopf writes its own annotations on a scan
@@ -298,29 +314,12 @@ def _record_attempt(ctx: OperatorContext, scan: Obj, request: int, attempt: int,
     """
     for _ in range(ATTEMPT_WRITE_TRIES):
         progress = read_progress(scan.get("status"))
-        if (
-            progress.request is None
-            or progress.request.number != request
-            or progress.attempts != attempt - 1
-            or progress.finished
-        ):
+        if standing(progress, ref) is not Standing.UNRECORDED:
             return False
-        has_result = (scan.get("status") or {}).get("result") is not None
-        patch = with_conditions(
-            ctx,
-            scan,
-            {"attempts": attempt, "job": job, "state": RUNNING, "nextAttemptAt": None},
-            [
-                (
-                    cond.SCANNED,
-                    cond.TRUE if has_result else cond.FALSE,
-                    Reason.RUNNING,
-                    f"attempt {attempt} running in Job {ctx.settings.namespace}/{job}",
-                )
-            ],
-        )
         try:
-            write_status(ctx, scan, patch)
+            write_change(
+                ctx, scan, attempt_started(progress, ref.attempt, job, ctx.settings.namespace)
+            )
             return True
         except Conflict:
             try:
@@ -330,7 +329,3 @@ def _record_attempt(ctx: OperatorContext, scan: Obj, request: int, attempt: int,
             scan.clear()
             scan.update(fresh)
     return False
-
-
-def queued_fields(now: dt.datetime) -> dict[str, Any]:
-    return {"state": QUEUED, "queuedAt": format_time(now)}

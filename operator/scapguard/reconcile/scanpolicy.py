@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from scapguard.api import conditions as cond
@@ -16,8 +18,10 @@ from scapguard.api.imagescan import (
     RETRYING,
     RUNNING,
     format_time,
+    parse_rescan,
     parse_time,
     read_progress,
+    rescan_value,
 )
 from scapguard.api.policy import ScanPolicySpec, fingerprint, parse_policy_spec
 from scapguard.builders.job import ignored_scanner_fields
@@ -53,7 +57,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
     try:
         spec = parse_policy_spec(policy.get("spec"))
     except SpecError as exc:
-        _write_status(ctx, policy, {}, (cond.FALSE, Reason.INVALID_SPEC, str(exc)))
+        _write_status(ctx, policy, {}, _ready(cond.FALSE, Reason.INVALID_SPEC, str(exc)))
         ctx.event(policy, "Warning", Reason.INVALID_SPEC, str(exc))
         return Outcome(permanent=str(exc))
     selection = select(ctx, namespace, spec, image_api=ctx.image_api)
@@ -78,7 +82,7 @@ def reconcile_scanpolicy(ctx: OperatorContext, policy: Obj) -> Outcome:
         ctx,
         policy,
         fields,
-        (
+        _ready(
             cond.TRUE,
             Reason.RECONCILED,
             f"{fields['imagesSelected']} images selected, {fields['imagesFailing']} failing, "
@@ -127,85 +131,108 @@ def _annotate_rescan(ctx: OperatorContext, scan: Obj, value: str) -> None:
         mark_scan(ctx, scan, annotations={c.RESCAN_ANNOTATION: value})
 
 
+@dataclass(frozen=True)
+class _Asks:
+    """What a policy asks its scans to rescan for on one reconcile."""
+
+    policy: str | None  # the policy's own rescan annotation, while not yet observed
+    content_hash: str  # of the policy's scan content now (a change: PolicyChange)
+    content_update: str | None  # a ContentUpdate: value when a ConfigMap source changed
+    upstream: Mapping[str, str]  # scan name -> ContentUpdate: value (catalogue feed, OCI tag)
+
+
 def _rescans(
     ctx: OperatorContext, policy: Obj, spec: ScanPolicySpec, scans: list[Obj]
 ) -> dict[str, Any]:
     """Ask scans for rescans (by annotation): policy rescan, policy change, content update,
-    schedule."""
+    schedule. Returns the policy's status fields that record what was asked."""
     now = ctx.now()
-    fields: dict[str, Any] = {}
     status = policy.get("status") or {}
     wanted = annotations_of(policy).get(c.RESCAN_ANNOTATION)
-    observed = status.get("observedRescan")
-    content = spec.content_hash()
     recorded = status.get("contentSources")
     records = content_records(ctx, namespace_of(policy) or "", spec, recorded)
     updated = changed_sources(recorded, records)
-    # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
-    update = f"ContentUpdate:{fingerprint([identity(r) for r in records])}" if updated else None
-    upstream = upstream_updates(ctx, namespace_of(policy) or "", spec, scans)
+    asks = _Asks(
+        policy=wanted if wanted and wanted != status.get("observedRescan") else None,
+        content_hash=spec.content_hash(),
+        # Names the new bytes, so an operator that stops half-way asks for the same rescan again.
+        content_update=(
+            rescan_value("ContentUpdate", fingerprint([identity(r) for r in records]))
+            if updated
+            else None
+        ),
+        upstream=upstream_updates(ctx, namespace_of(policy) or "", spec, scans),
+    )
     for scan in scans:
-        progress = read_progress(scan.get("status"))
-        if wanted and wanted != observed:
-            _annotate_rescan(ctx, scan, f"OnDemand:policy/{wanted}")
-            continue
-        if progress.request is None:
-            continue
-        if progress.finished and progress.request.content_hash != content:
-            _annotate_rescan(ctx, scan, f"PolicyChange:{content}")
-            continue
-        if update is not None:
-            # Scans under way too: their attempt may have started with the old content.
-            _annotate_rescan(ctx, scan, update)
-            continue
-        if name_of(scan) in upstream:
-            _annotate_rescan(ctx, scan, upstream[name_of(scan)])
-            continue
-        if progress.finished and spec.schedule:
-            due = due_rescan(
-                name_of(scan), spec.schedule, parse_time(progress.request.requested_at), now
-            )
-            if due is not None:
-                _annotate_rescan(ctx, scan, due)
-    if wanted and wanted != observed:
-        fields["observedRescan"] = wanted
-        ctx.event(
-            policy, "Normal", Reason.RESCAN_REQUESTED, f"rescan of {len(scans)} images requested"
-        )
+        value = _rescan_of(scan, asks, spec, now)
+        if value is not None:
+            _annotate_rescan(ctx, scan, value)
+    _announce_rescans(ctx, policy, len(scans), asks, updated)
+    fields: dict[str, Any] = {"contentSources": records or None, **_schedule_fields(spec, now)}
+    if asks.policy is not None:
+        fields["observedRescan"] = asks.policy
+    return fields
+
+
+def _rescan_of(scan: Obj, asks: _Asks, spec: ScanPolicySpec, now: dt.datetime) -> str | None:
+    """The rescan value ``asks`` means for one scan, if any (first reason wins)."""
+    progress = read_progress(scan.get("status"))
+    if asks.policy is not None:
+        return rescan_value("OnDemand", f"policy/{asks.policy}")
+    if progress.request is None:
+        return None
+    if progress.finished and progress.request.content_hash != asks.content_hash:
+        return rescan_value("PolicyChange", asks.content_hash)
+    if asks.content_update is not None:
+        # Scans under way too: their attempt may have started with the old content.
+        return asks.content_update
+    if name_of(scan) in asks.upstream:
+        return asks.upstream[name_of(scan)]
+    if progress.finished and spec.schedule:
+        requested = parse_time(progress.request.requested_at)
+        return due_rescan(name_of(scan), spec.schedule, requested, now)
+    return None
+
+
+def _announce_rescans(
+    ctx: OperatorContext, policy: Obj, count: int, asks: _Asks, updated: list[str]
+) -> None:
+    if asks.policy is not None:
+        ctx.event(policy, "Normal", Reason.RESCAN_REQUESTED, f"rescan of {count} images requested")
     if updated:
         ctx.event(
             policy,
             "Normal",
             Reason.CONTENT_UPDATED,
-            f"content changed in {', '.join(updated)}: rescan of {len(scans)} images requested",
+            f"content changed in {', '.join(updated)}: rescan of {count} images requested",
         )
-    if upstream:
-        moved = sorted({v.removeprefix("ContentUpdate:").split("@")[0] for v in upstream.values()})
+    if asks.upstream:
+        moved = sorted({parse_rescan(v)[1].split("@")[0] for v in asks.upstream.values()})
         ctx.event(
             policy,
             "Normal",
             Reason.CONTENT_UPDATED,
-            f"new content in {', '.join(moved)}: rescan of {len(upstream)} images requested",
+            f"new content in {', '.join(moved)}: rescan of {len(asks.upstream)} images requested",
         )
-    fields["contentSources"] = records or None
-    if spec.schedule:
-        win = window(spec.schedule, now)
-        fields["lastScheduledRescan"] = format_time(win.start)
-        fields["nextScheduledRescan"] = format_time(win.end)
-    else:
-        fields["lastScheduledRescan"] = None
-        fields["nextScheduledRescan"] = None
-    return fields
+
+
+def _schedule_fields(spec: ScanPolicySpec, now: dt.datetime) -> dict[str, Any]:
+    if not spec.schedule:
+        return {"lastScheduledRescan": None, "nextScheduledRescan": None}
+    win = window(spec.schedule, now)
+    return {
+        "lastScheduledRescan": format_time(win.start),
+        "nextScheduledRescan": format_time(win.end),
+    }
 
 
 def _reevaluate(ctx: OperatorContext, spec: ScanPolicySpec, scans: list[Obj]) -> None:
     """Failure rule, exceptions, action or onError changed: re-judge without rescanning."""
     wanted = spec.evaluation_hash(ctx.now())
     for scan in scans:
-        progress = read_progress(scan.get("status"))
         scan_spec = parsed(scan)
         # Scans with a rescan under way too: their last result is what enforcement acts on.
-        if scan_spec is None or progress.result is None or progress.evaluation_hash == wanted:
+        if scan_spec is None or not read_progress(scan.get("status")).verdict_outdated(wanted):
             continue
         try:
             reevaluate(ctx, scan, scan_spec, spec)
@@ -258,16 +285,17 @@ def _aggregates(
     }
 
 
+def _ready(status: str, reason: str, message: str) -> cond.Condition:
+    return cond.Condition(cond.READY, status, reason, message)
+
+
 def _write_status(
-    ctx: OperatorContext, policy: Obj, fields: dict[str, Any], ready: tuple[str, str, str]
+    ctx: OperatorContext, policy: Obj, fields: dict[str, Any], ready: cond.Condition
 ) -> None:
     status = policy.get("status") or {}
     conditions, changed = cond.set_condition(
         status.get("conditions"),
-        type_=cond.READY,
-        status=ready[0],
-        reason=ready[1],
-        message=ready[2],
+        ready,
         observed_generation=generation_of(policy),
         now=format_time(ctx.now()),
     )

@@ -9,9 +9,8 @@ from typing import Final
 
 from croniter import croniter
 
-from scapguard.api.imagescan import format_time
+from scapguard.api.imagescan import format_time, rescan_value
 
-SCHEDULED_PREFIX: Final = "Scheduled:"
 MAX_SPREAD: Final = dt.timedelta(hours=6)
 
 
@@ -44,4 +43,4 @@ def due_rescan(
         return None
     if win.start + offset(name, win) > now:
         return None
-    return f"{SCHEDULED_PREFIX}{format_time(win.start)}"
+    return rescan_value("Scheduled", format_time(win.start))

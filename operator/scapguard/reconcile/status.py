@@ -1,5 +1,6 @@
-"""Writing ImageScans: optimistic (resourceVersion-guarded) status merge patches, conditions,
-and the labels and annotations scapguard marks them with."""
+"""Writing ImageScans: their status, one named transition at a time
+(``scapguard.api.imagescan``), as resourceVersion-guarded merge patches; and the labels and
+annotations scapguard marks them with."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from scapguard.api import conditions as cond
-from scapguard.api.imagescan import format_time
+from scapguard.api import constants as c
+from scapguard.api.imagescan import StatusPatch, format_time, format_wake
 from scapguard.k8s.api import (
     IMAGESCAN,
     NotFound,
@@ -51,50 +52,50 @@ def mark_scan(
     return True
 
 
-def write_status(ctx: OperatorContext, scan: Obj, patch: Mapping[str, Any]) -> Obj:
-    """Merge-patch the status, refusing (Conflict) if the scan changed since it was read.
+def wake(ctx: OperatorContext, scan: Obj, cause: str, job: str) -> bool:
+    """Wake the scan's reconcile (``scapguard.io/wake``: ``cause`` of scanner Job ``job``).
+
+    The only poke from outside the ImageScan handler: the results endpoint and the Job watch
+    run in every replica and only record; the active replica's reconcile decides.
+    Returns False when the scan is gone.
+    """
+    return mark_scan(ctx, scan, annotations={c.WAKE_ANNOTATION: format_wake(cause, job)})
+
+
+def write_change(
+    ctx: OperatorContext, scan: Obj, change: StatusPatch, *, guarded: bool = True
+) -> Obj:
+    """Merge-patch ``change`` into the status, refusing (Conflict) if the scan changed since
+    it was read. ``guarded=False`` drops that precondition: only for the results endpoint,
+    whose write must land once the credential is spent (and which sets no conditions).
 
     Updates ``scan`` in place with the server's answer so later steps see the new version.
     """
-    body: dict[str, Any] = {"status": dict(patch)}
+    return _write(ctx, scan, _rendered(ctx, scan, change), guarded=guarded)
+
+
+def write_if_changed(ctx: OperatorContext, scan: Obj, change: StatusPatch) -> bool:
+    """``write_change`` unless the status says all of ``change`` already; whether it wrote."""
+    patch = _rendered(ctx, scan, change)
+    status = scan.get("status") or {}
+    if all(status.get(key) == value for key, value in patch.items()):
+        return False
+    _write(ctx, scan, patch, guarded=True)
+    return True
+
+
+def _rendered(ctx: OperatorContext, scan: Obj, change: StatusPatch) -> dict[str, Any]:
+    return change.merge_patch(
+        scan.get("status"), generation=generation_of(scan), now=format_time(ctx.now())
+    )
+
+
+def _write(ctx: OperatorContext, scan: Obj, patch: dict[str, Any], *, guarded: bool) -> Obj:
+    body: dict[str, Any] = {"status": patch}
     version = meta(scan).get("resourceVersion")
-    if version:
+    if guarded and version:
         body["metadata"] = {"resourceVersion": version}
     updated = ctx.kube.patch_status(IMAGESCAN, name_of(scan), namespace_of(scan), body)
     scan.clear()
     scan.update(updated)
     return scan
-
-
-def with_conditions(
-    ctx: OperatorContext,
-    scan: Obj,
-    patch: dict[str, Any],
-    updates: list[tuple[str, str, str, str]],
-) -> dict[str, Any]:
-    """Add ``conditions`` to ``patch`` from (type, status, reason, message) tuples."""
-    status = scan.get("status") or {}
-    conditions = status.get("conditions") or []
-    changed = False
-    now = format_time(ctx.now())
-    for type_, state, reason, message in updates:
-        conditions, did = cond.set_condition(
-            conditions,
-            type_=type_,
-            status=state,
-            reason=reason,
-            message=message,
-            observed_generation=generation_of(scan),
-            now=now,
-        )
-        changed = changed or did
-    if changed:
-        patch["conditions"] = conditions
-    patch.setdefault("observedGeneration", generation_of(scan))
-    return patch
-
-
-def differs(scan: Obj, patch: Mapping[str, Any]) -> bool:
-    """Whether applying ``patch`` would change the status (no patch when nothing changed)."""
-    status = scan.get("status") or {}
-    return any(status.get(key) != value for key, value in patch.items())

@@ -13,16 +13,22 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from scapguard.api import conditions as cond
-from scapguard.api.conditions import Reason
+from scapguard.api.conditions import Condition, Reason
 from scapguard.api.constants import OPENSHIFT_DENY_ANNOTATION, RESCAN_ANNOTATION, RESULT_KEY
 from scapguard.api.evaluation import ERROR, FAIL, PASS, ResultLike, Verdict, evaluate
-from scapguard.api.imagescan import ImageScanSpec, format_time, read_progress
+from scapguard.api.imagescan import (
+    ImageScanSpec,
+    StatusPatch,
+    judged,
+    read_progress,
+    rescan_value,
+    verdict_conditions,
+)
 from scapguard.api.naming import result_config_map_name
 from scapguard.api.policy import ScanPolicySpec
 from scapguard.api.summary import result_status
 from scapguard.k8s.api import (
     CONFIGMAP,
-    IMAGESCAN,
     NotFound,
     Obj,
     annotations_of,
@@ -32,12 +38,11 @@ from scapguard.k8s.api import (
 )
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.enforcement import Enforcement, enforce_digest
-from scapguard.reconcile.status import with_conditions, write_status
+from scapguard.reconcile.status import mark_scan, write_change
 from scapguard.results.model import _gunzip_bounded
 
 logger = logging.getLogger(__name__)
 
-MAX_FAILING_IDS: Final = 100
 MAX_STORED_RESULT: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
 
@@ -93,16 +98,9 @@ def distrust(ctx: OperatorContext, scan: Obj, exc: UntrustedResult, *, rescan: b
     message = f"{exc}; not judged from it"
     request = read_progress(scan.get("status")).request
     if rescan and request is not None:
-        value = f"OnDemand:stored-result/{request.number}"
+        value = rescan_value("OnDemand", f"stored-result/{request.number}")
         if annotations_of(scan).get(RESCAN_ANNOTATION) != value:
-            scan.update(
-                ctx.kube.patch(
-                    IMAGESCAN,
-                    name_of(scan),
-                    namespace_of(scan),
-                    {"metadata": {"annotations": {RESCAN_ANNOTATION: value}}},
-                )
-            )
+            mark_scan(ctx, scan, annotations={RESCAN_ANNOTATION: value})
         message += "; verdict kept, rescan requested"
     logger.warning("ImageScan %s/%s: %s", namespace_of(scan), name_of(scan), message)
     ctx.event(scan, "Warning", Reason.STORED_RESULT_TAMPERED, message)
@@ -142,20 +140,6 @@ def wants_deny(policy: ScanPolicySpec, verdict: Verdict) -> bool:
     return verdict.result == FAIL or (verdict.result == ERROR and policy.on_error == "Deny")
 
 
-def verdict_fields(policy: ScanPolicySpec, verdict: Verdict, now: dt.datetime) -> dict[str, Any]:
-    failing = [*verdict.failing_vulnerabilities, *verdict.failing_rules]
-    return {
-        "result": verdict.result,
-        "reason": verdict.reason,
-        "message": verdict.message,
-        "denied": wants_deny(policy, verdict),
-        "failing": failing[:MAX_FAILING_IDS],
-        "excepted": list(verdict.excepted[:MAX_FAILING_IDS]),
-        "evaluationHash": policy.evaluation_hash(now),
-        "evaluatedAt": format_time(now),
-    }
-
-
 def owners_lost(scanner: object) -> str | None:
     """Why a completed scan lost the image's file owners although a user namespace was set up."""
     fallback = scanner.get("idMappingFallback") if isinstance(scanner, Mapping) else None
@@ -168,95 +152,108 @@ def conditions_for(
     enforcement: Enforcement,
     denied: bool,
     scanner: object = None,
-) -> list[tuple[str, str, str, str]]:
-    """``scanner``: the status' ``scanner`` block (id mapping) of the scan being judged."""
-    if verdict.result == ERROR:
-        scanned = (cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
-        compliant = (
-            cond.COMPLIANT,
-            cond.UNKNOWN,
-            Reason.NOT_EVALUATED,
-            "the scan did not complete",
-        )
-    else:
-        lost = owners_lost(scanner)
-        scanned = (
-            (cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
-            if lost is None
-            else (
-                cond.SCANNED,
-                cond.TRUE,
-                Reason.OWNERS_NOT_PRESERVED,
-                f"scan completed rootless, the image's file owners were lost ({lost}): "
-                "ownership and permission rules are notchecked",
-            )
-        )
-        compliant = (
+) -> list[Condition]:
+    """Scanned, Compliant, Enforced and the summary Ready for a verdict and its enforcement.
+
+    ``scanner``: the status' ``scanner`` block (id mapping) of the scan being judged.
+    """
+    scanned = _scanned(verdict, scanner)
+    compliant = (
+        Condition(cond.COMPLIANT, cond.UNKNOWN, Reason.NOT_EVALUATED, "the scan did not complete")
+        if verdict.result == ERROR
+        else Condition(
             cond.COMPLIANT,
             cond.TRUE if verdict.result == PASS else cond.FALSE,
             verdict.reason,
             verdict.message,
         )
-    if denied and enforcement.by_admission:
-        enforced = (
+    )
+    enforced = _enforced(verdict, policy, enforcement, denied)
+    ready_ok = scanned.true and enforced.true
+    ready = Condition(
+        cond.READY,
+        cond.TRUE if ready_ok else cond.FALSE,
+        compliant.reason if ready_ok else (enforced.reason if scanned.true else scanned.reason),
+        f"{verdict.result}: {verdict.message}",
+    )
+    return [scanned, compliant, enforced, ready]
+
+
+def _scanned(verdict: Verdict, scanner: object) -> Condition:
+    if verdict.result == ERROR:
+        return Condition(cond.SCANNED, cond.FALSE, verdict.reason, verdict.message)
+    lost = owners_lost(scanner)
+    if lost is None:
+        return Condition(cond.SCANNED, cond.TRUE, Reason.SCAN_COMPLETED, "scan completed")
+    return Condition(
+        cond.SCANNED,
+        cond.TRUE,
+        Reason.OWNERS_NOT_PRESERVED,
+        f"scan completed rootless, the image's file owners were lost ({lost}): "
+        "ownership and permission rules are notchecked",
+    )
+
+
+def _enforced(
+    verdict: Verdict, policy: ScanPolicySpec, enforcement: Enforcement, denied: bool
+) -> Condition:
+    """The Enforced condition: what the Image (or the admission webhook) does about ``denied``."""
+    if denied:
+        return _enforced_deny(verdict, policy, enforcement)
+    if enforcement.by_person:
+        return Condition(
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED_BY_PERSON,
+            "denied by a deny-execution annotation scapguard did not set",
+        )
+    if enforcement.denied:
+        return Condition(
+            cond.ENFORCED,
+            cond.TRUE,
+            Reason.DENIED,
+            f"denied by another policy ({', '.join(enforcement.denied_by)})",
+        )
+    if not policy.enforcing:
+        return Condition(cond.ENFORCED, cond.TRUE, Reason.REPORT_ONLY, "the policy only reports")
+    return Condition(cond.ENFORCED, cond.TRUE, Reason.NOT_DENIED, "image not denied")
+
+
+def _enforced_deny(verdict: Verdict, policy: ScanPolicySpec, enforcement: Enforcement) -> Condition:
+    """The Enforced condition of a scan that wants its image denied."""
+    if enforcement.by_admission:
+        return Condition(
             cond.ENFORCED,
             cond.TRUE,
             Reason.DENIED,
             "image denied: the cluster has no image.openshift.io API, so the admission "
             "webhook refuses Pods that run this digest (no Image to annotate)",
         )
-    elif denied and not enforcement.image_found:
-        enforced = (
+    if not enforcement.image_found:
+        return Condition(
             cond.ENFORCED,
             cond.FALSE,
             Reason.IMAGE_NOT_FOUND,
             "no image.openshift.io Image for this digest to annotate",
         )
-    elif denied and enforcement.person_value is not None and not enforcement.denied:
-        enforced = (
+    if enforcement.person_value is not None and not enforcement.denied:
+        return Condition(
             cond.ENFORCED,
             cond.FALSE,
             Reason.ALLOWED_BY_PERSON,
             f"the policy denies this image, but a person set {OPENSHIFT_DENY_ANNOTATION}="
             f"{enforcement.person_value!r}; scapguard leaves it as it is",
         )
-    elif denied:
-        held = verdict.result == ERROR and policy.on_error != "Deny"
-        enforced = (
-            cond.ENFORCED,
-            cond.TRUE if enforcement.denied else cond.FALSE,
-            Reason.DENIED,
-            "image denied execution: this scan did not complete, the deny stands from the "
-            "last completed scan, which fails the policy"
-            if held
-            else "image denied execution",
-        )
-    elif enforcement.by_person:
-        enforced = (
-            cond.ENFORCED,
-            cond.TRUE,
-            Reason.DENIED_BY_PERSON,
-            "denied by a deny-execution annotation scapguard did not set",
-        )
-    elif enforcement.denied:
-        enforced = (
-            cond.ENFORCED,
-            cond.TRUE,
-            Reason.DENIED,
-            f"denied by another policy ({', '.join(enforcement.denied_by)})",
-        )
-    elif not policy.enforcing:
-        enforced = (cond.ENFORCED, cond.TRUE, Reason.REPORT_ONLY, "the policy only reports")
-    else:
-        enforced = (cond.ENFORCED, cond.TRUE, Reason.NOT_DENIED, "image not denied")
-    ready_ok = scanned[1] == cond.TRUE and enforced[1] == cond.TRUE
-    ready = (
-        cond.READY,
-        cond.TRUE if ready_ok else cond.FALSE,
-        compliant[2] if ready_ok else (enforced[2] if scanned[1] == cond.TRUE else scanned[2]),
-        f"{verdict.result}: {verdict.message}",
+    held = verdict.result == ERROR and policy.on_error != "Deny"
+    return Condition(
+        cond.ENFORCED,
+        cond.TRUE if enforcement.denied else cond.FALSE,
+        Reason.DENIED,
+        "image denied execution: this scan did not complete, the deny stands from the "
+        "last completed scan, which fails the policy"
+        if held
+        else "image denied execution",
     )
-    return [scanned, compliant, enforced, ready]
 
 
 def apply_verdict(
@@ -265,28 +262,38 @@ def apply_verdict(
     spec: ImageScanSpec,
     policy: ScanPolicySpec,
     verdict: Verdict,
-    extra: Mapping[str, Any],
+    settled: StatusPatch | None = None,
     *,
     pending: bool = False,
 ) -> Enforcement:
-    """Write ``verdict`` (plus ``extra`` status fields) and bring the Image in line with it.
+    """Write ``verdict`` (with ``settled``, the end of the request it judges: ``completed``
+    or ``gave_up``) and bring the Image in line with it.
 
     ``pending``: the verdict is on the last result while a rescan is under way.
     """
     now = ctx.now()
-    fields = {**extra, **verdict_fields(policy, verdict, now), "displayImage": spec.display_image()}
-    if verdict.result == ERROR and policy.enforcing and not fields["denied"]:
-        fields["denied"] = last_completed_fails(ctx, scan, policy, now)
-    fresh = {**scan, "status": {**(scan.get("status") or {}), **fields}}
+    denied = wants_deny(policy, verdict)
+    if verdict.result == ERROR and policy.enforcing and not denied:
+        denied = last_completed_fails(ctx, scan, policy, now)
+    change = judged(
+        verdict,
+        denied=denied,
+        evaluation_hash=policy.evaluation_hash(now),
+        now=now,
+        display_image=spec.display_image(),
+    )
+    if settled is not None:
+        change = settled | change
+    fresh = {**scan, "status": {**(scan.get("status") or {}), **change.fields}}
     previous = (scan.get("status") or {}).get("result")
     with ctx.digest_lock(spec.digest):  # until the status other scans' enforcement reads
         enforcement = enforce_digest(ctx, spec.digest, {uid_of(scan): fresh})
-        conditions = conditions_for(
-            verdict, policy, enforcement, fields["denied"], fresh["status"].get("scanner")
+        conditions = verdict_conditions(
+            conditions_for(verdict, policy, enforcement, denied, fresh["status"].get("scanner"))
         )
         if pending:  # a rescan is queued or running: its own Scanned condition stands
-            conditions = [x for x in conditions if x[0] != cond.SCANNED]
-        write_status(ctx, scan, with_conditions(ctx, scan, dict(fields), conditions))
+            conditions = conditions.without(cond.SCANNED)
+        write_change(ctx, scan, change | conditions)
     if enforcement.lifted:
         ctx.event(scan, "Normal", Reason.DENY_LIFTED, "deny-execution lifted from the image")
     if previous and previous != verdict.result:
@@ -326,7 +333,7 @@ def reevaluate(
         verdict = evaluate(stored, policy, now)
     previous = status.get("result")
     pending = not read_progress(status).finished
-    apply_verdict(ctx, scan, spec, policy, verdict, {}, pending=pending)
+    apply_verdict(ctx, scan, spec, policy, verdict, pending=pending)
     if previous != verdict.result:
         ctx.event(
             scan,
