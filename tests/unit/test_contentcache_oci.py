@@ -26,7 +26,13 @@ from typing import Any
 import pytest
 
 from scapguard.contentcache.errors import ContentFetchError
-from scapguard.contentcache.oci import Artifact, OciRef, RegistryClient, parse_reference
+from scapguard.contentcache.oci import (
+    Artifact,
+    OciRef,
+    RegistryClient,
+    auths_from_config,
+    parse_reference,
+)
 from scapguard_dev.pki import CertificateAuthority, KeyPair
 from scapguard_dev.ports import free_port
 from scapguard_dev.registry import BasicAuth, Registry
@@ -772,3 +778,17 @@ def test_a_tag_check_reads_credentials_only_when_the_registry_is_asked(
     now[0] += 301
     cache.oci_current(reference, "rhel-8.oval.xml.bz2", auths=auths, insecure=[registry.host])
     assert len(reads) == 2
+
+
+def test_auths_from_config_reads_both_dockerconfigjson_forms() -> None:
+    doc = {
+        "auths": {
+            "registry.internal:5000": {"username": "u", "password": "p"},
+            "https://mirror.internal/v1/": {"auth": "dXNlcjpwYTpzcw=="},  # user:pa:ss
+            "broken.internal": {"auth": "%%%"},
+        }
+    }
+    assert auths_from_config(doc) == {
+        "registry.internal:5000": ("u", "p"),
+        "mirror.internal": ("user", "pa:ss"),
+    }

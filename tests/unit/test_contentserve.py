@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from scapguard.k8s.api import CONFIGMAP, EVENT, IMAGESCAN, SCANPOLICY, Obj
-from scapguard.reconcile.contentserve import registry_auths, serve
+from scapguard.reconcile.contentserve import serve
 from scapguard.reconcile.imagescan import reconcile_imagescan
 from scapguard.reconcile.scanpolicy import reconcile_scanpolicy
 from scapguard.results import model as m
@@ -238,20 +238,6 @@ def test_a_catalogue_feed_that_cannot_be_checked_costs_one_check_per_pass(
         reconcile_scanpolicy(h.ctx, policy(h))
     assert len(upstream.requests) - before == 1
     assert len([r for r in caplog.records if "cannot check catalogue feed" in r.message]) == 1
-
-
-def test_registry_auths_read_both_dockerconfigjson_forms() -> None:
-    doc = {
-        "auths": {
-            "registry.internal:5000": {"username": "u", "password": "p"},
-            "https://mirror.internal": {"auth": "dXNlcjpwYTpzcw=="},  # user:pa:ss
-            "broken.internal": {"auth": "%%%"},
-        }
-    }
-    assert registry_auths(doc) == {
-        "registry.internal:5000": ("u", "p"),
-        "mirror.internal": ("user", "pa:ss"),
-    }
 
 
 # -- over HTTP: the results server's endpoint and the scanner's client -------------------------

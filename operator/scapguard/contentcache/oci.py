@@ -25,6 +25,7 @@ bytes arrived but are not the ones promised).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import http.client
 import json
@@ -989,3 +990,28 @@ def _auth_host(key: str) -> str:
     if "://" in key:
         return urllib.parse.urlsplit(key).netloc
     return key.split("/", 1)[0]
+
+
+def auths_from_config(doc: object) -> dict[str, tuple[str, str]]:
+    """``{host[:port]: (user, password)}`` from a containers-auth / ``.dockerconfigjson``
+    document: each entry's ``username``/``password``, else its base64 ``auth``; entries that
+    are neither are skipped."""
+    auths = doc.get("auths") if isinstance(doc, Mapping) else None
+    out: dict[str, tuple[str, str]] = {}
+    for key, entry in (auths if isinstance(auths, Mapping) else {}).items():
+        creds = _credentials(entry) if isinstance(entry, Mapping) else None
+        if creds is not None:
+            out[_auth_host(str(key))] = creds
+    return out
+
+
+def _credentials(entry: Mapping[str, object]) -> tuple[str, str] | None:
+    user, password = entry.get("username"), entry.get("password")
+    if isinstance(user, str) and isinstance(password, str):
+        return user, password
+    try:
+        decoded = base64.b64decode(str(entry.get("auth") or ""), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None

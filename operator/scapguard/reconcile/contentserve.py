@@ -30,6 +30,7 @@ from scapguard.api.policy import ConfigMapRef, ContentSource, ScanPolicySpec, pa
 from scapguard.contentcache import catalogue
 from scapguard.contentcache.cache import Entry
 from scapguard.contentcache.errors import ContentFetchError
+from scapguard.contentcache.oci import auths_from_config
 from scapguard.k8s.api import SECRET, NotFound, Obj, annotations_of
 from scapguard.reconcile.content import Content, read_content, read_one
 from scapguard.reconcile.context import OperatorContext
@@ -214,28 +215,4 @@ def _registry_access(
         doc = _secret_json(secret, c.AUTH_KEY)
     except ValueError:
         doc = {}
-    return registry_auths(doc), frozenset(policy.scanner.insecure_registries)
-
-
-def registry_auths(doc: object) -> dict[str, tuple[str, str]]:
-    """``{registry: (user, password)}`` from a containers-auth / dockerconfigjson document."""
-    auths = doc.get("auths") if isinstance(doc, Mapping) else None
-    out: dict[str, tuple[str, str]] = {}
-    for host, entry in (auths or {}).items():
-        if not isinstance(entry, Mapping):
-            continue
-        user, password = entry.get("username"), entry.get("password")
-        if not (isinstance(user, str) and isinstance(password, str)) and entry.get("auth"):
-            try:
-                decoded = base64.b64decode(str(entry["auth"]), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                continue
-            user, colon, password = decoded.partition(":")
-            if not colon:
-                continue
-        if isinstance(user, str) and isinstance(password, str):
-            out[str(host).removeprefix("https://").removeprefix("http://").rstrip("/")] = (
-                user,
-                password,
-            )
-    return out
+    return auths_from_config(doc), frozenset(policy.scanner.insecure_registries)

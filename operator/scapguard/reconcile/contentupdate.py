@@ -20,8 +20,8 @@ from scapguard.api.imagescan import read_progress, rescan_value
 from scapguard.api.policy import ContentSource, ScanPolicySpec
 from scapguard.contentcache import catalogue
 from scapguard.contentcache.errors import ContentFetchError
+from scapguard.contentcache.oci import auths_from_config
 from scapguard.k8s.api import Obj, name_of
-from scapguard.reconcile.contentserve import registry_auths
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.queue import registry_auth
 
@@ -53,7 +53,7 @@ def upstream_updates(
         @functools.cache
         def auths() -> Mapping[str, tuple[str, str]]:
             doc = registry_auth(ctx, namespace, spec)
-            return registry_auths(json.loads(doc)) if doc else {}
+            return auths_from_config(json.loads(doc)) if doc else {}
 
         for kind, src in sections:
             sha = _oci_now(ctx, src, auths, spec)
