@@ -56,7 +56,7 @@ from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.jobs import running_jobs
 from scapguard.reconcile.launch import launch
 from scapguard.reconcile.scans import parsed
-from scapguard.reconcile.status import write_change
+from scapguard.reconcile.status import reread, write_change
 
 logger = logging.getLogger(__name__)
 
@@ -322,10 +322,6 @@ def _record_attempt(ctx: OperatorContext, scan: Obj, ref: AttemptRef, job: str) 
             )
             return True
         except Conflict:
-            try:
-                fresh = ctx.kube.get(IMAGESCAN, name_of(scan), namespace_of(scan))
-            except NotFound:
+            if not reread(ctx, scan):
                 return False
-            scan.clear()
-            scan.update(fresh)
     return False

@@ -29,6 +29,7 @@ from scapguard.k8s.api import (
 )
 from scapguard.reconcile.context import OperatorContext
 from scapguard.reconcile.selection import CurrentImage
+from scapguard.reconcile.status import reread
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +148,8 @@ def _sync_tags(
             )
             return
         except Conflict:
-            updated = ctx.kube.get(IMAGESCAN, name_of(scan), namespace_of(scan))
-            scan.clear()
-            scan.update(updated)
+            if not reread(ctx, scan):
+                return
             continue
         scan.clear()
         scan.update(updated)

@@ -95,7 +95,19 @@ def _write(ctx: OperatorContext, scan: Obj, patch: dict[str, Any], *, guarded: b
     version = meta(scan).get("resourceVersion")
     if guarded and version:
         body["metadata"] = {"resourceVersion": version}
-    updated = ctx.kube.patch_status(IMAGESCAN, name_of(scan), namespace_of(scan), body)
+    return _replace(scan, ctx.kube.patch_status(IMAGESCAN, name_of(scan), namespace_of(scan), body))
+
+
+def reread(ctx: OperatorContext, scan: Obj) -> bool:
+    """Read ``scan`` again, in place (after a Conflict, before trying again); False if gone."""
+    try:
+        _replace(scan, ctx.kube.get(IMAGESCAN, name_of(scan), namespace_of(scan)))
+    except NotFound:
+        return False
+    return True
+
+
+def _replace(scan: Obj, fresh: Obj) -> Obj:
     scan.clear()
-    scan.update(updated)
+    scan.update(fresh)
     return scan
