@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+from scapguard.api.admission import DEFAULT_FAILURE_POLICY, FailurePolicy, parse_failure_policy
+from scapguard.api.errors import SpecError
 from scapguard.contentcache import catalogue
 
 T = TypeVar("T")
@@ -62,7 +64,7 @@ class Settings:
     admission_tls_key_file: str | None
     admission_bind: str
     admission_port: int
-    admission_failure_policy: str
+    admission_failure_policy: FailurePolicy
     #: The content cache: where (a volume), how big, how often upstream feeds are checked,
     #: the largest download, and catalogue keys the admin added or pointed at a mirror.
     content_cache_dir: str = "/var/cache/scapguard"
@@ -123,9 +125,7 @@ class Settings:
                 "SCAPGUARD_REGISTRY_EVENTS_PORT",
                 f"{registry_events_port} is {taken[registry_events_port]} already",
             )
-        failure_policy = reader.text("SCAPGUARD_ADMISSION_FAILURE_POLICY", "Fail")
-        if failure_policy not in ("Fail", "Ignore"):
-            raise SettingsError("SCAPGUARD_ADMISSION_FAILURE_POLICY", "must be Fail or Ignore")
+        failure_policy = reader.failure_policy("SCAPGUARD_ADMISSION_FAILURE_POLICY")
         return cls(
             namespace=namespace,
             watch_namespaces=frozenset(reader.names("SCAPGUARD_WATCH_NAMESPACES")),
@@ -242,6 +242,12 @@ class _Reader:
         if value not in allowed:
             raise SettingsError(var, f"{value!r} is not one of {', '.join(allowed)}")
         return value
+
+    def failure_policy(self, var: str) -> FailurePolicy:
+        try:
+            return parse_failure_policy(self.text(var, DEFAULT_FAILURE_POLICY), var)
+        except SpecError as exc:
+            raise SettingsError(var, exc.message) from None
 
     def boolean(self, var: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from scapguard.api import constants as c
+from scapguard.api.admission import DEFAULT_FAILURE_POLICY, FailurePolicy, parse_failure_policy
 
 # Webhook ids: the kopf handler ids and the last URL path segment (kopf routes by it).
 POD_WEBHOOK: Final = "pod-images"
@@ -31,8 +32,6 @@ WORKLOAD_RESOURCES: Final = (
 
 CONFIGURATION_NAME: Final = "scapguard-image-denial"
 SERVICE_NAME: Final = "scapguard-webhook"
-FAILURE_POLICIES: Final = ("Fail", "Ignore")
-DEFAULT_FAILURE_POLICY: Final = "Fail"
 DEFAULT_TIMEOUT_SECONDS: Final = 5
 ALWAYS_EXEMPT: Final = ("kube-system",)
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
@@ -79,7 +78,7 @@ def webhook_configuration(
     service: tuple[str, int] | None = (SERVICE_NAME, 443),
     url: str | None = None,
     ca_bundle: bytes | None = None,
-    failure_policy: str = DEFAULT_FAILURE_POLICY,
+    failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     exempt_namespaces: Iterable[str] = (),
 ) -> dict[str, Any]:
@@ -90,8 +89,7 @@ def webhook_configuration(
     namespace, kube-system, OpenShift run-level 0/1 namespaces and ``exempt_namespaces`` never
     reach the webhook, so a stopped operator cannot block its own recovery.
     """
-    if failure_policy not in FAILURE_POLICIES:
-        raise ValueError(f"failurePolicy must be one of {FAILURE_POLICIES}, not {failure_policy!r}")
+    failure_policy = parse_failure_policy(failure_policy, "failurePolicy")
     if not 1 <= timeout_seconds <= 30:
         raise ValueError(f"timeoutSeconds must be 1..30, not {timeout_seconds}")
     exempt = sorted({*ALWAYS_EXEMPT, operator_namespace, *exempt_namespaces})
@@ -104,7 +102,7 @@ def webhook_configuration(
         conditions: list[dict[str, str]],
         *,
         rules: list[dict[str, Any]] | None = None,
-        policy: str = failure_policy,
+        policy: FailurePolicy = failure_policy,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": f"{webhook_id}.{c.GROUP}",

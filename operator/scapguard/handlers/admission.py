@@ -16,13 +16,8 @@ from typing import Any, Final, Literal
 
 import kopf
 
-from scapguard.builders.admission import (
-    DEFAULT_FAILURE_POLICY,
-    EPHEMERAL_WEBHOOK,
-    FAILURE_POLICIES,
-    POD_WEBHOOK,
-    WORKLOAD_WEBHOOK,
-)
+from scapguard.api.admission import DEFAULT_FAILURE_POLICY, FailurePolicy, parse_failure_policy
+from scapguard.builders.admission import EPHEMERAL_WEBHOOK, POD_WEBHOOK, WORKLOAD_WEBHOOK
 from scapguard.k8s.api import IMAGE, IMAGESCAN, IMAGESTREAM
 from scapguard.k8s.client import load_api_client
 from scapguard.k8s.informer import Informer
@@ -52,16 +47,13 @@ class AdmissionOptions:
     bind: str = "0.0.0.0"  # noqa: S104 -- in-pod; the Service fronts it
     port: int = 9443
     host: str | None = None  # the name the API server uses; only logged (kopf does not manage)
-    failure_policy: str = DEFAULT_FAILURE_POLICY
+    failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY
     enabled: bool = True
     #: whether the cluster serves image.openshift.io (else the index reads ImageScan verdicts)
     image_api: bool = True
 
     def __post_init__(self) -> None:
-        if self.failure_policy not in FAILURE_POLICIES:
-            raise ValueError(
-                f"failure_policy must be one of {FAILURE_POLICIES}, not {self.failure_policy!r}"
-            )
+        parse_failure_policy(self.failure_policy, "failure_policy")
 
 
 @dataclass
