@@ -89,39 +89,7 @@ def configure_admission(
         settings.admission.server = _NoWebhookServer()
         logger.warning("admission webhook disabled: denied images are only annotated")
         return None
-    api_client = load_api_client()
-    if options.image_api:
-        index = ImageIndex(OPENSHIFT_SOURCES)
-        informers: tuple[Informer, ...] = (
-            Informer(
-                api_client,
-                IMAGE,
-                on_replace=index.replace_images,
-                on_event=index.apply_image,
-                on_failure=lambda reason: index.fail(IMAGES, reason),
-            ),
-            Informer(
-                api_client,
-                IMAGESTREAM,
-                on_replace=index.replace_streams,
-                on_event=index.apply_stream,
-                on_failure=lambda reason: index.fail(IMAGESTREAMS, reason),
-            ),
-        )
-        watched = "images and imagestreams"
-    else:
-        # Plain Kubernetes: no Images to carry a deny, no ImageStreams to resolve tags.
-        index = ImageIndex(SCAN_SOURCES)
-        informers = (
-            Informer(
-                api_client,
-                IMAGESCAN,
-                on_replace=index.replace_scans,
-                on_event=index.apply_scan,
-                on_failure=lambda reason: index.fail(IMAGESCANS, reason),
-            ),
-        )
-        watched = "imagescans (no image.openshift.io API: denies come from scan verdicts)"
+    index, informers, watched = _watch(load_api_client(), image_api=options.image_api)
     runtime = AdmissionRuntime(
         index=index, fail_closed=options.failure_policy == "Fail", informers=informers
     )
@@ -143,6 +111,38 @@ def configure_admission(
         watched,
     )
     return runtime
+
+
+def _watch(api_client: Any, *, image_api: bool) -> tuple[ImageIndex, tuple[Informer, ...], str]:
+    """The index, the informers that feed it (not started yet), and what they watch."""
+    if image_api:
+        index = ImageIndex(OPENSHIFT_SOURCES)
+        images = Informer(
+            api_client,
+            IMAGE,
+            on_replace=index.replace_images,
+            on_event=index.apply_image,
+            on_failure=lambda reason: index.fail(IMAGES, reason),
+        )
+        streams = Informer(
+            api_client,
+            IMAGESTREAM,
+            on_replace=index.replace_streams,
+            on_event=index.apply_stream,
+            on_failure=lambda reason: index.fail(IMAGESTREAMS, reason),
+        )
+        return index, (images, streams), "images and imagestreams"
+    # Plain Kubernetes: no Images to carry a deny, no ImageStreams to resolve tags.
+    index = ImageIndex(SCAN_SOURCES)
+    scans = Informer(
+        api_client,
+        IMAGESCAN,
+        on_replace=index.replace_scans,
+        on_event=index.apply_scan,
+        on_failure=lambda reason: index.fail(IMAGESCANS, reason),
+    )
+    watched = "imagescans (no image.openshift.io API: denies come from scan verdicts)"
+    return index, (scans,), watched
 
 
 def _runtime(memo: kopf.Memo) -> AdmissionRuntime:
