@@ -70,7 +70,7 @@ class AdmissionRuntime:
 class _NoWebhookServer:
     """Serves nothing: admission is switched off, but kopf insists on a server for handlers."""
 
-    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+    async def __call__(self, _fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         await asyncio.Event().wait()
         yield kopf.WebhookClientConfig()  # never reached: the wait above lasts forever
 
