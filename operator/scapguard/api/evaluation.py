@@ -43,11 +43,9 @@ class Verdict:
     reason: str
     message: str
     failing_vulnerabilities: tuple[str, ...] = ()
-    failing_rules: tuple[str, ...] = ()  # failed rules and, among them, errored_rules
+    failing_rules: tuple[str, ...] = ()  # failed rules and those that ended in error
     excepted: tuple[str, ...] = ()
     error_reason: str | None = None
-    unknown_vulnerabilities: tuple[str, ...] = ()  # the failing ones of unknown severity
-    errored_rules: tuple[str, ...] = ()
 
     @property
     def compliant(self) -> bool:
@@ -92,8 +90,6 @@ def evaluate(result: ResultLike, policy_spec: ScanPolicySpec, now: dt.datetime) 
         failing_vulnerabilities=vulns.ids,
         failing_rules=rules.ids,
         excepted=tuple(sorted(excepted)),
-        unknown_vulnerabilities=vulns.flagged,
-        errored_rules=rules.flagged,
     )
 
 

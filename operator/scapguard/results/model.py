@@ -56,7 +56,6 @@ ContentSource = Literal["url", "file", "catalogue", "configMap", "oci"]
 OSFamily = Literal["debian", "rhel", "fedora"]
 
 SEVERITIES: Final[tuple[Severity, ...]] = get_args(Severity)
-RULE_SEVERITIES: Final[tuple[RuleSeverity, ...]] = get_args(RuleSeverity)
 RULE_OUTCOMES: Final[tuple[RuleOutcome, ...]] = get_args(RuleOutcome)
 
 
@@ -75,7 +74,6 @@ class ErrorReason:
     OSCAP_FAILED: Final = "OscapFailed"
     RESULTS_INVALID: Final = "ResultsInvalid"
     TIMEOUT: Final = "Timeout"
-    POLICY_INVALID: Final = "PolicyInvalid"
     INSECURE_ENVIRONMENT: Final = "InsecureEnvironment"
     #: An exception no step turned into a reason (a scanner bug): still a result, never a crash.
     SCANNER_ERROR: Final = "ScannerError"

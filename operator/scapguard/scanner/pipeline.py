@@ -123,7 +123,6 @@ class ScanRequest:
 class ScanOutput:
     result: ScanResult
     report_html: bytes | None
-    sandbox_mode: str | None = None
 
 
 class _Clock:
@@ -268,12 +267,11 @@ def scan(req: ScanRequest) -> ScanOutput:
         message = f"unexpected {type(exc).__name__} in the scanner: {exc}"
         error = ScanError(ErrorReason.SCANNER_ERROR, message[:4096])
     else:
-        return ScanOutput(result, _combined_report(reports), box.mode)
+        return ScanOutput(result, _combined_report(reports))
     finally:
         if work is not None and progress.box is not None and not req.keep_workdir:
             progress.box.remove_tree(work)
-    failed = progress.result(req, error=error)
-    return ScanOutput(failed, None, progress.box.mode if progress.box else None)
+    return ScanOutput(progress.result(req, error=error), None)
 
 
 def _rootfs_in_place(rootfs: Path, arch: str, progress: _Progress) -> _Tree:

@@ -65,7 +65,6 @@ class PulledImage:
     layout: Path
     manifest: dict[str, Any]
     config: dict[str, Any]
-    compressed_bytes: int
 
     @property
     def architecture(self) -> str:
@@ -212,7 +211,6 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
         layout=layout,
         manifest=manifest,
         config=config,
-        compressed_bytes=size,
     )
 
 
