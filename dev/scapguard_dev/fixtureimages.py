@@ -15,8 +15,7 @@ the package versions (tests derive their OVAL from it). A real Debian 12 ``minba
 is honoured); the mirror comes from the machine's own apt sources at run time.
 
 Debian's rpm keeps its database under ``~/.rpmdb`` (``%_dbpath``), so reading the rhel9 tree
-with Debian's tools needs ``--dbpath /var/lib/rpm`` (or ``--define '_dbpath /var/lib/rpm'``);
-:func:`rpm_query_packages` does that.
+with Debian's tools needs ``--dbpath /var/lib/rpm`` (or ``--define '_dbpath /var/lib/rpm'``).
 
 Building needs root (owners in the layers, debootstrap).
 """
@@ -324,22 +323,6 @@ def dpkg_query_manifest(root: Path) -> str:
     return _run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"])
 
 
-def dpkg_query_packages(root: Path) -> dict[str, str]:
-    """Installed packages of the tree at ``root``: ``dpkg-query --admindir=ROOT/var/lib/dpkg``."""
-    out = _run(
-        [
-            "dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W",
-            "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n",
-        ]
-    )  # fmt: skip
-    result: dict[str, str] = {}
-    for line in out.splitlines():
-        name, version, status = line.split("\t")
-        if status.strip() == "ii":
-            result[name] = version
-    return result
-
-
 # -- rpm images -------------------------------------------------------------------------------
 
 
@@ -504,23 +487,6 @@ def write_rpm_tree(
     return root
 
 
-def rpm_query_packages(root: Path) -> dict[str, str]:
-    """Installed packages of the tree at ``root`` (``rpm --root ROOT --dbpath /var/lib/rpm``)."""
-    out = _run(
-        [
-            "rpm", "--root", str(root), "--dbpath", _RPM_DBPATH, "-qa",
-            "--qf", "%{NAME}\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\t%{ARCH}\n",
-        ]
-    )  # fmt: skip
-    result: dict[str, str] = {}
-    for line in out.splitlines():
-        name, evr, arch = line.split("\t")
-        if arch != RPM_ARCH:
-            raise ImageBuildError(f"{root}: package {name} has arch {arch}, expected {RPM_ARCH}")
-        result[name] = evr
-    return result
-
-
 def make_fixture_rootfs(root: Path, distro: Distro, variant: Variant, *, workdir: Path) -> Path:
     """Create the synthetic ``distro``/``variant`` tree at ``root`` (must not exist yet)."""
     root.mkdir(parents=True)
@@ -528,13 +494,6 @@ def make_fixture_rootfs(root: Path, distro: Distro, variant: Variant, *, workdir
     if PACKAGE_FORMAT[distro] == "dpkg":
         return make_dpkg_rootfs(root, distro, variant)
     return make_rpm_rootfs(root, variant, workdir=workdir)
-
-
-def query_packages(root: Path, distro: Distro) -> dict[str, str]:
-    """Read the package database of an unpacked ``distro`` tree back (name -> version)."""
-    if PACKAGE_FORMAT[distro] == "dpkg":
-        return dpkg_query_packages(root)
-    return rpm_query_packages(root)
 
 
 # -- debootstrap ------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ MEDIA_TYPE_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_LAYER_TAR: Final = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPE_LAYER_GZIP: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_TYPE_LAYER_ZSTD: Final = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 DEFAULT_ENV: Final = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 

@@ -7,8 +7,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, TypedDict, TypeVar
 
+from scapguard.api.admission import DEFAULT_FAILURE_POLICY, FailurePolicy, parse_failure_policy
+from scapguard.api.errors import SpecError
 from scapguard.contentcache import catalogue
 
 T = TypeVar("T")
@@ -62,7 +64,7 @@ class Settings:
     admission_tls_key_file: str | None
     admission_bind: str
     admission_port: int
-    admission_failure_policy: str
+    admission_failure_policy: FailurePolicy
     #: The content cache: where (a volume), how big, how often upstream feeds are checked,
     #: the largest download, and catalogue keys the admin added or pointed at a mirror.
     content_cache_dir: str = "/var/cache/scapguard"
@@ -83,49 +85,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        reader = _Reader(env)
+        reader = _Reader(os.environ if environ is None else environ)
         namespace = reader.name("SCAPGUARD_NAMESPACE", required=True)
-        results_port = reader.integer("SCAPGUARD_RESULTS_PORT", 8443, 1, 65535)
-        cert = reader.text("SCAPGUARD_RESULTS_TLS_CERT_FILE", "") or None
-        key = reader.text("SCAPGUARD_RESULTS_TLS_KEY_FILE", "") or None
-        if (cert is None) != (key is None):
-            missing = (
-                "SCAPGUARD_RESULTS_TLS_KEY_FILE"
-                if key is None
-                else ("SCAPGUARD_RESULTS_TLS_CERT_FILE")
-            )
-            raise SettingsError(missing, "set both the TLS certificate and key files, or neither")
-        scheme = "https" if cert else "http"
-        default_url = f"{scheme}://scapguard-results.{namespace}.svc:{results_port}"
+        results = _results_server(reader, namespace)
         backoff = reader.integer("SCAPGUARD_RETRY_BACKOFF_SECONDS", 30, 0, 86400)
-        webhook_cert = reader.text("SCAPGUARD_ADMISSION_TLS_CERT_FILE", "") or None
-        webhook_key = reader.text("SCAPGUARD_ADMISSION_TLS_KEY_FILE", "") or None
-        # The webhook needs its serving certificate: on by default when one is configured.
-        admission = reader.boolean("SCAPGUARD_ADMISSION_ENABLED", webhook_cert is not None)
-        if admission and (webhook_cert is None or webhook_key is None):
-            missing = (
-                "SCAPGUARD_ADMISSION_TLS_CERT_FILE"
-                if webhook_cert is None
-                else "SCAPGUARD_ADMISSION_TLS_KEY_FILE"
-            )
-            raise SettingsError(missing, "the admission webhook needs a certificate and key")
-        registry_events_port = reader.integer("SCAPGUARD_REGISTRY_EVENTS_PORT", 0, 0, 65535)
-        taken = {
-            results_port: "SCAPGUARD_RESULTS_PORT",
-            reader.integer("SCAPGUARD_METRICS_PORT", 9090, 0, 65535): "SCAPGUARD_METRICS_PORT",
-        }
-        if admission:
-            admission_port = reader.integer("SCAPGUARD_ADMISSION_PORT", 9443, 1, 65535)
-            taken[admission_port] = "SCAPGUARD_ADMISSION_PORT"
-        if registry_events_port and registry_events_port in taken:
-            raise SettingsError(
-                "SCAPGUARD_REGISTRY_EVENTS_PORT",
-                f"{registry_events_port} is {taken[registry_events_port]} already",
-            )
-        failure_policy = reader.text("SCAPGUARD_ADMISSION_FAILURE_POLICY", "Fail")
-        if failure_policy not in ("Fail", "Ignore"):
-            raise SettingsError("SCAPGUARD_ADMISSION_FAILURE_POLICY", "must be Fail or Ignore")
+        admission = _admission(reader)
+        metrics_port = reader.integer("SCAPGUARD_METRICS_PORT", 9090, 0, 65535)
+        taken = {results["results_port"]: "SCAPGUARD_RESULTS_PORT"}
+        taken[metrics_port] = "SCAPGUARD_METRICS_PORT"
+        if admission["admission_enabled"]:
+            taken[admission["admission_port"]] = "SCAPGUARD_ADMISSION_PORT"
         return cls(
             namespace=namespace,
             watch_namespaces=frozenset(reader.names("SCAPGUARD_WATCH_NAMESPACES")),
@@ -133,30 +102,10 @@ class Settings:
             max_concurrent_scans_per_policy=reader.integer(
                 "SCAPGUARD_MAX_CONCURRENT_SCANS_PER_POLICY", 2, 1, 1000
             ),
-            results_bind=reader.text("SCAPGUARD_RESULTS_BIND", "0.0.0.0"),  # noqa: S104 -- in-pod
-            results_port=results_port,
-            results_url=reader.url("SCAPGUARD_RESULTS_URL", default_url),
-            results_tls_cert_file=cert,
-            results_tls_key_file=key,
-            results_ca_config_map=reader.text("SCAPGUARD_RESULTS_CA_CONFIGMAP", "") or None,
-            results_max_bytes=reader.integer(
-                "SCAPGUARD_RESULTS_MAX_BYTES", 16 * 1024 * 1024, 1024, 256 * 1024 * 1024
-            ),
+            **results,
             metrics_bind=reader.text("SCAPGUARD_METRICS_BIND", "0.0.0.0"),  # noqa: S104 -- in-pod
-            metrics_port=reader.integer("SCAPGUARD_METRICS_PORT", 9090, 0, 65535),
-            scanner_image=reader.text("SCAPGUARD_SCANNER_IMAGE", DEFAULT_SCANNER_IMAGE),
-            scanner_image_pull_secrets=reader.names("SCAPGUARD_SCANNER_IMAGE_PULL_SECRETS"),
-            scanner_service_account=reader.name("SCAPGUARD_SCANNER_SERVICE_ACCOUNT") or None,
-            scanner_run_as_user=reader.optional_integer(
-                "SCAPGUARD_SCANNER_RUN_AS_USER", 1, 2**31 - 1
-            ),
-            scanner_user_namespace=reader.one_of(
-                "SCAPGUARD_SCANNER_USER_NAMESPACE", "auto", USER_NAMESPACE_MODES
-            ),
-            cleanup_grace_seconds=reader.integer(
-                "SCAPGUARD_CLEANUP_GRACE_SECONDS", 86400, 0, 365 * 86400
-            ),
-            job_ttl_seconds=reader.integer("SCAPGUARD_JOB_TTL_SECONDS", 3600, 60, 30 * 86400),
+            metrics_port=metrics_port,
+            **_scanner_jobs(reader),
             retry_backoff_seconds=backoff,
             retry_backoff_max_seconds=reader.integer(
                 "SCAPGUARD_RETRY_BACKOFF_MAX_SECONDS", max(600, backoff), backoff, 7 * 86400
@@ -165,29 +114,141 @@ class Settings:
             peering_name=reader.name("SCAPGUARD_PEERING", default="scapguard"),
             max_workers=reader.integer("SCAPGUARD_MAX_WORKERS", 8, 1, 256),
             reference_url=reader.text("SCAPGUARD_REFERENCE_URL", "").rstrip("/"),
-            admission_enabled=admission,
-            admission_tls_cert_file=webhook_cert,
-            admission_tls_key_file=webhook_key,
-            admission_bind=reader.text("SCAPGUARD_ADMISSION_BIND", "0.0.0.0"),  # noqa: S104
-            admission_port=reader.integer("SCAPGUARD_ADMISSION_PORT", 9443, 1, 65535),
-            admission_failure_policy=failure_policy,
-            content_cache_dir=reader.text("SCAPGUARD_CONTENT_CACHE_DIR", "/var/cache/scapguard"),
-            content_cache_max_bytes=reader.integer(
-                "SCAPGUARD_CONTENT_CACHE_MAX_BYTES", 4 * 1024**3, 256 * 1024**2, 1024**4
-            ),
-            content_poll_seconds=reader.integer(
-                "SCAPGUARD_CONTENT_POLL_SECONDS", 21600, 1, 30 * 86400
-            ),
-            content_max_download=reader.integer(
-                "SCAPGUARD_CONTENT_MAX_DOWNLOAD_BYTES", 512 * 1024**2, 1024**2, 16 * 1024**3
-            ),
-            content_catalogue=reader.catalogue("SCAPGUARD_CONTENT_CATALOGUE"),
+            **admission,
+            **_content_cache(reader),
             registry_events_bind=reader.text(
                 "SCAPGUARD_REGISTRY_EVENTS_BIND",
                 "0.0.0.0",  # noqa: S104 -- in-pod
             ),
-            registry_events_port=registry_events_port,
+            registry_events_port=_registry_events_port(reader, taken),
         )
+
+
+# The settings of one concern each, read and checked together (typed keyword arguments of
+# Settings).
+
+
+class _ResultsServer(TypedDict):
+    results_bind: str
+    results_port: int
+    results_url: str
+    results_tls_cert_file: str | None
+    results_tls_key_file: str | None
+    results_ca_config_map: str | None
+    results_max_bytes: int
+
+
+def _results_server(reader: _Reader, namespace: str) -> _ResultsServer:
+    """The results endpoint; TLS files both or neither, and the default URL follows TLS."""
+    port = reader.integer("SCAPGUARD_RESULTS_PORT", 8443, 1, 65535)
+    cert = reader.text("SCAPGUARD_RESULTS_TLS_CERT_FILE", "") or None
+    key = reader.text("SCAPGUARD_RESULTS_TLS_KEY_FILE", "") or None
+    if (cert is None) != (key is None):
+        missing = (
+            "SCAPGUARD_RESULTS_TLS_KEY_FILE" if key is None else "SCAPGUARD_RESULTS_TLS_CERT_FILE"
+        )
+        raise SettingsError(missing, "set both the TLS certificate and key files, or neither")
+    scheme = "https" if cert else "http"
+    default_url = f"{scheme}://scapguard-results.{namespace}.svc:{port}"
+    return _ResultsServer(
+        results_bind=reader.text("SCAPGUARD_RESULTS_BIND", "0.0.0.0"),  # noqa: S104 -- in-pod
+        results_port=port,
+        results_url=reader.url("SCAPGUARD_RESULTS_URL", default_url),
+        results_tls_cert_file=cert,
+        results_tls_key_file=key,
+        results_ca_config_map=reader.text("SCAPGUARD_RESULTS_CA_CONFIGMAP", "") or None,
+        results_max_bytes=reader.integer(
+            "SCAPGUARD_RESULTS_MAX_BYTES", 16 * 1024 * 1024, 1024, 256 * 1024 * 1024
+        ),
+    )
+
+
+class _Admission(TypedDict):
+    admission_enabled: bool
+    admission_tls_cert_file: str | None
+    admission_tls_key_file: str | None
+    admission_bind: str
+    admission_port: int
+    admission_failure_policy: FailurePolicy
+
+
+def _admission(reader: _Reader) -> _Admission:
+    """The webhook: on by default when its serving certificate is configured, and never
+    without one."""
+    cert = reader.text("SCAPGUARD_ADMISSION_TLS_CERT_FILE", "") or None
+    key = reader.text("SCAPGUARD_ADMISSION_TLS_KEY_FILE", "") or None
+    enabled = reader.boolean("SCAPGUARD_ADMISSION_ENABLED", cert is not None)
+    if enabled and (cert is None or key is None):
+        missing = (
+            "SCAPGUARD_ADMISSION_TLS_CERT_FILE"
+            if cert is None
+            else "SCAPGUARD_ADMISSION_TLS_KEY_FILE"
+        )
+        raise SettingsError(missing, "the admission webhook needs a certificate and key")
+    return _Admission(
+        admission_enabled=enabled,
+        admission_tls_cert_file=cert,
+        admission_tls_key_file=key,
+        admission_bind=reader.text("SCAPGUARD_ADMISSION_BIND", "0.0.0.0"),  # noqa: S104
+        admission_port=reader.integer("SCAPGUARD_ADMISSION_PORT", 9443, 1, 65535),
+        admission_failure_policy=reader.failure_policy("SCAPGUARD_ADMISSION_FAILURE_POLICY"),
+    )
+
+
+def _registry_events_port(reader: _Reader, taken: Mapping[int, str]) -> int:
+    """The push-notification listener's port (0: off), not one of the ``taken`` ones."""
+    port = reader.integer("SCAPGUARD_REGISTRY_EVENTS_PORT", 0, 0, 65535)
+    if port and port in taken:
+        raise SettingsError("SCAPGUARD_REGISTRY_EVENTS_PORT", f"{port} is {taken[port]} already")
+    return port
+
+
+class _ScannerJobs(TypedDict):
+    scanner_image: str
+    scanner_image_pull_secrets: tuple[str, ...]
+    scanner_service_account: str | None
+    scanner_run_as_user: int | None
+    scanner_user_namespace: str
+    cleanup_grace_seconds: int
+    job_ttl_seconds: int
+
+
+def _scanner_jobs(reader: _Reader) -> _ScannerJobs:
+    return _ScannerJobs(
+        scanner_image=reader.text("SCAPGUARD_SCANNER_IMAGE", DEFAULT_SCANNER_IMAGE),
+        scanner_image_pull_secrets=reader.names("SCAPGUARD_SCANNER_IMAGE_PULL_SECRETS"),
+        scanner_service_account=reader.name("SCAPGUARD_SCANNER_SERVICE_ACCOUNT") or None,
+        scanner_run_as_user=reader.optional_integer("SCAPGUARD_SCANNER_RUN_AS_USER", 1, 2**31 - 1),
+        scanner_user_namespace=reader.one_of(
+            "SCAPGUARD_SCANNER_USER_NAMESPACE", "auto", USER_NAMESPACE_MODES
+        ),
+        cleanup_grace_seconds=reader.integer(
+            "SCAPGUARD_CLEANUP_GRACE_SECONDS", 86400, 0, 365 * 86400
+        ),
+        job_ttl_seconds=reader.integer("SCAPGUARD_JOB_TTL_SECONDS", 3600, 60, 30 * 86400),
+    )
+
+
+class _ContentCache(TypedDict):
+    content_cache_dir: str
+    content_cache_max_bytes: int
+    content_poll_seconds: int
+    content_max_download: int
+    content_catalogue: Mapping[str, str]
+
+
+def _content_cache(reader: _Reader) -> _ContentCache:
+    return _ContentCache(
+        content_cache_dir=reader.text("SCAPGUARD_CONTENT_CACHE_DIR", "/var/cache/scapguard"),
+        content_cache_max_bytes=reader.integer(
+            "SCAPGUARD_CONTENT_CACHE_MAX_BYTES", 4 * 1024**3, 256 * 1024**2, 1024**4
+        ),
+        content_poll_seconds=reader.integer("SCAPGUARD_CONTENT_POLL_SECONDS", 21600, 1, 30 * 86400),
+        content_max_download=reader.integer(
+            "SCAPGUARD_CONTENT_MAX_DOWNLOAD_BYTES", 512 * 1024**2, 1024**2, 16 * 1024**3
+        ),
+        content_catalogue=reader.catalogue("SCAPGUARD_CONTENT_CATALOGUE"),
+    )
 
 
 class _Reader:
@@ -242,6 +303,12 @@ class _Reader:
         if value not in allowed:
             raise SettingsError(var, f"{value!r} is not one of {', '.join(allowed)}")
         return value
+
+    def failure_policy(self, var: str) -> FailurePolicy:
+        try:
+            return parse_failure_policy(self.text(var, DEFAULT_FAILURE_POLICY), var)
+        except SpecError as exc:
+            raise SettingsError(var, exc.message) from None
 
     def boolean(self, var: str, default: bool) -> bool:
         def parse(raw: str) -> bool:

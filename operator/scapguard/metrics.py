@@ -14,6 +14,21 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, per_cve: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.per_cve = per_cve
+        # Registered in this order, which is the order of the exposition.
+        self._register_scans()
+        self._register_queue()
+        self._register_verdicts()
+        self._register_problems()
+        self._register_inputs()
+        self.vulnerabilities = Gauge(
+            "scapguard_image_vulnerabilities",
+            "Vulnerabilities per image and severity (only with SCAPGUARD_PER_CVE_METRICS).",
+            ["namespace", "imagescan", "severity"],
+            registry=self.registry,
+        )
+
+    def _register_scans(self) -> None:
+        """Scan requests and the scanner Jobs that serve them."""
         r = self.registry
         self.scans = Counter(
             "scapguard_scans",
@@ -31,6 +46,10 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+
+    def _register_queue(self) -> None:
+        """Scans waiting for, and holding, a scanner slot."""
+        r = self.registry
         self.queue_wait = Histogram(
             "scapguard_scan_queue_wait_seconds",
             "Time from a scan request to its first scanner Job.",
@@ -49,6 +68,10 @@ class Metrics:
         self.running = Gauge(
             "scapguard_scans_running", "Scanner Jobs running.", ["policy"], registry=r
         )
+
+    def _register_verdicts(self) -> None:
+        """What the policies decided about the images they select."""
+        r = self.registry
         self.images_failing = Gauge(
             "scapguard_images_failing",
             "Selected images whose latest scan fails.",
@@ -70,6 +93,10 @@ class Metrics:
         self.denials = Counter(
             "scapguard_denials", "Images scapguard started denying.", ["policy"], registry=r
         )
+
+    def _register_problems(self) -> None:
+        """Scans that failed or lost file owners, and refused result posts."""
+        r = self.registry
         self.errors = Counter(
             "scapguard_scan_errors", "Failed scan attempts by reason.", ["reason"], registry=r
         )
@@ -85,6 +112,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def _register_inputs(self) -> None:
+        """Registry push notifications and the scan content served from the cache."""
+        r = self.registry
         self.registry_events = Counter(
             "scapguard_registry_events",
             "Registry push notifications: pushed manifests that got ImageScans (scanned), "
@@ -104,12 +135,6 @@ class Metrics:
             "scapguard_content_age_seconds",
             "Age of the scan content (feed or datastream) used by the latest scan.",
             ["kind", "name"],
-            registry=r,
-        )
-        self.vulnerabilities = Gauge(
-            "scapguard_image_vulnerabilities",
-            "Vulnerabilities per image and severity (only with SCAPGUARD_PER_CVE_METRICS).",
-            ["namespace", "imagescan", "severity"],
             registry=r,
         )
 

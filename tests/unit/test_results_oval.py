@@ -40,8 +40,6 @@ def test_redhat_one_finding_per_cve_with_its_own_impact() -> None:
     assert packages(found["RHBA-2099:0004"]) == {"zlib": "1.2.11-41.el9"}
     assert parsed.errors == ()
     assert parsed.truncated is False
-    assert parsed.definitions_evaluated == 5
-    assert parsed.generator_timestamp == "2026-01-02T03:04:05"
     # Ordered by severity, then id.
     assert [f.id for f in parsed.findings][:2] == ["CVE-2099-0002", "CVE-2099-0003"]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from scapguard.results.model import ErrorReason
-from scapguard.results.xmlsafe import parse_bytes
 from scapguard.scanner import content, feedfilter, oscap
 from scapguard.scanner.errors import ScanFailure
 
@@ -114,23 +113,25 @@ def test_oscap_failures_on_the_feed(rc: int, stderr: str, reason: str) -> None:
 
 
 def test_prefilter_drops_only_provably_false_definitions(tmp_path: Path) -> None:
-    index = feedfilter.index_feed(parse_bytes(FEED.encode(), source="t"), "t")
+    (tmp_path / "t.xml").write_text(FEED, encoding="utf-8")
+    index = feedfilter.index_file(tmp_path / "t.xml", "t")
     out = feedfilter.prefilter(index, frozenset({"installed"}), tmp_path / "f.xml")
     assert (out.definitions, out.kept) == (3, 3)
-    kept = feedfilter.index_feed(parse_bytes(out.path.read_bytes(), source="f"), "f")
+    kept = feedfilter.index_file(out.path, "f")
     # def 1: package installed (unknown); def 2: absent OR textfile (unknown) -> kept;
     # def 3: NOT(absent package) is true -> kept. Nothing is provably false here...
     assert set(kept.definition_ids) == {"oval:t:def:1", "oval:t:def:2", "oval:t:def:3"}
     # ...until "installed" is gone: def 1 is then false and dropped with its test and object.
     out = feedfilter.prefilter(index, frozenset(), tmp_path / "g.xml")
-    kept = feedfilter.index_feed(parse_bytes(out.path.read_bytes(), source="g"), "g")
+    kept = feedfilter.index_file(out.path, "g")
     assert set(kept.definition_ids) == {"oval:t:def:2", "oval:t:def:3"}
     assert "oval:t:obj:1" not in kept.elements and "oval:t:obj:2" in kept.elements
 
 
-def test_dangling_reference_is_content_invalid() -> None:
+def test_dangling_reference_is_content_invalid(tmp_path: Path) -> None:
     broken = FEED.replace('object_ref="oval:t:obj:3"', 'object_ref="oval:t:obj:9"')
+    (tmp_path / "b.xml").write_text(broken, encoding="utf-8")
     with pytest.raises(ScanFailure) as info:
-        feedfilter.index_feed(parse_bytes(broken.encode(), source="b"), "/feeds/b.xml")
+        feedfilter.index_file(tmp_path / "b.xml", "/feeds/b.xml")
     assert info.value.reason == ErrorReason.CONTENT_INVALID
     assert "/feeds/b.xml" in info.value.message and "oval:t:obj:9" in info.value.message

@@ -147,7 +147,7 @@ def _pulled(layout: Path, data: bytes) -> PulledImage:
     )
     digest = write_raw_oci_layout([layer], layout, "image")
     manifest = json.loads((layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
-    return PulledImage("h/r@" + digest, digest, digest, layout, manifest, {}, 0)
+    return PulledImage("h/r@" + digest, digest, digest, layout, manifest, {})
 
 
 def _inspect(tmp_path: Path, data: bytes) -> tuple[PulledImage, unpack.LayerStats]:

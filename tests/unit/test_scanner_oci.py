@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from scapguard.results.model import ErrorReason
-from scapguard.results.xmlsafe import parse_bytes
 from scapguard.scanner import feedfilter, inventory, ocifeed, oscap
 from scapguard.scanner.errors import ScanFailure
 
@@ -154,7 +154,11 @@ CANONICAL = """
 
 
 def index(text: str) -> feedfilter.FeedIndex:
-    return feedfilter.index_feed(parse_bytes(text.encode(), source="feed.xml"), "feed.xml")
+    """The feed indexed as the scanner indexes it: streamed from a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "feed.xml"
+        path.write_text(text, encoding="utf-8")
+        return feedfilter.index_file(path, "feed.xml")
 
 
 def test_canonical_oci_feed_is_detected() -> None:

@@ -43,11 +43,9 @@ class Verdict:
     reason: str
     message: str
     failing_vulnerabilities: tuple[str, ...] = ()
-    failing_rules: tuple[str, ...] = ()  # failed rules and, among them, errored_rules
+    failing_rules: tuple[str, ...] = ()  # failed rules and those that ended in error
     excepted: tuple[str, ...] = ()
     error_reason: str | None = None
-    unknown_vulnerabilities: tuple[str, ...] = ()  # the failing ones of unknown severity
-    errored_rules: tuple[str, ...] = ()
 
     @property
     def compliant(self) -> bool:
@@ -73,22 +71,65 @@ def _threshold(level: str) -> int:
 def evaluate(result: ResultLike, policy_spec: ScanPolicySpec, now: dt.datetime) -> Verdict:
     doc = as_document(result)
     if doc.get("outcome") != "Completed":
-        raw_error = doc.get("error")
-        error: Mapping[str, Any] = raw_error if isinstance(raw_error, Mapping) else {}
-        reason = str(error.get("reason") or Reason.SCAN_FAILED)
-        return Verdict(
-            result=ERROR,
-            reason=reason,
-            message=str(error.get("message") or "the scan did not complete"),
-            error_reason=reason,
-        )
+        return _error_verdict(doc)
     active = {e.id for e in policy_spec.active_exceptions(now)}
-    excepted: set[str] = set()
+    vulns = _failing_vulnerabilities(doc, policy_spec, active)
+    rules = _failing_rules(doc, policy_spec, active)
+    excepted = vulns.excepted | rules.excepted
+    return Verdict(
+        result=FAIL if vulns.ids or rules.ids else PASS,
+        reason=_reason(vulns.ids, rules.ids),
+        message=_message(
+            vulns.ids,
+            rules.ids,
+            policy_spec,
+            len(excepted),
+            len(vulns.flagged),
+            len(rules.flagged),
+        ),
+        failing_vulnerabilities=vulns.ids,
+        failing_rules=rules.ids,
+        excepted=tuple(sorted(excepted)),
+    )
 
-    vuln_limit = _threshold(policy_spec.fail_on)
-    unknown_fails = policy_spec.fail_on_unknown and policy_spec.fail_on != "none"
-    failing_vulns: list[str] = []
-    unknown_vulns: list[str] = []
+
+def _error_verdict(doc: Mapping[str, Any]) -> Verdict:
+    """A scan that did not complete: Error with the scanner's reason."""
+    raw_error = doc.get("error")
+    error: Mapping[str, Any] = raw_error if isinstance(raw_error, Mapping) else {}
+    reason = str(error.get("reason") or Reason.SCAN_FAILED)
+    return Verdict(
+        result=ERROR,
+        reason=reason,
+        message=str(error.get("message") or "the scan did not complete"),
+        error_reason=reason,
+    )
+
+
+@dataclass(frozen=True)
+class _Failing:
+    """The findings of one kind that fail the policy (sorted, unique), those among them that
+    fail only by a rule of their own (unknown severity, errored rule), and the ones an active
+    exception accepted instead."""
+
+    ids: tuple[str, ...]
+    flagged: tuple[str, ...]
+    excepted: frozenset[str]
+
+    @classmethod
+    def of(cls, failing: list[str], flagged: list[str], excepted: set[str]) -> _Failing:
+        return cls(tuple(sorted(set(failing))), tuple(sorted(set(flagged))), frozenset(excepted))
+
+
+def _failing_vulnerabilities(
+    doc: Mapping[str, Any], spec: ScanPolicySpec, active: set[str]
+) -> _Failing:
+    """Findings at or above failOn, and of unknown severity unless failOnUnknown is off."""
+    limit = _threshold(spec.fail_on)
+    unknown_fails = spec.fail_on_unknown and spec.fail_on != "none"
+    failing: list[str] = []
+    unknown_ids: list[str] = []
+    excepted: set[str] = set()
     vulns = doc.get("vulnerabilities")
     for finding in _seq(vulns.get("findings") if isinstance(vulns, Mapping) else None):
         ident = str(finding.get("id", ""))
@@ -96,19 +137,24 @@ def evaluate(result: ResultLike, policy_spec: ScanPolicySpec, now: dt.datetime) 
         unknown = severity not in SEVERITY_RANK or severity == UNKNOWN
         if unknown and not unknown_fails:
             continue
-        if not unknown and SEVERITY_RANK[severity] < vuln_limit:
+        if not unknown and SEVERITY_RANK[severity] < limit:
             continue
         if ident in active:
             excepted.add(ident)
             continue
-        failing_vulns.append(ident)
+        failing.append(ident)
         if unknown:
-            unknown_vulns.append(ident)
+            unknown_ids.append(ident)
+    return _Failing.of(failing, unknown_ids, excepted)
 
-    rule_limit = _threshold(policy_spec.fail_on_rules)
-    errors_fail = policy_spec.fail_on_rules != "none"
-    failing_rules: list[str] = []
-    errored_rules: list[str] = []
+
+def _failing_rules(doc: Mapping[str, Any], spec: ScanPolicySpec, active: set[str]) -> _Failing:
+    """Failed rules at or above failOnRules, and errored ones unless failOnRules is none."""
+    limit = _threshold(spec.fail_on_rules)
+    errors_fail = spec.fail_on_rules != "none"
+    failing: list[str] = []
+    errored_ids: list[str] = []
+    excepted: set[str] = set()
     comp = doc.get("compliance")
     for rule in _seq(comp.get("rules") if isinstance(comp, Mapping) else None):
         outcome = rule.get("result")
@@ -118,39 +164,25 @@ def evaluate(result: ResultLike, policy_spec: ScanPolicySpec, now: dt.datetime) 
         ident = str(rule.get("id", ""))
         if errored and not errors_fail:
             continue
-        if not errored and SEVERITY_RANK.get(str(rule.get("severity")), 0) < rule_limit:
+        if not errored and SEVERITY_RANK.get(str(rule.get("severity")), 0) < limit:
             continue
         if ident in active:
             excepted.add(ident)
             continue
-        failing_rules.append(ident)
+        failing.append(ident)
         if errored:
-            errored_rules.append(ident)
+            errored_ids.append(ident)
+    return _Failing.of(failing, errored_ids, excepted)
 
-    vulns_out = tuple(sorted(set(failing_vulns)))
-    rules_out = tuple(sorted(set(failing_rules)))
-    unknown_out = tuple(sorted(set(unknown_vulns)))
-    errored_out = tuple(sorted(set(errored_rules)))
-    if vulns_out and rules_out:
-        reason = Reason.VULNERABILITIES_AND_RULES
-    elif vulns_out:
-        reason = Reason.VULNERABILITIES_FOUND
-    elif rules_out:
-        reason = Reason.RULES_FAILED
-    else:
-        reason = Reason.NO_FAILING_FINDINGS
-    return Verdict(
-        result=FAIL if vulns_out or rules_out else PASS,
-        reason=reason,
-        message=_message(
-            vulns_out, rules_out, policy_spec, len(excepted), len(unknown_out), len(errored_out)
-        ),
-        failing_vulnerabilities=vulns_out,
-        failing_rules=rules_out,
-        excepted=tuple(sorted(excepted)),
-        unknown_vulnerabilities=unknown_out,
-        errored_rules=errored_out,
-    )
+
+def _reason(vulns: tuple[str, ...], rules: tuple[str, ...]) -> str:
+    if vulns and rules:
+        return Reason.VULNERABILITIES_AND_RULES
+    if vulns:
+        return Reason.VULNERABILITIES_FOUND
+    if rules:
+        return Reason.RULES_FAILED
+    return Reason.NO_FAILING_FINDINGS
 
 
 def _message(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from scapguard.api import constants as c
+from scapguard.api.admission import DEFAULT_FAILURE_POLICY, FailurePolicy, parse_failure_policy
 
 # Webhook ids: the kopf handler ids and the last URL path segment (kopf routes by it).
 POD_WEBHOOK: Final = "pod-images"
@@ -31,8 +33,6 @@ WORKLOAD_RESOURCES: Final = (
 
 CONFIGURATION_NAME: Final = "scapguard-image-denial"
 SERVICE_NAME: Final = "scapguard-webhook"
-FAILURE_POLICIES: Final = ("Fail", "Ignore")
-DEFAULT_FAILURE_POLICY: Final = "Fail"
 DEFAULT_TIMEOUT_SECONDS: Final = 5
 ALWAYS_EXEMPT: Final = ("kube-system",)
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
@@ -51,25 +51,82 @@ IMAGES_CHANGED: Final = (
 )
 
 
-def _client_config(
-    webhook: str, *, url: str | None, service: tuple[str, str, int] | None, ca_bundle: bytes | None
+@dataclass(frozen=True)
+class _Target:
+    """What every webhook entry shares: where reviews go, which namespaces never send any,
+    how long the API server waits."""
+
+    url: str | None
+    service: tuple[str, str, int] | None  # namespace, name, port
+    ca_bundle: bytes | None
+    exempt: tuple[str, ...]
+    timeout_seconds: int
+
+    def client_config(self, webhook: str) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        if self.url is not None:
+            config["url"] = f"{self.url.rstrip('/')}/{webhook}"
+        elif self.service is not None:
+            namespace, name, port = self.service
+            config["service"] = {
+                "namespace": namespace,
+                "name": name,
+                "path": f"/{webhook}",
+                "port": port,
+            }
+        else:
+            raise ValueError("either url or service is required")
+        if self.ca_bundle is not None:
+            config["caBundle"] = base64.b64encode(self.ca_bundle).decode("ascii")
+        return config
+
+
+def _rule(group: str, resource: str, operations: list[str]) -> dict[str, Any]:
+    return {
+        "apiGroups": [group],
+        "apiVersions": ["v1"],
+        "operations": operations,
+        "resources": [resource],
+        "scope": "Namespaced",
+    }
+
+
+def _webhook(
+    webhook_id: str,
+    rules: list[dict[str, Any]],
+    target: _Target,
+    policy: FailurePolicy,
+    conditions: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    if url is not None:
-        config["url"] = f"{url.rstrip('/')}/{webhook}"
-    elif service is not None:
-        namespace, name, port = service
-        config["service"] = {
-            "namespace": namespace,
-            "name": name,
-            "path": f"/{webhook}",
-            "port": port,
-        }
-    else:
-        raise ValueError("either url or service is required")
-    if ca_bundle is not None:
-        config["caBundle"] = base64.b64encode(ca_bundle).decode("ascii")
-    return config
+    body: dict[str, Any] = {
+        "name": f"{webhook_id}.{c.GROUP}",
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": target.client_config(webhook_id),
+        "failurePolicy": policy,
+        "matchPolicy": "Equivalent",
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": list(target.exempt)},
+                {"key": RUN_LEVEL_LABEL, "operator": "NotIn", "values": ["0", "1"]},
+            ]
+        },
+        "rules": rules,
+        "sideEffects": "None",
+        "timeoutSeconds": target.timeout_seconds,
+    }
+    if conditions:
+        body["matchConditions"] = conditions
+    return body
+
+
+def _metadata(name: str, ca_bundle: bytes | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY, c.PART_OF_LABEL: c.MANAGED_BY},
+    }
+    if ca_bundle is None:
+        metadata["annotations"] = {INJECT_CA_ANNOTATION: "true"}
+    return metadata
 
 
 def webhook_configuration(
@@ -79,7 +136,7 @@ def webhook_configuration(
     service: tuple[str, int] | None = (SERVICE_NAME, 443),
     url: str | None = None,
     ca_bundle: bytes | None = None,
-    failure_policy: str = DEFAULT_FAILURE_POLICY,
+    failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     exempt_namespaces: Iterable[str] = (),
 ) -> dict[str, Any]:
@@ -90,85 +147,40 @@ def webhook_configuration(
     namespace, kube-system, OpenShift run-level 0/1 namespaces and ``exempt_namespaces`` never
     reach the webhook, so a stopped operator cannot block its own recovery.
     """
-    if failure_policy not in FAILURE_POLICIES:
-        raise ValueError(f"failurePolicy must be one of {FAILURE_POLICIES}, not {failure_policy!r}")
+    policy = parse_failure_policy(failure_policy, "failurePolicy")
     if not 1 <= timeout_seconds <= 30:
         raise ValueError(f"timeoutSeconds must be 1..30, not {timeout_seconds}")
-    exempt = sorted({*ALWAYS_EXEMPT, operator_namespace, *exempt_namespaces})
-    svc = (operator_namespace, service[0], service[1]) if service is not None else None
-
-    def webhook(
-        webhook_id: str,
-        resource: str,
-        operations: list[str],
-        conditions: list[dict[str, str]],
-        *,
-        rules: list[dict[str, Any]] | None = None,
-        policy: str = failure_policy,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": f"{webhook_id}.{c.GROUP}",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": _client_config(webhook_id, url=url, service=svc, ca_bundle=ca_bundle),
-            "failurePolicy": policy,
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {
-                "matchExpressions": [
-                    {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": list(exempt)},
-                    {"key": RUN_LEVEL_LABEL, "operator": "NotIn", "values": ["0", "1"]},
-                ]
-            },
-            "rules": rules
-            or [
-                {
-                    "apiGroups": [""],
-                    "apiVersions": ["v1"],
-                    "operations": operations,
-                    "resources": [resource],
-                    "scope": "Namespaced",
-                }
-            ],
-            "sideEffects": "None",
-            "timeoutSeconds": timeout_seconds,
-        }
-        if conditions:
-            body["matchConditions"] = conditions
-        return body
-
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY, c.PART_OF_LABEL: c.MANAGED_BY},
-    }
-    if ca_bundle is None:
-        metadata["annotations"] = {INJECT_CA_ANNOTATION: "true"}
+    target = _Target(
+        url=url,
+        service=(operator_namespace, service[0], service[1]) if service is not None else None,
+        ca_bundle=ca_bundle,
+        exempt=tuple(sorted({*ALWAYS_EXEMPT, operator_namespace, *exempt_namespaces})),
+        timeout_seconds=timeout_seconds,
+    )
+    images_changed = [{"name": "images-changed", "expression": IMAGES_CHANGED}]
+    workloads = [
+        _rule(group, resource, ["CREATE", "UPDATE"]) for group, resource in WORKLOAD_RESOURCES
+    ]
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
-        "metadata": metadata,
+        "metadata": _metadata(name, ca_bundle),
         "webhooks": [
-            webhook(
+            _webhook(
                 POD_WEBHOOK,
-                "pods",
-                ["CREATE", "UPDATE"],
-                [{"name": "images-changed", "expression": IMAGES_CHANGED}],
+                [_rule("", "pods", ["CREATE", "UPDATE"])],
+                target,
+                policy,
+                images_changed,
             ),
-            webhook(EPHEMERAL_WEBHOOK, "pods/ephemeralcontainers", ["UPDATE"], []),
-            webhook(
-                WORKLOAD_WEBHOOK,
-                "",
-                [],
-                [],
-                rules=[
-                    {
-                        "apiGroups": [group],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": [resource],
-                        "scope": "Namespaced",
-                    }
-                    for group, resource in WORKLOAD_RESOURCES
-                ],
-                policy="Ignore",  # a warning must never block a rollout
+            _webhook(
+                EPHEMERAL_WEBHOOK,
+                [_rule("", "pods/ephemeralcontainers", ["UPDATE"])],
+                target,
+                policy,
             ),
+            _webhook(
+                WORKLOAD_WEBHOOK, workloads, target, "Ignore"
+            ),  # a warning must never block a rollout
         ],
     }

@@ -6,6 +6,8 @@ import datetime as dt
 import secrets
 from typing import Any, Final
 
+from scapguard.api.imagescan import format_time
+
 COMPONENT: Final = "scapguard"
 MAX_MESSAGE: Final = 1024
 
@@ -22,7 +24,7 @@ def build_event(
     ``default``: the API server refuses it in any other namespace."""
     meta = regarding.get("metadata") or {}
     namespace = meta.get("namespace") or "default"
-    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = format_time(now)
     name = str(meta.get("name", "object"))[:200]
     return {
         "apiVersion": "v1",

@@ -237,10 +237,8 @@ def _env(inp: ScanJobInput) -> list[dict[str, str]]:
     return env
 
 
-def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
-    scanner = inp.policy.scanner
-    # A scan's policy lives in the scan's namespace.
-    admin_policy = inp.scan_namespace == inp.namespace
+def _scan_volumes(inp: ScanJobInput) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The scanner pod's volumes and the container's mounts of them."""
     volumes: list[dict[str, Any]] = [
         {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH_SIZE_LIMIT}},
         # oscap makes its datastream temp dir under a fixed /tmp, whatever TMPDIR says, and the
@@ -264,26 +262,42 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
             }
         )
         mounts.append({"name": "results-ca", "mountPath": CA_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def _admin_policy(inp: ScanJobInput) -> bool:
+    """Whether the scan's policy (which lives in the scan's namespace) is the admin's, in the
+    operator's namespace: only that one may choose the scanner's image, resources and nodes."""
+    return inp.scan_namespace == inp.namespace
+
+
+def _scanner_container(inp: ScanJobInput, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    scanner = inp.policy.scanner
+    admin_policy = _admin_policy(inp)
+    return {
+        "name": CONTAINER_NAME,
+        "image": (scanner.image if admin_policy else None) or inp.scanner_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [SCANNER_COMMAND],
+        "args": [inp.image, "--policy-file", f"{CREDENTIALS_DIR}/{c.POLICY_KEY}"],
+        "env": _env(inp),
+        "resources": (dict(scanner.resources) if admin_policy else {}) or dict(DEFAULT_RESOURCES),
+        "securityContext": _container_security(inp.user_namespace),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _scan_pod_spec(inp: ScanJobInput) -> dict[str, Any]:
+    scanner = inp.policy.scanner
+    admin_policy = _admin_policy(inp)
+    volumes, mounts = _scan_volumes(inp)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": _pod_security(inp.user_namespace, inp.run_as_user),
-        "containers": [
-            {
-                "name": CONTAINER_NAME,
-                "image": (scanner.image if admin_policy else None) or inp.scanner_image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": [SCANNER_COMMAND],
-                "args": [inp.image, "--policy-file", f"{CREDENTIALS_DIR}/{c.POLICY_KEY}"],
-                "env": _env(inp),
-                "resources": (dict(scanner.resources) if admin_policy else {})
-                or dict(DEFAULT_RESOURCES),
-                "securityContext": _container_security(inp.user_namespace),
-                "volumeMounts": mounts,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }
-        ],
+        "containers": [_scanner_container(inp, mounts)],
         "volumes": volumes,
     }
     if inp.user_namespace:
@@ -296,6 +310,10 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         pod_spec["nodeSelector"] = dict(scanner.node_selector)
     if admin_policy and scanner.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in scanner.tolerations]
+    return pod_spec
+
+
+def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -308,11 +326,11 @@ def build_scan_job(inp: ScanJobInput) -> dict[str, Any]:
         "spec": {
             # Retries belong to the operator (with backoff, each attempt counted), not the Job.
             "backoffLimit": 0,
-            "activeDeadlineSeconds": scanner.timeout_seconds,
+            "activeDeadlineSeconds": inp.policy.scanner.timeout_seconds,
             "ttlSecondsAfterFinished": inp.ttl_seconds,
             "template": {
                 "metadata": {"labels": job_labels(inp), "annotations": job_annotations(inp)},
-                "spec": pod_spec,
+                "spec": _scan_pod_spec(inp),
             },
         },
     }

@@ -147,9 +147,6 @@ class ContentStore:
 
     # -- capacity ----------------------------------------------------------------------------
 
-    def used_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._blobs.iterdir())
-
     def _evict(self, keep: str) -> None:
         entries = []
         for p in self._blobs.iterdir():

@@ -16,13 +16,8 @@ from typing import Any, Final, Literal
 
 import kopf
 
-from scapguard.builders.admission import (
-    DEFAULT_FAILURE_POLICY,
-    EPHEMERAL_WEBHOOK,
-    FAILURE_POLICIES,
-    POD_WEBHOOK,
-    WORKLOAD_WEBHOOK,
-)
+from scapguard.api.admission import DEFAULT_FAILURE_POLICY, FailurePolicy, parse_failure_policy
+from scapguard.builders.admission import EPHEMERAL_WEBHOOK, POD_WEBHOOK, WORKLOAD_WEBHOOK
 from scapguard.k8s.api import IMAGE, IMAGESCAN, IMAGESTREAM
 from scapguard.k8s.client import load_api_client
 from scapguard.k8s.informer import Informer
@@ -52,16 +47,13 @@ class AdmissionOptions:
     bind: str = "0.0.0.0"  # noqa: S104 -- in-pod; the Service fronts it
     port: int = 9443
     host: str | None = None  # the name the API server uses; only logged (kopf does not manage)
-    failure_policy: str = DEFAULT_FAILURE_POLICY
+    failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY
     enabled: bool = True
     #: whether the cluster serves image.openshift.io (else the index reads ImageScan verdicts)
     image_api: bool = True
 
     def __post_init__(self) -> None:
-        if self.failure_policy not in FAILURE_POLICIES:
-            raise ValueError(
-                f"failure_policy must be one of {FAILURE_POLICIES}, not {self.failure_policy!r}"
-            )
+        parse_failure_policy(self.failure_policy, "failure_policy")
 
 
 @dataclass
@@ -78,7 +70,7 @@ class AdmissionRuntime:
 class _NoWebhookServer:
     """Serves nothing: admission is switched off, but kopf insists on a server for handlers."""
 
-    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+    async def __call__(self, _fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         await asyncio.Event().wait()
         yield kopf.WebhookClientConfig()  # never reached: the wait above lasts forever
 
@@ -97,39 +89,7 @@ def configure_admission(
         settings.admission.server = _NoWebhookServer()
         logger.warning("admission webhook disabled: denied images are only annotated")
         return None
-    api_client = load_api_client()
-    if options.image_api:
-        index = ImageIndex(OPENSHIFT_SOURCES)
-        informers: tuple[Informer, ...] = (
-            Informer(
-                api_client,
-                IMAGE,
-                on_replace=index.replace_images,
-                on_event=index.apply_image,
-                on_failure=lambda reason: index.fail(IMAGES, reason),
-            ),
-            Informer(
-                api_client,
-                IMAGESTREAM,
-                on_replace=index.replace_streams,
-                on_event=index.apply_stream,
-                on_failure=lambda reason: index.fail(IMAGESTREAMS, reason),
-            ),
-        )
-        watched = "images and imagestreams"
-    else:
-        # Plain Kubernetes: no Images to carry a deny, no ImageStreams to resolve tags.
-        index = ImageIndex(SCAN_SOURCES)
-        informers = (
-            Informer(
-                api_client,
-                IMAGESCAN,
-                on_replace=index.replace_scans,
-                on_event=index.apply_scan,
-                on_failure=lambda reason: index.fail(IMAGESCANS, reason),
-            ),
-        )
-        watched = "imagescans (no image.openshift.io API: denies come from scan verdicts)"
+    index, informers, watched = _watch(load_api_client(), image_api=options.image_api)
     runtime = AdmissionRuntime(
         index=index, fail_closed=options.failure_policy == "Fail", informers=informers
     )
@@ -151,6 +111,38 @@ def configure_admission(
         watched,
     )
     return runtime
+
+
+def _watch(api_client: Any, *, image_api: bool) -> tuple[ImageIndex, tuple[Informer, ...], str]:
+    """The index, the informers that feed it (not started yet), and what they watch."""
+    if image_api:
+        index = ImageIndex(OPENSHIFT_SOURCES)
+        images = Informer(
+            api_client,
+            IMAGE,
+            on_replace=index.replace_images,
+            on_event=index.apply_image,
+            on_failure=lambda reason: index.fail(IMAGES, reason),
+        )
+        streams = Informer(
+            api_client,
+            IMAGESTREAM,
+            on_replace=index.replace_streams,
+            on_event=index.apply_stream,
+            on_failure=lambda reason: index.fail(IMAGESTREAMS, reason),
+        )
+        return index, (images, streams), "images and imagestreams"
+    # Plain Kubernetes: no Images to carry a deny, no ImageStreams to resolve tags.
+    index = ImageIndex(SCAN_SOURCES)
+    scans = Informer(
+        api_client,
+        IMAGESCAN,
+        on_replace=index.replace_scans,
+        on_event=index.apply_scan,
+        on_failure=lambda reason: index.fail(IMAGESCANS, reason),
+    )
+    watched = "imagescans (no image.openshift.io API: denies come from scan verdicts)"
+    return index, (scans,), watched
 
 
 def _runtime(memo: kopf.Memo) -> AdmissionRuntime:

@@ -16,7 +16,7 @@ from scapguard.config import Settings, SettingsError
 from scapguard.handlers.admission import AdmissionOptions, configure_admission
 from scapguard.handlers.cache import Cache, build_cache, start_cache
 from scapguard.handlers.context import MEMO_KEY, Logger
-from scapguard.k8s.api import IMAGE
+from scapguard.k8s.api import IMAGE, Kube
 from scapguard.k8s.client import load_client
 from scapguard.metrics import Metrics
 from scapguard.reconcile.background import start_loops
@@ -41,6 +41,30 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         config = Settings.from_env()
     except SettingsError as exc:
         raise kopf.PermanentError(f"invalid setting {exc}") from exc
+    _configure_kopf(settings, config)
+    kube = await asyncio.to_thread(load_client)
+    image_api = await asyncio.to_thread(kube.serves, IMAGE)
+    if not image_api:
+        logger.warning(
+            "no image.openshift.io API: no ImageStreams to select nor Images to annotate; "
+            "workloads and registry pushes are scanned, and the webhook refuses by scan verdict"
+        )
+    ctx = await _start_reconciling(kube, config, image_api, memo, logger)
+    await _start_servers(ctx, memo)
+    await asyncio.to_thread(
+        configure_admission, settings, memo, _admission_options(config, image_api=image_api)
+    )
+    logger.info(
+        "scapguard started: namespace=%s watching=%s limits=%s/%s",
+        config.namespace,
+        sorted(config.watch_namespaces) or "all",
+        config.max_concurrent_scans,
+        config.max_concurrent_scans_per_policy,
+    )
+
+
+def _configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
+    """kopf's own storage under scapguard's prefix, its workers, and peering."""
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=KOPF_STORAGE_PREFIX
@@ -57,13 +81,12 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         settings.peering.priority = secrets.randbelow(2**30) + 1
     else:
         settings.peering.standalone = True
-    kube = await asyncio.to_thread(load_client)
-    image_api = await asyncio.to_thread(kube.serves, IMAGE)
-    if not image_api:
-        logger.warning(
-            "no image.openshift.io API: no ImageStreams to select nor Images to annotate; "
-            "workloads and registry pushes are scanned, and the webhook refuses by scan verdict"
-        )
+
+
+async def _start_reconciling(
+    kube: Kube, config: Settings, image_api: bool, memo: Any, logger: Logger
+) -> OperatorContext:
+    """The operator's context, its cache (first listings awaited, bounded) and its loops."""
     metrics = Metrics(per_cve=config.per_cve_metrics)
     userns, why = await asyncio.to_thread(scanner_user_namespace, kube, config)
     logger.info("scanner pods %s a user namespace: %s", "get" if userns else "do not get", why)
@@ -76,33 +99,30 @@ async def start_operator(settings: kopf.OperatorSettings, memo: Any, logger: Log
         logger.warning("the cache's first listings are late; listing from the API meanwhile")
     memo["scapguard_background"] = start_loops(ctx)
     memo[MEMO_KEY] = ctx
+    return ctx
+
+
+async def _start_servers(ctx: OperatorContext, memo: Any) -> None:
+    """Metrics (unless its port is 0), results and registry notifications."""
+    config = ctx.settings
     if config.metrics_port:
         server, _thread = start_http_server(
-            config.metrics_port, config.metrics_bind, registry=metrics.registry
+            config.metrics_port, config.metrics_bind, registry=ctx.metrics.registry
         )
         memo["scapguard_metrics_server"] = server
     memo["scapguard_results_runner"] = await start_results_server(ctx)
     memo["scapguard_registry_events_runner"] = await start_registry_events_server(ctx)
-    await asyncio.to_thread(
-        configure_admission,
-        settings,
-        memo,
-        AdmissionOptions(
-            certfile=config.admission_tls_cert_file or "",
-            pkeyfile=config.admission_tls_key_file or "",
-            bind=config.admission_bind,
-            port=config.admission_port,
-            failure_policy=config.admission_failure_policy,
-            enabled=config.admission_enabled,
-            image_api=image_api,
-        ),
-    )
-    logger.info(
-        "scapguard started: namespace=%s watching=%s limits=%s/%s",
-        config.namespace,
-        sorted(config.watch_namespaces) or "all",
-        config.max_concurrent_scans,
-        config.max_concurrent_scans_per_policy,
+
+
+def _admission_options(config: Settings, *, image_api: bool) -> AdmissionOptions:
+    return AdmissionOptions(
+        certfile=config.admission_tls_cert_file or "",
+        pkeyfile=config.admission_tls_key_file or "",
+        bind=config.admission_bind,
+        port=config.admission_port,
+        failure_policy=config.admission_failure_policy,
+        enabled=config.admission_enabled,
+        image_api=image_api,
     )
 
 

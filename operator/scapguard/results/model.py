@@ -56,7 +56,6 @@ ContentSource = Literal["url", "file", "catalogue", "configMap", "oci"]
 OSFamily = Literal["debian", "rhel", "fedora"]
 
 SEVERITIES: Final[tuple[Severity, ...]] = get_args(Severity)
-RULE_SEVERITIES: Final[tuple[RuleSeverity, ...]] = get_args(RuleSeverity)
 RULE_OUTCOMES: Final[tuple[RuleOutcome, ...]] = get_args(RuleOutcome)
 
 
@@ -75,7 +74,6 @@ class ErrorReason:
     OSCAP_FAILED: Final = "OscapFailed"
     RESULTS_INVALID: Final = "ResultsInvalid"
     TIMEOUT: Final = "Timeout"
-    POLICY_INVALID: Final = "PolicyInvalid"
     INSECURE_ENVIRONMENT: Final = "InsecureEnvironment"
     #: An exception no step turned into a reason (a scanner bug): still a result, never a crash.
     SCANNER_ERROR: Final = "ScannerError"
@@ -223,54 +221,16 @@ class ScanResult:
         doc: dict[str, Any] = {
             "schemaVersion": SCHEMA_VERSION,
             "image": _image_to_dict(self.image),
-            "os": None
-            if self.os is None
-            else {
-                "id": self.os.id,
-                "versionId": self.os.version_id,
-                "prettyName": self.os.pretty_name,
-                "family": self.os.family,
-            },
+            "os": None if self.os is None else _os_to_dict(self.os),
             "outcome": self.outcome,
             "error": None
             if self.error is None
             else {"reason": self.error.reason, "message": self.error.message},
             "vulnerabilities": None
             if self.vulnerabilities is None
-            else {
-                "content": _content_to_dict(self.vulnerabilities.content),
-                "findings": [
-                    {
-                        "id": f.id,
-                        "severity": f.severity,
-                        "title": f.title,
-                        "definition": f.definition,
-                        "packages": [
-                            {"name": p.name, "fixedVersion": p.fixed_version} for p in f.packages
-                        ],
-                    }
-                    for f in self.vulnerabilities.findings
-                ],
-                "truncated": self.vulnerabilities.truncated,
-            },
-            "compliance": None
-            if self.compliance is None
-            else {
-                "content": _content_to_dict(self.compliance.content),
-                "profile": self.compliance.profile,
-                "score": self.compliance.score,
-                "rules": [
-                    {"id": r.id, "severity": r.severity, "title": r.title, "result": r.result}
-                    for r in self.compliance.rules
-                ],
-                "notCheckedReason": self.compliance.not_checked_reason,
-            },
-            "scanner": {
-                "version": self.scanner.version,
-                "oscapVersion": self.scanner.oscap_version,
-                "idMapping": self.scanner.id_mapping,
-                "idMappingFallback": self.scanner.id_mapping_fallback,
-            },
+            else _vulnerabilities_to_dict(self.vulnerabilities),
+            "compliance": None if self.compliance is None else _compliance_to_dict(self.compliance),
+            "scanner": _scanner_to_dict(self.scanner),
             "startedAt": _format_time(self.started_at, "startedAt"),
             "finishedAt": _format_time(self.finished_at, "finishedAt"),
             "timings": {k: float(v) for k, v in self.timings.items()},
@@ -287,63 +247,17 @@ class ScanResult:
         """Validate ``doc`` against the schema and the contract's rules, then build the result."""
         validate_document(doc)
         d = cast(dict[str, Any], doc)
-        os_d = d["os"]
         err_d = d["error"]
-        vul_d = d["vulnerabilities"]
-        com_d = d["compliance"]
         return cls(
-            image=ImageRef(
-                reference=d["image"]["reference"],
-                digest=d["image"]["digest"],
-                source=d["image"].get("source", "registry"),
-                path=d["image"].get("path"),
-            ),
-            os=None
-            if os_d is None
-            else OSInfo(
-                id=os_d["id"],
-                version_id=os_d["versionId"],
-                pretty_name=os_d["prettyName"],
-                family=os_d["family"],
-            ),
+            image=_image_from_dict(d["image"]),
+            os=None if d["os"] is None else _os_from_dict(d["os"]),
             outcome=d["outcome"],
             error=None if err_d is None else ScanError(err_d["reason"], err_d["message"]),
             vulnerabilities=None
-            if vul_d is None
-            else Vulnerabilities(
-                content=_content_from_dict(vul_d["content"]),
-                findings=tuple(
-                    Finding(
-                        id=f["id"],
-                        severity=f["severity"],
-                        title=f["title"],
-                        definition=f["definition"],
-                        packages=tuple(
-                            AffectedPackage(p["name"], p["fixedVersion"]) for p in f["packages"]
-                        ),
-                    )
-                    for f in vul_d["findings"]
-                ),
-                truncated=vul_d["truncated"],
-            ),
-            compliance=None
-            if com_d is None
-            else Compliance(
-                content=_content_from_dict(com_d["content"]),
-                profile=com_d["profile"],
-                score=None if com_d["score"] is None else float(com_d["score"]),
-                rules=tuple(
-                    RuleResult(r["id"], r["severity"], r["title"], r["result"])
-                    for r in com_d["rules"]
-                ),
-                not_checked_reason=com_d["notCheckedReason"],
-            ),
-            scanner=ScannerInfo(
-                d["scanner"]["version"],
-                d["scanner"]["oscapVersion"],
-                d["scanner"].get("idMapping"),
-                d["scanner"].get("idMappingFallback"),
-            ),
+            if d["vulnerabilities"] is None
+            else _vulnerabilities_from_dict(d["vulnerabilities"]),
+            compliance=None if d["compliance"] is None else _compliance_from_dict(d["compliance"]),
+            scanner=_scanner_from_dict(d["scanner"]),
             started_at=_parse_time(d["startedAt"], "startedAt"),
             finished_at=_parse_time(d["finishedAt"], "finishedAt"),
             timings={k: float(v) for k, v in d["timings"].items()},
@@ -466,6 +380,109 @@ def _content_from_dict(d: Mapping[str, Any]) -> ContentInfo:
         sha256=d["sha256"],
         version=d["version"],
         origin=d.get("origin"),
+    )
+
+
+def _image_from_dict(d: Mapping[str, Any]) -> ImageRef:
+    return ImageRef(
+        reference=d["reference"],
+        digest=d["digest"],
+        source=d.get("source", "registry"),
+        path=d.get("path"),
+    )
+
+
+def _os_to_dict(info: OSInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "versionId": info.version_id,
+        "prettyName": info.pretty_name,
+        "family": info.family,
+    }
+
+
+def _os_from_dict(d: Mapping[str, Any]) -> OSInfo:
+    return OSInfo(
+        id=d["id"],
+        version_id=d["versionId"],
+        pretty_name=d["prettyName"],
+        family=d["family"],
+    )
+
+
+def _vulnerabilities_to_dict(v: Vulnerabilities) -> dict[str, Any]:
+    return {
+        "content": _content_to_dict(v.content),
+        "findings": [
+            {
+                "id": f.id,
+                "severity": f.severity,
+                "title": f.title,
+                "definition": f.definition,
+                "packages": [{"name": p.name, "fixedVersion": p.fixed_version} for p in f.packages],
+            }
+            for f in v.findings
+        ],
+        "truncated": v.truncated,
+    }
+
+
+def _vulnerabilities_from_dict(d: Mapping[str, Any]) -> Vulnerabilities:
+    return Vulnerabilities(
+        content=_content_from_dict(d["content"]),
+        findings=tuple(
+            Finding(
+                id=f["id"],
+                severity=f["severity"],
+                title=f["title"],
+                definition=f["definition"],
+                packages=tuple(
+                    AffectedPackage(p["name"], p["fixedVersion"]) for p in f["packages"]
+                ),
+            )
+            for f in d["findings"]
+        ),
+        truncated=d["truncated"],
+    )
+
+
+def _compliance_to_dict(c: Compliance) -> dict[str, Any]:
+    return {
+        "content": _content_to_dict(c.content),
+        "profile": c.profile,
+        "score": c.score,
+        "rules": [
+            {"id": r.id, "severity": r.severity, "title": r.title, "result": r.result}
+            for r in c.rules
+        ],
+        "notCheckedReason": c.not_checked_reason,
+    }
+
+
+def _compliance_from_dict(d: Mapping[str, Any]) -> Compliance:
+    return Compliance(
+        content=_content_from_dict(d["content"]),
+        profile=d["profile"],
+        score=None if d["score"] is None else float(d["score"]),
+        rules=tuple(
+            RuleResult(r["id"], r["severity"], r["title"], r["result"]) for r in d["rules"]
+        ),
+        not_checked_reason=d["notCheckedReason"],
+    )
+
+
+def _scanner_to_dict(scanner: ScannerInfo) -> dict[str, Any]:
+    return {
+        "version": scanner.version,
+        "oscapVersion": scanner.oscap_version,
+        "idMapping": scanner.id_mapping,
+        "idMappingFallback": scanner.id_mapping_fallback,
+    }
+
+
+def _scanner_from_dict(d: Mapping[str, Any]) -> ScannerInfo:
+    return ScannerInfo(
+        d["version"], d["oscapVersion"], d.get("idMapping"), d.get("idMappingFallback")
     )
 
 

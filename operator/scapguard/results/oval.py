@@ -67,9 +67,7 @@ class ProbeError:
 class OvalResults:
     findings: tuple[Finding, ...]
     truncated: bool
-    definitions_evaluated: int
     errors: tuple[ProbeError, ...] = field(default_factory=tuple)
-    generator_timestamp: str | None = None
 
 
 @dataclass
@@ -276,9 +274,7 @@ def oval_results_from_root(root: etree._Element, *, source: Path | str) -> OvalR
         raise XMLContentError(source, str(exc)) from exc
     results_defs = index.system.find(qname(NS_RES, "definitions"))
     drafts: dict[str, _Draft] = {}
-    evaluated = 0
     for result_def in results_defs if results_defs is not None else ():
-        evaluated += 1
         if result_def.get("result") != "true":
             continue
         def_id = result_def.get("definition_id", "")
@@ -314,11 +310,6 @@ def oval_results_from_root(root: etree._Element, *, source: Path | str) -> OvalR
         )
         for d in ordered[:MAX_FINDINGS]
     )
-    gen = root.find(f"{qname(NS_RES, 'generator')}/{qname(NS_COMMON, 'timestamp')}")
     return OvalResults(
-        findings=findings,
-        truncated=truncated,
-        definitions_evaluated=evaluated,
-        errors=tuple(_errors(index, results_defs)),
-        generator_timestamp=_text(gen) or None,
+        findings=findings, truncated=truncated, errors=tuple(_errors(index, results_defs))
     )

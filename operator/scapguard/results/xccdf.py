@@ -48,7 +48,6 @@ class XccdfResults:
     profile: str | None
     score: float | None
     rules: tuple[RuleResult, ...]
-    benchmark_version: str | None
 
 
 def _is_xccdf(el: etree._Element, local: str) -> bool:
@@ -120,5 +119,4 @@ def xccdf_results_from_root(root: etree._Element, *, source: Path | str) -> Xccd
         profile=profile_el.get("idref") if profile_el is not None else None,
         score=score,
         rules=tuple(rules.values()),
-        benchmark_version=test_result.get("version"),
     )

@@ -101,6 +101,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scapguard-scan", description=__doc__.splitlines()[0] if __doc__ else None
     )
+    _add_image_arguments(p)
+    _add_io_arguments(p)
+    _add_content_arguments(p)
+    _add_run_arguments(p)
+    return p
+
+
+def _add_image_arguments(p: argparse.ArgumentParser) -> None:
+    """What to scan: an image by digest, an OCI layout or a root filesystem."""
     p.add_argument(
         "image", nargs="?", help="HOST/REPO@sha256:<digest> (or --oci-layout / --rootfs)"
     )
@@ -121,6 +130,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="scan this unpacked root filesystem in place (read only) instead",
     )
+
+
+def _add_io_arguments(p: argparse.ArgumentParser) -> None:
+    """Where things are: the policy, the output, registry access, scratch space, content."""
     p.add_argument("--policy-file", type=Path, help="a ScanPolicy object or its spec (YAML)")
     p.add_argument("--output-dir", type=Path, help="write result.json and report.html here")
     p.add_argument("--authfile", type=Path, default=_env_path("REGISTRY_AUTH_FILE"))
@@ -145,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(os.environ.get("SCAPGUARD_SSG_DIR", str(content.DEFAULT_SSG_DIR))),
     )
+
+
+def _add_content_arguments(p: argparse.ArgumentParser) -> None:
+    """Which scans run, with which content (overriding the policy's)."""
     p.add_argument("--feed-file", type=Path, help="OVAL feed file (overrides the policy)")
     p.add_argument("--feed-url", help="OVAL feed URL (with --feed-sha256)")
     p.add_argument("--feed-sha256")
@@ -153,6 +170,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile")
     p.add_argument("--compliance", action="store_true", help="also run the compliance scan")
     p.add_argument("--no-vulnerabilities", action="store_true")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How the scan runs: id mapping, platform, limits, time, logging."""
     p.add_argument(
         "--id-mapping", choices=["auto", "userns", "inherited", "rootless"], default="auto"
     )
@@ -170,7 +191,6 @@ def parser() -> argparse.ArgumentParser:
         help="debugging: leave the pulled image, tree and oscap files in --work-dir",
     )
     p.add_argument("--log-level", default="INFO")
-    return p
 
 
 def _env_path(name: str) -> Path | None:

@@ -298,12 +298,57 @@ def resolve(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     raw = workdir / f"{kind}.raw"
+    fetched = None
+    if override is not None:
+        fetched = _fetch_override(override, raw, server, max_download, timeout)
+    if fetched is None:
+        fetched = _fetch_catalogue(
+            kind,
+            name,
+            raw,
+            catalogue_file=catalogue_file,
+            catalogue_key=catalogue_key,
+            catalogue_url=catalogue_url,
+            server=server,
+            max_download=max_download,
+            timeout=timeout,
+        )
+    origin = fetched.origin or (override.url if override and override.url else None)
+    where = origin or _origin(override, fetched.raw)
+    digest = _checked_sha256(fetched, override.sha256 if override else None, origin, where)
+    xml = decompress(fetched.raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=where)
+    if kind == "oval":
+        version = _checked_feed(xml, where, digest, max_xml)
+    else:
+        version = _checked_document(kind, xml, where, max_xml)
+    log.info(
+        "%s content %s from %s: sha256 %s, version %s", kind, name, fetched.source, digest, version
+    )
+    return ResolvedContent(
+        path=xml,
+        info=ContentInfo(
+            name=name, source=fetched.source, sha256=digest, version=version, origin=origin
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    raw: Path  # the bytes as fetched, or the scanner image's catalogue file in place
     source: ContentSource
-    origin: str | None = None
-    expected_sha = override.sha256 if override else None
-    served_sha: str | None = None
-    if override is not None and override.file is not None:
-        source = "file"
+    origin: str | None = None  # where the operator got them
+    served_sha: str | None = None  # the sha256 the operator announced
+
+
+def _fetch_override(
+    override: ContentOverride,
+    raw: Path,
+    server: ContentServer | None,
+    max_download: int,
+    timeout: float,
+) -> _Fetched | None:
+    """The policy's own content (a file, served by the operator, or a URL), if it names any."""
+    if override.file is not None:
         if not override.file.is_file():
             raise ScanFailure(ErrorReason.CONTENT_UNAVAILABLE, f"{override.file}: no such file")
         if override.file.stat().st_size > max_download:
@@ -312,80 +357,99 @@ def resolve(
                 f"{override.file}: larger than {max_download} bytes",
             )
         shutil.copyfile(override.file, raw)
-    elif override is not None and override.served is not None:
+        return _Fetched(raw, "file")
+    if override.served is not None:
         if server is None:
             raise ScanFailure(
                 ErrorReason.CONTENT_UNAVAILABLE, f"{override.served}: no content server given"
             )
-        source, origin, served_sha = _served(server, override.served, raw, max_download, timeout)
-    elif override is not None and override.url is not None:
-        source = "url"
-        if not expected_sha:
+        return _served(server, override.served, raw, max_download, timeout)
+    if override.url is not None:
+        if not override.sha256:
             raise ScanFailure(ErrorReason.CONTENT_UNAVAILABLE, f"{override.url}: needs a sha256")
         _download(override.url, raw, max_bytes=max_download, timeout=timeout)
-    elif catalogue_file is not None:
-        source = "catalogue"
+        return _Fetched(raw, "url")
+    return None
+
+
+def _fetch_catalogue(
+    kind: Kind,
+    name: str,
+    raw: Path,
+    *,
+    catalogue_file: Path | None,
+    catalogue_key: str | None,
+    catalogue_url: str | None,
+    server: ContentServer | None,
+    max_download: int,
+    timeout: float,
+) -> _Fetched:
+    """Built-in content: a file in the scanner image, or a feed from the operator's cache
+    (in a scan Job) or from its source."""
+    if catalogue_file is not None:
         if not catalogue_file.is_file():
             raise ScanFailure(
                 ErrorReason.CONTENT_UNAVAILABLE,
                 f"{catalogue_file}: not installed in the scanner image",
             )
-        raw = catalogue_file
-    elif server is not None and catalogue_key is not None:
-        what = f"catalogue/{catalogue_key}"
-        source, origin, served_sha = _served(server, what, raw, max_download, timeout)
-    elif catalogue_url is not None:
-        source = "catalogue"
+        return _Fetched(catalogue_file, "catalogue")
+    if server is not None and catalogue_key is not None:
+        return _served(server, f"catalogue/{catalogue_key}", raw, max_download, timeout)
+    if catalogue_url is not None:
         _download(catalogue_url, raw, max_bytes=max_download, timeout=timeout)
-    else:
+        return _Fetched(raw, "catalogue")
+    raise ScanFailure(
+        ErrorReason.CONTENT_UNAVAILABLE,
+        f"no built-in {kind} content for {name}: give one in the policy",
+    )
+
+
+def _checked_sha256(
+    fetched: _Fetched, expected_sha: str | None, origin: str | None, where: str
+) -> str:
+    """The bytes' sha256, once it matches what the operator announced and the policy expects."""
+    digest = sha256_file(fetched.raw)
+    announced = fetched.served_sha
+    if announced is not None and digest != announced:
         raise ScanFailure(
             ErrorReason.CONTENT_UNAVAILABLE,
-            f"no built-in {kind} content for {name}: give one in the policy",
-        )
-    origin = origin or (override.url if override and override.url else None)
-    where = origin or _origin(override, raw)
-    digest = sha256_file(raw)
-    if served_sha is not None and digest != served_sha:
-        raise ScanFailure(
-            ErrorReason.CONTENT_UNAVAILABLE,
-            f"{origin}: received bytes with sha256 {digest}, the operator sent {served_sha}",
+            f"{origin}: received bytes with sha256 {digest}, the operator sent {announced}",
         )
     if expected_sha and digest != expected_sha.lower():
         raise ScanFailure(
             ErrorReason.CONTENT_INVALID,
             f"{where}: sha256 {digest} does not match the expected {expected_sha}",
         )
-    xml = decompress(raw, workdir / f"{kind}.xml", max_bytes=max_xml, name=where)
-    version: str | None
-    if kind == "oval":
-        # Streamed (a feed can be hundreds of MiB): root, safety, script checks and references
-        # checked now (ContentInvalid before any oscap run), the index kept for the pre-filter.
-        index = feedfilter.index_file(
-            xml, where, max_bytes=max_xml, on_element=lambda el: _refuse_script_check(el, where)
-        )
-        version = index.timestamp
-        feedfilter.remember(digest, index)
-    else:
-        roots = {"datastream": {_DS_ROOT}, "tailoring": set(_TAILORING_ROOTS)}[kind]
-        try:
-            root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
-        except XMLContentError as exc:
-            raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
-        for el in root.iter():
-            _refuse_script_check(el, where)
-        version = next(
-            (
-                "".join(str(t) for t in el.itertext()).strip()
-                for el in root.iter()
-                if local_name(el.tag) == "version"
-            ),
-            None,
-        )
-        del root
-    log.info("%s content %s from %s: sha256 %s, version %s", kind, name, source, digest, version)
-    return ResolvedContent(
-        path=xml,
-        info=ContentInfo(name=name, source=source, sha256=digest, version=version, origin=origin),
+    return digest
+
+
+def _checked_feed(xml: Path, where: str, digest: str, max_xml: int) -> str | None:
+    """Check an OVAL feed and give its timestamp. Streamed (a feed can be hundreds of MiB):
+    root, safety, script checks and references checked now (ContentInvalid before any oscap
+    run), the index kept for the pre-filter."""
+    index = feedfilter.index_file(
+        xml, where, max_bytes=max_xml, on_element=lambda el: _refuse_script_check(el, where)
+    )
+    feedfilter.remember(digest, index)
+    return index.timestamp
+
+
+def _checked_document(kind: Kind, xml: Path, where: str, max_xml: int) -> str | None:
+    """Check a datastream or tailoring file (root, safety, script checks); its version."""
+    roots = {"datastream": {_DS_ROOT}, "tailoring": set(_TAILORING_ROOTS)}[kind]
+    try:
+        root = parse_file(xml, expected_roots=roots, max_bytes=max_xml)
+    except XMLContentError as exc:
+        raise ScanFailure(ErrorReason.CONTENT_INVALID, str(exc)) from exc
+    for el in root.iter():
+        _refuse_script_check(el, where)
+    return next(
+        (
+            "".join(str(t) for t in el.itertext()).strip()
+            for el in root.iter()
+            if local_name(el.tag) == "version"
+        ),
+        None,
     )
 
 
@@ -394,8 +458,8 @@ _SERVED_SOURCES: Final = frozenset({"url", "catalogue", "configMap", "oci"})
 
 def _served(
     server: ContentServer, what: str, raw: Path, max_download: int, timeout: float
-) -> tuple[ContentSource, str, str]:
-    """Fetch ``what`` from the operator: its source kind, origin and the sha256 it announced."""
+) -> _Fetched:
+    """Fetch ``what`` from the operator, with its source kind, origin and announced sha256."""
     headers = server.fetch(what, raw, max_bytes=max_download, timeout=timeout)
     source = headers.get(SOURCE_HEADER, "")
     sha = headers.get(SHA256_HEADER, "")
@@ -405,7 +469,7 @@ def _served(
             f"{what} from the operator: no {SOURCE_HEADER}/{SHA256_HEADER} headers",
         )
     origin = headers.get(ORIGIN_HEADER) or what
-    return cast(ContentSource, source), origin, sha
+    return _Fetched(raw, cast(ContentSource, source), origin, sha)
 
 
 def _origin(override: ContentOverride | None, raw: Path) -> str:

@@ -30,7 +30,7 @@ this definition for definition on real vendor feeds. The installed names come fr
 probe oscap uses (rpm: ``rpminfo`` with a pattern, in the canary run) or, for dpkg, from
 ``/var/lib/dpkg/status`` (every ``Package:`` stanza, whatever its status: a superset is safe).
 
-Before anything is filtered, :func:`index_feed` checks the feed's references: a ``test_ref``,
+Before anything is filtered, :func:`index_file` checks the feed's references: a ``test_ref``,
 ``object_ref``, ``state_ref``, ``var_ref`` or ``definition_ref`` to an id the feed does not
 define, or a test/object/state outside an OVAL component namespace, makes oscap 1.3.7 abort
 (SIGABRT) or refuse the file. Such a feed is ``ContentInvalid``, named, before oscap runs.
@@ -49,7 +49,7 @@ import contextlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
@@ -101,12 +101,14 @@ class FeedIndex:
 
     source: str
     #: every id the feed defines (definitions, tests, objects, states, variables) -> element;
-    #: from a file, a definition keeps only its criteria and a state only its tag and id
+    #: a definition keeps only its criteria and a state only its tag and id
     elements: dict[str, etree._Element]
     #: id -> ids referenced from that element (``*_ref`` attributes, set/filter texts)
     references: dict[str, tuple[str, ...]]
     #: test id -> the packages whose absence (all of them) makes the test false
     package_tests: dict[str, frozenset[str]]
+    #: the feed file, read again by :func:`prefilter`
+    path: Path
     #: id -> the section it is in (definitions, tests, objects, states, variables)
     sections: dict[str, str] = field(default_factory=dict)
     root_tag: str = DEFINITIONS_ROOT
@@ -114,9 +116,6 @@ class FeedIndex:
     nsmap: dict[str, str] = field(default_factory=dict)
     #: the generator's timestamp (the feed's version)
     timestamp: str | None = None
-    #: the feed file, read again by :func:`prefilter`; None for an in-memory ``root``
-    path: Path | None = None
-    root: etree._Element | None = None
 
     @property
     def definition_ids(self) -> list[str]:
@@ -154,13 +153,6 @@ def load(path: Path, digest: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Feed
     return index
 
 
-def _section_items(root: etree._Element) -> Iterator[tuple[str, etree._Element]]:
-    for section in root:
-        name = local_name(section.tag)
-        if name in _SECTIONS:
-            yield from ((name, el) for el in section if isinstance(el.tag, str))
-
-
 def _refs_of(el: etree._Element) -> tuple[str, ...]:
     refs: list[str] = []
     for node in el.iter():
@@ -193,7 +185,7 @@ class _Collector:
         self.sections: dict[str, str] = {}
         self.misplaced: list[str] = []
 
-    def add(self, section: str, el: etree._Element, *, compact: bool) -> None:
+    def add(self, section: str, el: etree._Element) -> None:
         ident = el.get("id")
         namespace = etree.QName(el).namespace or ""
         if section in _COMPONENT_SECTIONS and not namespace.startswith(_COMPONENT_PREFIX):
@@ -202,7 +194,7 @@ class _Collector:
             return
         self.references[ident] = _refs_of(el)
         self.sections[ident] = section
-        self.elements[ident] = _compacted(section, el) if compact else el
+        self.elements[ident] = _compacted(section, el)
 
     def index(
         self,
@@ -211,8 +203,7 @@ class _Collector:
         root_attrib: dict[str, str],
         nsmap: dict[str, str],
         timestamp: str | None,
-        path: Path | None = None,
-        root: etree._Element | None = None,
+        path: Path,
     ) -> FeedIndex:
         if self.misplaced:
             raise _invalid(
@@ -237,13 +228,12 @@ class _Collector:
             elements,
             self.references,
             package_tests,
+            path,
             sections=self.sections,
             root_tag=root_tag,
             root_attrib=root_attrib,
             nsmap=nsmap,
             timestamp=timestamp,
-            path=path,
-            root=root,
         )
 
 
@@ -257,21 +247,6 @@ def _compacted(section: str, el: etree._Element) -> etree._Element:
                 el.remove(child)
     el.text = el.tail = None
     return el
-
-
-def index_feed(root: etree._Element, source: str) -> FeedIndex:
-    """Index an in-memory ``root`` (an oval_definitions document); ContentInvalid for broken
-    references."""
-    collector = _Collector(source)
-    for section, el in _section_items(root):
-        collector.add(section, el, compact=False)
-    return collector.index(
-        root_tag=str(root.tag),
-        root_attrib=_attrib(root),
-        nsmap=_nsmap(root),
-        timestamp=_timestamp(root.find(_GENERATOR)),
-        root=root,
-    )
 
 
 def index_file(
@@ -301,7 +276,7 @@ def index_file(
             if on_element is not None:
                 on_element(el)
             if depth == 3 and section in _SECTIONS and isinstance(el.tag, str):
-                collector.add(section, el, compact=True)
+                collector.add(section, el)
             if depth == 2 and el.tag == _GENERATOR:
                 timestamp = _timestamp(el)
             if depth == 2 and section not in _SECTIONS:
@@ -512,12 +487,6 @@ def prefilter(index: FeedIndex, installed: frozenset[str], dest: Path) -> Filter
     ] or definitions[:1]  # keep one: a feed without definitions is not an OVAL document
     keep = _closure(kept, index)
     source = index.path
-    if source is None:  # an in-memory feed: written once, then read like a file
-        if index.root is None:
-            raise ValueError(f"{index.source}: an index without its file or tree")
-        source = dest.with_name(dest.name + ".full.xml")
-        tree = etree.ElementTree(index.root)
-        tree.write(str(source), xml_declaration=True, encoding="UTF-8")
     sections = {index.sections[i] for i in keep}
     with contextlib.ExitStack() as stack:
         xf = stack.enter_context(etree.xmlfile(str(dest), encoding="UTF-8"))

@@ -197,7 +197,6 @@ def copy_layout(
         layout=dest,
         manifest=manifest,
         config=config,
-        compressed_bytes=size,
     )
 
 

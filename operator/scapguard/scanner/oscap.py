@@ -218,40 +218,28 @@ def _judge(
 
 
 def canary_definitions(family: str, dest: Path) -> Path:
-    """OVAL that is true when the package probe finds at least one installed package."""
+    """OVAL that is true when the package probe finds at least one installed package, and for
+    rpm families also lists every installed package (an inventory definition)."""
     probe = _CANARY_OBJECT[family]
+    inventory = {"inv_def": "", "inv_test": "", "inv_object": ""}
+    if family in _INVENTORY_FAMILIES:
+        inventory = {
+            "inv_def": _CANARY_INVENTORY_DEFINITION,
+            "inv_test": _CANARY_INVENTORY_TEST.format(probe=probe),
+            "inv_object": _CANARY_INVENTORY_OBJECT.format(probe=probe),
+        }
     values = "".join(f"<value>{name}</value>" for name in CANARY_PACKAGES[family])
-    ns = "http://oval.mitre.org/XMLSchema/oval-definitions-5#linux"
-    inventory = family in _INVENTORY_FAMILIES
-    inv_def = (
-        """
-    <definition id="oval:io.scapguard.canary:def:2" version="1" class="inventory">
-      <metadata><title>installed packages</title><description>every package</description>
-      </metadata>
-      <criteria><criterion test_ref="oval:io.scapguard.canary:tst:2"/></criteria>
-    </definition>"""
-        if inventory
-        else ""
-    )
-    inv_test = (
-        f"""
-    <l:{probe}_test id="oval:io.scapguard.canary:tst:2" version="1" check="all"
-        check_existence="any_exist" comment="every package">
-      <l:object object_ref="oval:io.scapguard.canary:obj:2"/>
-    </l:{probe}_test>"""
-        if inventory
-        else ""
-    )
-    inv_object = (
-        f"""
-    <l:{probe}_object id="oval:io.scapguard.canary:obj:2" version="1">
-      <l:name operation="pattern match">.*</l:name>
-    </l:{probe}_object>"""
-        if inventory
-        else ""
-    )
     dest.write_text(
-        f"""<?xml version="1.0" encoding="UTF-8"?>
+        _CANARY_OVAL.format(ns=_LINUX_NS, probe=probe, values=values, **inventory),
+        encoding="utf-8",
+    )
+    return dest
+
+
+# The canary's OVAL (str.format): ``{probe}`` is dpkginfo or rpminfo, ``{values}`` the package
+# names, ``{inv_*}`` the inventory parts below or nothing.
+_LINUX_NS: Final = "http://oval.mitre.org/XMLSchema/oval-definitions-5#linux"
+_CANARY_OVAL: Final = """<?xml version="1.0" encoding="UTF-8"?>
 <oval_definitions xmlns="http://oval.mitre.org/XMLSchema/oval-definitions-5"
     xmlns:oval="http://oval.mitre.org/XMLSchema/oval-common-5" xmlns:l="{ns}">
   <generator><oval:product_name>scapguard canary</oval:product_name>
@@ -280,10 +268,22 @@ def canary_definitions(family: str, dest: Path) -> Path:
         comment="packages every supported distribution installs">{values}</constant_variable>
   </variables>
 </oval_definitions>
-""",
-        encoding="utf-8",
-    )
-    return dest
+"""
+_CANARY_INVENTORY_DEFINITION: Final = """
+    <definition id="oval:io.scapguard.canary:def:2" version="1" class="inventory">
+      <metadata><title>installed packages</title><description>every package</description>
+      </metadata>
+      <criteria><criterion test_ref="oval:io.scapguard.canary:tst:2"/></criteria>
+    </definition>"""
+_CANARY_INVENTORY_TEST: Final = """
+    <l:{probe}_test id="oval:io.scapguard.canary:tst:2" version="1" check="all"
+        check_existence="any_exist" comment="every package">
+      <l:object object_ref="oval:io.scapguard.canary:obj:2"/>
+    </l:{probe}_test>"""
+_CANARY_INVENTORY_OBJECT: Final = """
+    <l:{probe}_object id="oval:io.scapguard.canary:obj:2" version="1">
+      <l:name operation="pattern match">.*</l:name>
+    </l:{probe}_object>"""
 
 
 def run_canary(

@@ -123,7 +123,6 @@ class ScanRequest:
 class ScanOutput:
     result: ScanResult
     report_html: bytes | None
-    sandbox_mode: str | None = None
 
 
 class _Clock:
@@ -191,134 +190,191 @@ def _mark_rootless(rules: tuple[RuleResult, ...]) -> tuple[RuleResult, ...]:
     )
 
 
-def scan(req: ScanRequest) -> ScanOutput:
-    started = _now()
-    clock = _Clock()
-    budget = _Budget(req.timeout)
-    detected: OSInfo | None = None
-    oscap_version: str | None = None
+@dataclass
+class _Progress:
+    """What the scan knows so far: enough for a result whichever step fails."""
+
+    started: dt.datetime
+    clock: _Clock
+    budget: _Budget
     digest: str | None = None
+    os: OSInfo | None = None
     box: sandbox.Sandbox | None = None
+    oscap_version: str | None = None
+
+    def result(
+        self,
+        req: ScanRequest,
+        *,
+        error: ScanError | None = None,
+        vulnerabilities: Vulnerabilities | None = None,
+        compliance: Compliance | None = None,
+    ) -> ScanResult:
+        """Completed, or Error when ``error`` is given."""
+        return ScanResult(
+            image=req.image_ref(self.digest),
+            os=self.os,
+            outcome="Completed" if error is None else "Error",
+            error=error,
+            vulnerabilities=vulnerabilities,
+            compliance=compliance,
+            scanner=_scanner_info(self.oscap_version, self.box),
+            started_at=self.started,
+            finished_at=_now(),
+            timings=self.clock.timings,
+        )
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """The root filesystem to scan, its OS and its architecture."""
+
+    rootfs: Path
+    found: osdetect.DetectedOS
+    arch: str
+
+
+@dataclass(frozen=True)
+class _Content:
+    feed: content.ResolvedContent | None
+    datastream: content.ResolvedContent | None
+    tailoring: content.ResolvedContent | None
+
+
+def scan(req: ScanRequest) -> ScanOutput:
+    progress = _Progress(started=_now(), clock=_Clock(), budget=_Budget(req.timeout))
     work: Path | None = None
     try:
         if req.source == "registry":
-            _, _, digest = split_reference(req.reference)
-        box = sandbox.select(req.id_mapping)
-        oscap_version = oscap.version()
+            progress.digest = split_reference(req.reference)[2]
+        box = progress.box = sandbox.select(req.id_mapping)
+        progress.oscap_version = oscap.version()
         req.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="scan-", dir=req.workdir))
         if req.rootfs is not None:
-            with clock.phase("detect"):
-                rootfs = local.check_rootfs(req.rootfs)
-                escaping = local.escaping_symlinks(rootfs)
-                if escaping:
-                    log.warning(
-                        "%s: %d symlinks are absolute or climb out of the tree; a root "
-                        "filesystem is scanned in place, so they are not contained",
-                        rootfs,
-                        escaping,
-                    )
-                found = osdetect.detect(rootfs)
-                detected = found.info
-            arch = req.pull.arch
+            tree = _rootfs_in_place(req.rootfs, req.pull.arch, progress)
         else:
-            with clock.phase("pull"):
-                if req.oci_layout is not None:
-                    image = local.copy_layout(
-                        req.oci_layout,
-                        work / "oci",
-                        ref=req.oci_ref,
-                        arch=req.pull.arch,
-                        max_compressed_bytes=req.pull.max_compressed_bytes,
-                    )
-                    digest = image.digest
-                else:
-                    image = pull(
-                        req.reference, work / "oci", replace(req.pull, timeout=budget.left())
-                    )
-            with clock.phase("unpack"):
-                unpack.inspect_layers(image, req.limits)
-                rootfs = unpack.unpack(image, work / "bundle", box, timeout=budget.left())
-                found = osdetect.detect(rootfs)
-                detected = found.info
-            arch = image.architecture or req.pull.arch
-        scratch = work / "oscap"
-        oscap.ensure_writable_by_sandbox(scratch)
-        with clock.phase("content"):
-            feed = vuln_content(req, found, scratch, budget.left()) if req.vulnerabilities else None
-            ds, tailoring = (
-                compliance_content(req, found, scratch, budget.left())
-                if req.compliance
-                else (None, None)
-            )
-        env = oscap.environment(rootfs, scratch, found, arch)
-        reports: list[tuple[str, bytes]] = []
-        with clock.phase("oscap"):
-            canary = oscap.run_canary(box, env, scratch, found.info.family, timeout=budget.left())
-            if feed is not None:
-                evaluate_feed(
-                    box,
-                    env,
-                    feed,
-                    installed_packages(found, rootfs, canary),
-                    scratch,
-                    timeout=budget.left(),
-                    rootfs=rootfs,
-                    arch=arch,
-                )
-            if ds is not None:
-                oscap.xccdf_eval(
-                    box,
-                    env,
-                    ds.path,
-                    req.profile,
-                    scratch / "xccdf-results.xml",
-                    scratch / "xccdf-report.html",
-                    tailoring=tailoring.path if tailoring else None,
-                    timeout=budget.left(),
-                )
-        with clock.phase("parse"):
-            vulnerabilities = _vulnerabilities(feed, scratch, reports)
-            compliance = _compliance(req, ds, scratch, reports, found, box)
-        result = ScanResult(
-            image=req.image_ref(digest),
-            os=detected,
-            outcome="Completed",
-            error=None,
-            vulnerabilities=vulnerabilities,
-            compliance=compliance,
-            scanner=_scanner_info(oscap_version, box),
-            started_at=started,
-            finished_at=_now(),
-            timings=clock.timings,
-        )
+            tree = _unpacked_image(req, work, box, progress)
+        result, reports = _scan_tree(req, tree, work / "oscap", box, progress)
     except (ScanFailure, XMLContentError) as exc:
         reason = exc.reason if isinstance(exc, ScanFailure) else ErrorReason.RESULTS_INVALID
         message = exc.message if isinstance(exc, ScanFailure) else str(exc)
-        log.error("scan of %s failed (%s): %s", req.image_ref(digest).reference, reason, message)
+        scanned = req.image_ref(progress.digest).reference
+        log.error("scan of %s failed (%s): %s", scanned, reason, message)
         error = ScanError(reason, message[:4096])
     except Exception as exc:  # a bug: reported as a result, not a crash without one
-        log.exception("scan of %s failed unexpectedly", req.image_ref(digest).reference)
+        log.exception("scan of %s failed unexpectedly", req.image_ref(progress.digest).reference)
         message = f"unexpected {type(exc).__name__} in the scanner: {exc}"
         error = ScanError(ErrorReason.SCANNER_ERROR, message[:4096])
     else:
-        return ScanOutput(result, _combined_report(reports), box.mode)
+        return ScanOutput(result, _combined_report(reports))
     finally:
-        if work is not None and box is not None and not req.keep_workdir:
-            box.remove_tree(work)
-    failed = ScanResult(
-        image=req.image_ref(digest),
-        os=detected,
-        outcome="Error",
-        error=error,
-        vulnerabilities=None,
-        compliance=None,
-        scanner=_scanner_info(oscap_version, box),
-        started_at=started,
-        finished_at=_now(),
-        timings=clock.timings,
-    )
-    return ScanOutput(failed, None, box.mode if box else None)
+        if work is not None and progress.box is not None and not req.keep_workdir:
+            progress.box.remove_tree(work)
+    return ScanOutput(progress.result(req, error=error), None)
+
+
+def _rootfs_in_place(rootfs: Path, arch: str, progress: _Progress) -> _Tree:
+    """A root filesystem given as such: checked and scanned where it is, never written to."""
+    with progress.clock.phase("detect"):
+        rootfs = local.check_rootfs(rootfs)
+        escaping = local.escaping_symlinks(rootfs)
+        if escaping:
+            log.warning(
+                "%s: %d symlinks are absolute or climb out of the tree; a root "
+                "filesystem is scanned in place, so they are not contained",
+                rootfs,
+                escaping,
+            )
+        found = osdetect.detect(rootfs)
+        progress.os = found.info
+    return _Tree(rootfs, found, arch)
+
+
+def _unpacked_image(
+    req: ScanRequest, work: Path, box: sandbox.Sandbox, progress: _Progress
+) -> _Tree:
+    """The image pulled (or copied from an OCI layout), checked and unpacked under ``work``."""
+    with progress.clock.phase("pull"):
+        if req.oci_layout is not None:
+            image = local.copy_layout(
+                req.oci_layout,
+                work / "oci",
+                ref=req.oci_ref,
+                arch=req.pull.arch,
+                max_compressed_bytes=req.pull.max_compressed_bytes,
+            )
+            progress.digest = image.digest
+        else:
+            pull_options = replace(req.pull, timeout=progress.budget.left())
+            image = pull(req.reference, work / "oci", pull_options)
+    with progress.clock.phase("unpack"):
+        unpack.inspect_layers(image, req.limits)
+        rootfs = unpack.unpack(image, work / "bundle", box, timeout=progress.budget.left())
+        found = osdetect.detect(rootfs)
+        progress.os = found.info
+    return _Tree(rootfs, found, image.architecture or req.pull.arch)
+
+
+def _scan_tree(
+    req: ScanRequest, tree: _Tree, scratch: Path, box: sandbox.Sandbox, progress: _Progress
+) -> tuple[ScanResult, list[tuple[str, bytes]]]:
+    """Content, oscap and the parsed results: the Completed result and its reports."""
+    budget = progress.budget
+    oscap.ensure_writable_by_sandbox(scratch)
+    with progress.clock.phase("content"):
+        feed = (
+            vuln_content(req, tree.found, scratch, budget.left()) if req.vulnerabilities else None
+        )
+        ds, tailoring = (
+            compliance_content(req, tree.found, scratch, budget.left())
+            if req.compliance
+            else (None, None)
+        )
+    chosen = _Content(feed, ds, tailoring)
+    env = oscap.environment(tree.rootfs, scratch, tree.found, tree.arch)
+    with progress.clock.phase("oscap"):
+        _run_oscap(req, box, env, tree, chosen, scratch, budget)
+    reports: list[tuple[str, bytes]] = []
+    with progress.clock.phase("parse"):
+        vulnerabilities = _vulnerabilities(feed, scratch, reports)
+        compliance = _compliance(req, ds, scratch, reports, tree.found, box)
+    return progress.result(req, vulnerabilities=vulnerabilities, compliance=compliance), reports
+
+
+def _run_oscap(
+    req: ScanRequest,
+    box: sandbox.Sandbox,
+    env: dict[str, str],
+    tree: _Tree,
+    chosen: _Content,
+    scratch: Path,
+    budget: _Budget,
+) -> None:
+    """The canary (is the package database readable?), then the feed and the profile."""
+    canary = oscap.run_canary(box, env, scratch, tree.found.info.family, timeout=budget.left())
+    if chosen.feed is not None:
+        evaluate_feed(
+            box,
+            env,
+            chosen.feed,
+            installed_packages(tree.found, tree.rootfs, canary),
+            scratch,
+            timeout=budget.left(),
+            rootfs=tree.rootfs,
+            arch=tree.arch,
+        )
+    if chosen.datastream is not None:
+        oscap.xccdf_eval(
+            box,
+            env,
+            chosen.datastream.path,
+            req.profile,
+            scratch / "xccdf-results.xml",
+            scratch / "xccdf-report.html",
+            tailoring=chosen.tailoring.path if chosen.tailoring else None,
+            timeout=budget.left(),
+        )
 
 
 def installed_packages(

@@ -65,7 +65,6 @@ class PulledImage:
     layout: Path
     manifest: dict[str, Any]
     config: dict[str, Any]
-    compressed_bytes: int
 
     @property
     def architecture(self) -> str:
@@ -189,6 +188,37 @@ def compressed_size(manifest: dict[str, Any], what: str) -> int:
 def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
     host, repo, digest = split_reference(reference)
     home = layout.parent / "skopeo-home"
+    manifest_digest, manifest = _platform_manifest(reference, host, repo, digest, opts, home)
+    size = compressed_size(manifest, reference)
+    if size > opts.max_compressed_bytes:
+        raise ScanFailure(
+            ErrorReason.IMAGE_TOO_LARGE,
+            f"{reference} is {size} bytes compressed, more than the limit "
+            f"{opts.max_compressed_bytes}",
+        )
+    _copy(reference, layout, host, opts, home)
+    manifest, config = _stored_image(layout, manifest_digest)
+    log.info(
+        "pulled %s (%s bytes compressed, %s layers)",
+        reference,
+        size,
+        len(manifest.get("layers", [])),
+    )
+    return PulledImage(
+        reference=reference,
+        digest=digest,
+        manifest_digest=manifest_digest,
+        layout=layout,
+        manifest=manifest,
+        config=config,
+    )
+
+
+def _platform_manifest(
+    reference: str, host: str, repo: str, digest: str, opts: PullOptions, home: Path
+) -> tuple[str, dict[str, Any]]:
+    """The digest and manifest of the image to unpack, checked against the requested digest:
+    the manifest itself, or an index's linux/``arch`` one."""
     raw = _inspect_raw(reference, host, opts, home)
     if _sha(raw) != digest:
         raise ScanFailure(
@@ -212,13 +242,11 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
             ErrorReason.PULL_FAILED,
             f"unsupported manifest media type {manifest.get('mediaType')!r}",
         )
-    size = compressed_size(manifest, reference)
-    if size > opts.max_compressed_bytes:
-        raise ScanFailure(
-            ErrorReason.IMAGE_TOO_LARGE,
-            f"{reference} is {size} bytes compressed, more than the limit "
-            f"{opts.max_compressed_bytes}",
-        )
+    return manifest_digest, manifest
+
+
+def _copy(reference: str, layout: Path, host: str, opts: PullOptions, home: Path) -> None:
+    """``skopeo copy`` of the image (digests preserved) into ``layout``."""
     run(
         [
             "skopeo",
@@ -244,6 +272,11 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
         reason=ErrorReason.PULL_FAILED,
         env=skopeo_env(home),
     )
+
+
+def _stored_image(layout: Path, manifest_digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest and config the layout holds, once it is checked to hold exactly the
+    manifest that was inspected."""
     index = _json((layout / "index.json").read_bytes(), f"{layout}/index.json")
     entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
     if len(entries) != 1 or entries[0].get("digest") != manifest_digest:
@@ -259,18 +292,4 @@ def pull(reference: str, layout: Path, opts: PullOptions) -> PulledImage:
     config_digest = str(manifest["config"]["digest"])
     config_blob = layout / "blobs" / "sha256" / config_digest.removeprefix("sha256:")
     config = _json(config_blob.read_bytes(), f"image config {config_digest}")
-    log.info(
-        "pulled %s (%s bytes compressed, %s layers)",
-        reference,
-        size,
-        len(manifest.get("layers", [])),
-    )
-    return PulledImage(
-        reference=reference,
-        digest=digest,
-        manifest_digest=manifest_digest,
-        layout=layout,
-        manifest=manifest,
-        config=config,
-        compressed_bytes=size,
-    )
+    return manifest, config

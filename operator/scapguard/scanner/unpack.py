@@ -94,8 +94,6 @@ class UnpackLimits:
 class LayerStats:
     layers: int
     entries: int
-    unpacked_bytes: int
-    device_nodes: int
 
 
 class _Counting:
@@ -230,12 +228,7 @@ def inspect_layers(image: PulledImage, limits: UnpackLimits) -> LayerStats:
                 ) from exc
     if tally.devices:
         log.info("image has %s device nodes; they are unpacked as empty files", tally.devices)
-    return LayerStats(
-        layers=len(layers),
-        entries=tally.entries,
-        unpacked_bytes=tally.unpacked,
-        device_nodes=tally.devices,
-    )
+    return LayerStats(layers=len(layers), entries=tally.entries)
 
 
 def _inspect_tar(counted: _Counting, digest: str, limits: UnpackLimits, tally: _Tally) -> None:
