@@ -55,15 +55,6 @@ _.remove_pis
 # (docs/admission.md); test_admission_webhookconfig checks the shipped file is its output.
 _.webhook_configuration
 
-# -- dead code in files the reconcile part of issue 14 owns ----------------------------------------
-# Nothing reads these; they are removed there, and these lines go with them.
-_.SCAN_CREATED  # api/conditions.py
-_.RESULT_REJECTED  # api/conditions.py
-_.find_condition  # api/conditions.py
-_.error_reason  # api/evaluation.py Verdict field, only ever written by reconcile/
-_.denied_digests  # reconcile/admission.py
-_.newly_denied  # reconcile/enforcement.py
-_.lookup_local  # reconcile/imageindex.py
-_.next_wakeup  # reconcile/scanpolicy.py
-_.referenced  # reconcile/selection.py
-_.MAX_STORED_RESULT  # reconcile/verdicts.py
+# -- parts of a parsed value -------------------------------------------------------------------
+# api/naming.JobName: what a scanner Job's name says; the e2e tests and test_api read it whole.
+_.scan_hash

@@ -1,8 +1,7 @@
 """Code shape: no function in the product is longer than MAX_LINES (issue 14).
 
 A long function is split by what it does (plan and apply, parse and validate, one piece per
-concern), not into numbered chunks. LONG_FOR_NOW names the few still being split, each with
-why; an entry whose function is short again (or gone) fails too, so the list cannot go stale.
+concern), not into numbered chunks. There is no allowlist: every function fits.
 """
 
 from __future__ import annotations
@@ -13,15 +12,6 @@ from typing import Final
 
 PACKAGE: Final = Path(__file__).resolve().parents[2] / "operator" / "scapguard"
 MAX_LINES: Final = 60
-
-#: ``path:qualified.name`` (path under operator/scapguard) -> why it may be long for now. Only
-#: for the reconcile functions whose split is under way elsewhere.
-LONG_FOR_NOW: Final = {
-    "reconcile/verdicts.py:conditions_for": "being split in issue 14's reconcile part",
-    "reconcile/ingest.py:ingest": "being split in issue 14's reconcile part",
-    "reconcile/queue.py:start_attempt": "being split in issue 14's reconcile part",
-    "reconcile/scanpolicy.py:_rescans": "being split in issue 14's reconcile part",
-}
 
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -58,25 +48,8 @@ def long_functions() -> dict[str, int]:
 
 
 def test_no_product_function_is_longer_than_the_limit() -> None:
-    too_long = [
-        f"{name} ({lines} lines)"
-        for name, lines in sorted(long_functions().items())
-        if name not in LONG_FOR_NOW
-    ]
+    too_long = [f"{name} ({lines} lines)" for name, lines in sorted(long_functions().items())]
     assert not too_long, f"split these (at most {MAX_LINES} lines each): " + ", ".join(too_long)
-
-
-def test_every_allowed_long_function_is_still_long() -> None:
-    long = long_functions()
-    stale = [name for name in sorted(LONG_FOR_NOW) if name not in long]
-    assert not stale, (
-        f"no longer over {MAX_LINES} lines, or gone: remove from LONG_FOR_NOW: " + ", ".join(stale)
-    )
-
-
-def test_only_reconcile_functions_may_be_long_for_now() -> None:
-    others = [name for name in sorted(LONG_FOR_NOW) if not name.startswith("reconcile/")]
-    assert not others, "split these instead of allowing them: " + ", ".join(others)
 
 
 def test_lengths_cover_methods_nested_and_async_functions() -> None:

@@ -56,9 +56,7 @@ class Reason:
     NOT_PROMOTED: Final = "NotPromoted"
     PROMOTION_FAILED: Final = "PromotionFailed"
     CONTENT_UPDATED: Final = "ContentUpdated"
-    SCAN_CREATED: Final = "ScanCreated"
     SCAN_DELETED: Final = "ScanDeleted"
-    RESULT_REJECTED: Final = "ResultRejected"
 
 
 @dataclass(frozen=True)
@@ -74,15 +72,6 @@ class Condition:
     @property
     def true(self) -> bool:
         return self.status == TRUE
-
-
-def find_condition(
-    conditions: Sequence[Mapping[str, Any]] | None, type_: str
-) -> Mapping[str, Any] | None:
-    for cond in conditions or ():
-        if cond.get("type") == type_:
-            return cond
-    return None
 
 
 def set_condition(

@@ -45,7 +45,6 @@ class Verdict:
     failing_vulnerabilities: tuple[str, ...] = ()
     failing_rules: tuple[str, ...] = ()  # failed rules and those that ended in error
     excepted: tuple[str, ...] = ()
-    error_reason: str | None = None
 
     @property
     def compliant(self) -> bool:
@@ -102,7 +101,6 @@ def _error_verdict(doc: Mapping[str, Any]) -> Verdict:
         result=ERROR,
         reason=reason,
         message=str(error.get("message") or "the scan did not complete"),
-        error_reason=reason,
     )
 
 

@@ -190,7 +190,6 @@ class Review:
     message: str = ""
     code: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
-    denied_digests: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _refusal(ref: ContainerImage, resolution: Resolution, denied: DeniedImage) -> str:
@@ -227,7 +226,6 @@ def review_pod(
         return Review(allowed=True, warnings=(f"{reason}; admitted (failurePolicy Ignore)",))
     refusals: list[str] = []
     warnings: list[str] = []
-    digests: list[str] = []
     for ref in to_check:
         resolution = resolve(ref, namespace, index)
         if resolution.warning:
@@ -237,14 +235,12 @@ def review_pod(
         denied = index.denied(resolution.digest)
         if denied is not None:
             refusals.append(_refusal(ref, resolution, denied))
-            digests.append(denied.digest)
     if refusals:
         return Review(
             allowed=False,
             message=f"{pod_name(pod, namespace)} refused by scapguard: " + "; ".join(refusals),
             code=DENIED_CODE,
             warnings=_unique(warnings),
-            denied_digests=_unique(digests),
         )
     return Review(allowed=True, warnings=_unique(warnings))
 

@@ -39,7 +39,6 @@ class Enforcement:
     image_found: bool
     denied: bool  # the Image carries deny-execution (set by scapguard or by a person)
     by_person: bool
-    newly_denied: bool = False
     lifted: bool = False
     denied_by: tuple[str, ...] = ()
     # A deny-execution annotation a person set, whatever its value (scapguard leaves it as is).
@@ -131,7 +130,6 @@ def enforce_digest(
             image_found=True,
             denied=after.get(c.OPENSHIFT_DENY_ANNOTATION) == "true",
             by_person=deny_set_by_person(after),
-            newly_denied=newly,
             lifted=c.OPENSHIFT_DENY_ANNOTATION in patch
             and patch[c.OPENSHIFT_DENY_ANNOTATION] is None,
             denied_by=denied_by,

@@ -69,7 +69,6 @@ class StreamEntry:
 
     namespace: str
     name: str
-    lookup_local: bool
     tags: Mapping[str, str]  # tag -> digest of status.tags[].items[0].image
     repositories: tuple[str, ...]  # status.dockerImageRepository, publicDockerImageRepository
 
@@ -166,9 +165,7 @@ def _merge_scan_denials(denials: Iterable[DeniedImage]) -> dict[str, DeniedImage
 
 
 def stream_entry(stream: Obj) -> StreamEntry:
-    spec: Mapping[str, Any] = stream.get("spec") or {}
     status: Mapping[str, Any] = stream.get("status") or {}
-    lookup = spec.get("lookupPolicy") or {}
     tags: dict[str, str] = {}
     for entry in status.get("tags") or []:
         if not isinstance(entry, Mapping):
@@ -188,7 +185,6 @@ def stream_entry(stream: Obj) -> StreamEntry:
     return StreamEntry(
         namespace=namespace_of(stream) or "",
         name=name_of(stream),
-        lookup_local=isinstance(lookup, Mapping) and lookup.get("local") is True,
         tags=tags,
         repositories=repositories,
     )

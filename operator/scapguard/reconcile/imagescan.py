@@ -313,7 +313,7 @@ def _give_up(
     reason = outcome.reason or Reason.SCAN_FAILED
     ctx.metrics.errors.labels(reason).inc()
     message = f"{outcome.message or 'scan failed'} (after {outcome.attempt} attempts)"
-    verdict = Verdict(result=ERROR, reason=reason, message=message, error_reason=reason)
+    verdict = Verdict(result=ERROR, reason=reason, message=message)
     _finish(ctx, scan, spec, policy, request, verdict, gave_up(request, reason, message), None)
     return Outcome()
 

@@ -307,9 +307,3 @@ def _write_status(
     policy.update(
         ctx.kube.patch_status(SCANPOLICY, name_of(policy), namespace_of(policy), {"status": patch})
     )
-
-
-def next_wakeup(spec: ScanPolicySpec, now: dt.datetime) -> float | None:
-    if not spec.schedule:
-        return None
-    return max(1.0, (window(spec.schedule, now).end - now).total_seconds())

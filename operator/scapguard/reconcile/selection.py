@@ -29,9 +29,6 @@ class Selection:
     #: digests selected Pods run (``spec.workloads``)
     running: dict[str, RunningImage] = field(default_factory=dict)
 
-    def referenced(self) -> set[str]:
-        return set(self.current) | self.retained | self.expired | set(self.running)
-
     def selected(self) -> set[str]:
         """The digests the policy covers now: current tags and what selected Pods run."""
         return set(self.current) | set(self.running)

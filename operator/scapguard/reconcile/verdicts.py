@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from scapguard.api import conditions as cond
 from scapguard.api.conditions import Condition, Reason
@@ -42,8 +42,6 @@ from scapguard.reconcile.status import mark_scan, write_change
 from scapguard.results.model import _gunzip_bounded
 
 logger = logging.getLogger(__name__)
-
-MAX_STORED_RESULT: Final = 1024 * 1024 - 64 * 1024  # a ConfigMap holds at most 1 MiB
 
 
 class UntrustedResult(Exception):
@@ -320,7 +318,6 @@ def reevaluate(
             result=ERROR,
             reason=str(error.get("reason") or Reason.SCAN_FAILED),
             message=str(error.get("message") or "the scan did not complete"),
-            error_reason=str(error.get("reason") or Reason.SCAN_FAILED),
         )
     else:
         try:
