@@ -193,11 +193,25 @@ def wheels(root: Path, dest: Path) -> Path:
          "--implementation", "cp", "--abi", abi, *platforms, "--dest", str(dest), *_pins(root)],
         timeout=_BUILD_TIMEOUT,
     )  # fmt: skip
-    run_tool(
-        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(root)],
-        timeout=_BUILD_TIMEOUT,
-    )
+    product_wheel(root, dest)
     return dest
+
+
+def product_wheel(root: Path, dest: Path) -> Path:
+    """scapguard's own wheel, built into ``dest`` from the tree's files only.
+
+    pip builds in the tree, and setuptools packs its ``build/lib`` whole: a module deleted or
+    moved since an earlier build (the old ``scapguard/devcluster``) would still ship. The
+    build directory (ignored by git, only ever a build's output) is removed first.
+    """
+    shutil.rmtree(root / "build", ignore_errors=True)
+    run_tool(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest),
+         str(root)],
+        timeout=_BUILD_TIMEOUT,
+    )  # fmt: skip
+    (built,) = dest.glob("scapguard-*.whl")
+    return built
 
 
 def input_hash(image: ProductImage, base: str) -> str:
