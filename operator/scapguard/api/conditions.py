@@ -119,6 +119,31 @@ def set_conditions(
     return out, changed
 
 
+def status_patch(
+    status: Mapping[str, Any] | None,
+    fields: Mapping[str, Any],
+    updates: Sequence[Condition],
+    *,
+    observed_generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    """The ``status`` of a merge patch: ``fields``; with ``updates``, the conditions when one
+    changes (``set_conditions``' rule) and observedGeneration. For every resource scapguard
+    writes conditions on (ImageScans, ScanPolicies)."""
+    patch = dict(fields)
+    if updates:
+        conditions, changed = set_conditions(
+            (status or {}).get("conditions"),
+            updates,
+            observed_generation=observed_generation,
+            now=now,
+        )
+        if changed:
+            patch["conditions"] = conditions
+        patch["observedGeneration"] = observed_generation
+    return patch
+
+
 def _rendered(condition: Condition, observed_generation: int | None, since: str) -> dict[str, Any]:
     return {
         "type": condition.type,

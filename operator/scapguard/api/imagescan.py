@@ -21,7 +21,7 @@ from scapguard.api.conditions import (
     TRUE,
     Condition,
     Reason,
-    set_conditions,
+    status_patch,
 )
 from scapguard.api.errors import SpecError
 from scapguard.api.evaluation import Verdict
@@ -383,20 +383,10 @@ class StatusPatch:
     def merge_patch(
         self, status: Mapping[str, Any] | None, *, generation: int | None, now: str
     ) -> dict[str, Any]:
-        """The ``status`` of a merge patch: the fields; with conditions, the conditions when
-        one changes (``set_conditions``' rule) and observedGeneration."""
-        patch = dict(self.fields)
-        if self.conditions:
-            conditions, changed = set_conditions(
-                (status or {}).get("conditions"),
-                self.conditions,
-                observed_generation=generation,
-                now=now,
-            )
-            if changed:
-                patch["conditions"] = conditions
-            patch["observedGeneration"] = generation
-        return patch
+        """The ``status`` of a merge patch (``conditions.status_patch``)."""
+        return status_patch(
+            status, self.fields, self.conditions, observed_generation=generation, now=now
+        )
 
 
 def _patch(fields: Mapping[str, Any], conditions: tuple[Condition, ...] = ()) -> StatusPatch:

@@ -293,15 +293,13 @@ def _write_status(
     ctx: OperatorContext, policy: Obj, fields: dict[str, Any], ready: cond.Condition
 ) -> None:
     status = policy.get("status") or {}
-    conditions, changed = cond.set_condition(
-        status.get("conditions"),
-        ready,
+    patch = cond.status_patch(
+        status,
+        fields,
+        (ready,),
         observed_generation=generation_of(policy),
         now=format_time(ctx.now()),
     )
-    patch = {**fields, "observedGeneration": generation_of(policy)}
-    if changed:
-        patch["conditions"] = conditions
     if all(status.get(k) == v for k, v in patch.items()):
         return
     policy.update(
