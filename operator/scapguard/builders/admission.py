@@ -179,8 +179,7 @@ def webhook_configuration(
                 target,
                 policy,
             ),
-            _webhook(
-                WORKLOAD_WEBHOOK, workloads, target, "Ignore"
-            ),  # a warning must never block a rollout
+            # Workloads only get warnings, which must never block a rollout.
+            _webhook(WORKLOAD_WEBHOOK, workloads, target, "Ignore"),
         ],
     }

@@ -141,7 +141,7 @@ def _waiting_scan(
         return _reject(ctx, job, 410, "ScanGone", f"ImageScan {namespace}/{name} was replaced")
     progress = read_progress(scan.get("status"))
     ref = attempt_of(notes)
-    where = Standing.OTHER_REQUEST if ref is None else standing(progress, ref)
+    where = None if ref is None else standing(progress, ref)
     if ref is None or where in (Standing.OTHER_REQUEST, Standing.FINISHED):
         return _reject(ctx, job, 409, "Stale", "the scan is not waiting for this result")
     if where is Standing.OTHER_ATTEMPT:
